@@ -1,0 +1,85 @@
+//! The write side's inputs and outputs.
+
+use crate::{ExecutionId, FlowId, Namespace, Outcome, Reason, Tags};
+
+/// An execution to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewExecution {
+    /// Its id, chosen by the engine.
+    pub id: ExecutionId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// The flow it belongs to, if any.
+    pub flow_id: Option<FlowId>,
+    /// Its instance tags, copied into its completion.
+    pub tags: Tags,
+}
+
+impl NewExecution {
+    /// An execution without flow and tags.
+    pub fn new(id: ExecutionId, namespace: Namespace) -> Self {
+        Self { id, namespace, flow_id: None, tags: Tags::new() }
+    }
+
+    /// Puts it in `flow`.
+    pub fn with_flow(mut self, flow: FlowId) -> Self {
+        self.flow_id = Some(flow);
+        self
+    }
+
+    /// Gives it `tags`.
+    pub fn with_tags(mut self, tags: Tags) -> Self {
+        self.tags = tags;
+        self
+    }
+}
+
+/// Where an execution stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExecutionState {
+    /// Created, not terminal yet.
+    Active,
+    /// Reached a terminal state.
+    Terminal(Outcome),
+}
+
+/// What [`EngineBackend::describe`](crate::EngineBackend::describe) returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecutionInfo {
+    /// The execution.
+    pub id: ExecutionId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its flow.
+    pub flow_id: Option<FlowId>,
+    /// Its tags.
+    pub tags: Tags,
+    /// Where it stands.
+    pub state: ExecutionState,
+    /// The reason given to fail or cancel.
+    pub reason: Option<Reason>,
+    /// Server-side creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Server-side time of the terminal transition.
+    pub completed_at_ms: Option<u64>,
+}
+
+impl ExecutionInfo {
+    /// Builds an info. Meant for backends.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: ExecutionId,
+        namespace: Namespace,
+        flow_id: Option<FlowId>,
+        tags: Tags,
+        state: ExecutionState,
+        reason: Option<Reason>,
+        created_at_ms: u64,
+        completed_at_ms: Option<u64>,
+    ) -> Self {
+        Self { id, namespace, flow_id, tags, state, reason, created_at_ms, completed_at_ms }
+    }
+}
