@@ -65,6 +65,7 @@ pub mod hub;
 mod ids;
 mod outcome;
 mod payload;
+mod retention;
 
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
 pub use counters::{CounterSnapshot, Counters};
@@ -75,3 +76,4 @@ pub use filter::ScannerFilter;
 pub use ids::{ExecutionId, FlowId, Namespace, Reason, TagKey, TagValue, Tags};
 pub use outcome::Outcome;
 pub use payload::{CompletionPayload, Gap, StartFrom, StreamItem};
+pub use retention::Retention;

@@ -1,0 +1,41 @@
+//! How much of the completion log a backend keeps.
+
+use std::time::Duration;
+
+/// How long completions stay in the log, for consumers that resume or fall behind.
+///
+/// An event is trimmed once either limit is passed; `None` disables a limit. A consumer that
+/// resumes from a trimmed position gets a [`Gap`](crate::Gap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(default))]
+#[non_exhaustive]
+pub struct Retention {
+    /// Keep at most this many events (backends with a partitioned log apply it to each
+    /// partition, divided evenly). Default 100 000.
+    pub max_events: Option<u64>,
+    /// Keep events at most this old, in seconds. Default: no age limit.
+    pub max_age_secs: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_events: Some(100_000), max_age_secs: None }
+    }
+}
+
+impl Retention {
+    /// Keep the last `n` events, with no age limit.
+    pub fn events(n: u64) -> Self {
+        Self { max_events: Some(n), max_age_secs: None }
+    }
+
+    /// Keep events for `age`, with no count limit.
+    pub fn age(age: Duration) -> Self {
+        Self { max_events: None, max_age_secs: Some(age.as_secs().max(1)) }
+    }
+
+    /// The age limit as a duration.
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age_secs.map(Duration::from_secs)
+    }
+}

@@ -1,0 +1,93 @@
+//! The retained completion log: a sequence-numbered ring trimmed by count and age.
+
+use std::collections::VecDeque;
+
+use completion_core::hub::{LogEvent, Position, ReadBatch, TrimmedGap};
+use completion_core::{CompletionPayload, Cursor, Retention, ScannerFilter};
+
+/// A position in the memory log: the sequence number of the last event covered (0 = origin).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemoryPosition(pub u64);
+
+impl Position for MemoryPosition {
+    type Event = u64;
+
+    fn is_new(&self, event: &u64) -> bool {
+        *event > self.0
+    }
+
+    fn advance(&mut self, event: &u64) {
+        self.0 = self.0.max(*event);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.0 = self.0.max(other.0);
+    }
+
+    fn to_cursor(&self) -> Cursor {
+        Cursor::new("memory", self.0)
+    }
+}
+
+/// Events numbered from 1, the oldest trimmed first.
+pub struct CompletionLog {
+    retention: Retention,
+    /// (sequence number, commit time in ms, event); sequence numbers are contiguous.
+    events: VecDeque<(u64, u64, CompletionPayload)>,
+    /// The sequence number of the newest event ever appended.
+    head: u64,
+    /// The sequence number of the newest event trimmed away.
+    trimmed_to: u64,
+}
+
+impl CompletionLog {
+    pub fn new(retention: Retention) -> Self {
+        Self { retention, events: VecDeque::new(), head: 0, trimmed_to: 0 }
+    }
+
+    pub fn head(&self) -> MemoryPosition {
+        MemoryPosition(self.head)
+    }
+
+    /// Appends `event`, trims, and returns its sequence number.
+    pub fn append(&mut self, event: CompletionPayload, now_ms: u64) -> u64 {
+        self.head += 1;
+        self.events.push_back((self.head, now_ms, event));
+        self.trim(now_ms);
+        self.head
+    }
+
+    pub fn trim(&mut self, now_ms: u64) {
+        let max_events = self.retention.max_events.map_or(usize::MAX, |n| n as usize);
+        let min_time = self.retention.max_age().map_or(0, |age| now_ms.saturating_sub(age.as_millis() as u64));
+        while let Some(&(seq, at, _)) = self.events.front() {
+            if self.events.len() <= max_events && at >= min_time {
+                break;
+            }
+            self.trimmed_to = seq;
+            self.events.pop_front();
+        }
+    }
+
+    pub fn read_after(&self, after: MemoryPosition, filter: &ScannerFilter, limit: usize) -> ReadBatch<MemoryPosition> {
+        let gap = (after.0 > 0 && after.0 < self.trimmed_to).then(|| TrimmedGap {
+            resumed_at: MemoryPosition(self.trimmed_to),
+            missed: Some(self.trimmed_to - after.0),
+        });
+        let from = after.0.max(self.trimmed_to);
+        // Contiguous numbering: the event after `from` sits at this index.
+        let first = (from - self.trimmed_to) as usize;
+        let mut events = Vec::new();
+        let mut scanned_to = MemoryPosition(from);
+        for (seq, _, payload) in self.events.range(first.min(self.events.len())..) {
+            if events.len() >= limit {
+                return ReadBatch { events, scanned_to, gap, more: true };
+            }
+            scanned_to = MemoryPosition(*seq);
+            if filter.matches(payload) {
+                events.push(LogEvent { position: *seq, payload: payload.clone() });
+            }
+        }
+        ReadBatch { events, scanned_to, gap, more: false }
+    }
+}
