@@ -34,10 +34,20 @@ macro_rules! suite {
             #[allow(unused_imports)]
             use super::*;
             $crate::suite!(@tests $harness; [];
-                ready_on_return each_outcome
+                ready_on_return concurrent_subscribes_are_ready each_outcome with_and_without_flow
+                racing_terminal_writes_publish_once already_terminal_publishes_nothing
+                create_twice_is_rejected describe_reports_state values_round_trip_exactly
+                two_independent_subscribers drop_then_resubscribe
+                filter_by_namespace filter_by_tag filter_by_namespace_and_tag filters_leak_nothing_under_load
+                fail_closed_default
+                resume_after_cursor resume_filtered_after_cursor resume_from_earliest
+                resume_from_trimmed_position_yields_gap retention_by_age_trims_old_events plain_stream_counts_gap
+                stalled_resumable_stream_yields_gap
+                slow_consumer_stays_bounded_and_loses_nothing drop_releases_server_resources
+                invalid_input_is_rejected
             );
-            $crate::suite!(@tests $harness; [$($(#[$kill])*)?]; );
-            $crate::suite!(@tests $harness; [$($(#[$restart])*)?]; );
+            $crate::suite!(@tests $harness; [$($(#[$kill])*)?]; connections_killed_mid_stream_lose_nothing);
+            $crate::suite!(@tests $harness; [$($(#[$restart])*)?]; server_restarted_mid_stream_loses_nothing);
         }
     };
     (@tests $harness:path; $attrs:tt; ) => {};

@@ -181,10 +181,10 @@ impl LogReader<MemoryPosition> for StateReader {
         let seq: u64 = position
             .parse()
             .map_err(|_| EngineError::invalid("cursor", cursor.as_str(), "the position is not a sequence number"))?;
-        if seq > self.lock().log.head().0 {
+        if seq > self.lock().log.head().seq() {
             return Err(EngineError::invalid("cursor", cursor.as_str(), "points past the end of this backend's log"));
         }
-        Ok(MemoryPosition(seq))
+        Ok(MemoryPosition(Some(seq)))
     }
 
     async fn read_after(

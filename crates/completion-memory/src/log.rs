@@ -5,27 +5,41 @@ use std::collections::VecDeque;
 use completion_core::hub::{LogEvent, Position, ReadBatch, TrimmedGap};
 use completion_core::{CompletionPayload, Cursor, Retention, ScannerFilter};
 
-/// A position in the memory log: the sequence number of the last event covered (0 = origin).
+/// A position in the memory log: the sequence number of the last event covered.
+///
+/// `None` is the origin ("from the earliest retained event", never a gap); `Some(0)` is the
+/// head of a log that has no events yet. The two must differ: a stream that subscribed to an
+/// empty log and then fell behind past retention lost events and must be told so, which
+/// `read_after` can only do if its position is not the origin. (With a bare `u64`, both
+/// were 0, and such a stream's gap went unreported and uncounted.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct MemoryPosition(pub u64);
+pub struct MemoryPosition(pub Option<u64>);
+
+impl MemoryPosition {
+    /// The sequence number of the last event covered (0 for the origin).
+    pub fn seq(self) -> u64 {
+        self.0.unwrap_or(0)
+    }
+}
 
 impl Position for MemoryPosition {
     type Event = u64;
 
     fn is_new(&self, event: &u64) -> bool {
-        *event > self.0
+        self.0.is_none_or(|seq| *event > seq)
     }
 
     fn advance(&mut self, event: &u64) {
-        self.0 = self.0.max(*event);
+        self.0 = Some(self.seq().max(*event));
     }
 
     fn merge(&mut self, other: &Self) {
-        self.0 = self.0.max(other.0);
+        // `None` sorts before every `Some`: the origin never wins.
+        *self = (*self).max(*other);
     }
 
     fn to_cursor(&self) -> Cursor {
-        Cursor::new("memory", self.0)
+        Cursor::new("memory", self.seq())
     }
 }
 
@@ -45,8 +59,9 @@ impl CompletionLog {
         Self { retention, events: VecDeque::new(), head: 0, trimmed_to: 0 }
     }
 
+    /// The newest event's position; `Some(0)` (not the origin) while the log is empty.
     pub fn head(&self) -> MemoryPosition {
-        MemoryPosition(self.head)
+        MemoryPosition(Some(self.head))
     }
 
     /// Appends `event`, trims, and returns its sequence number.
@@ -70,20 +85,23 @@ impl CompletionLog {
     }
 
     pub fn read_after(&self, after: MemoryPosition, filter: &ScannerFilter, limit: usize) -> ReadBatch<MemoryPosition> {
-        let gap = (after.0 > 0 && after.0 < self.trimmed_to).then(|| TrimmedGap {
-            resumed_at: MemoryPosition(self.trimmed_to),
-            missed: Some(self.trimmed_to - after.0),
+        // Only the origin means "from the earliest retained event"; any other position
+        // (even `Some(0)`, the head of a then-empty log) missed what was trimmed after it.
+        let gap = after.0.filter(|&seq| seq < self.trimmed_to).map(|seq| TrimmedGap {
+            resumed_at: MemoryPosition(Some(self.trimmed_to)),
+            missed: Some(self.trimmed_to - seq),
         });
-        let from = after.0.max(self.trimmed_to);
+        let from = after.seq().max(self.trimmed_to);
         // Contiguous numbering: the event after `from` sits at this index.
         let first = (from - self.trimmed_to) as usize;
         let mut events = Vec::new();
-        let mut scanned_to = MemoryPosition(from);
+        // Anchored even when nothing is read: from here on, trimming is a gap for the reader.
+        let mut scanned_to = MemoryPosition(Some(from));
         for (seq, _, payload) in self.events.range(first.min(self.events.len())..) {
             if events.len() >= limit {
                 return ReadBatch { events, scanned_to, gap, more: true };
             }
-            scanned_to = MemoryPosition(*seq);
+            scanned_to = MemoryPosition(Some(*seq));
             if filter.matches(payload) {
                 events.push(LogEvent { position: *seq, payload: payload.clone() });
             }

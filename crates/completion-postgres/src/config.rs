@@ -1,0 +1,417 @@
+//! [`PostgresConfig`]: every setting of the backend, with its default, and its validation.
+//!
+//! Durations deserialize from an integer number of milliseconds or from text with a unit
+//! (`"250ms"`, `"2s"`, `"5m"`, `"1h"`); optional ones also from `null`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use completion_core::{EngineError, Retention};
+use serde::Deserialize;
+
+use crate::schema::Schema;
+
+/// Settings of a [`PostgresBackend`](crate::PostgresBackend).
+///
+/// Build it with [`PostgresConfig::from_url`] or [`PostgresConfig::from_pg_config`] and the
+/// `with_*` setters, or deserialize it (every field but `url` has a default; `pg_config`
+/// cannot be deserialized).
+///
+/// ```
+/// use std::time::Duration;
+/// use completion_postgres::PostgresConfig;
+///
+/// let config = PostgresConfig::from_url("postgres://app@db.internal/app")
+///     .with_schema("completions")
+///     .with_safety_interval(Duration::from_secs(1));
+/// # let _ = config;
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// The server, as a `postgres://` URL or a libpq `key=value` string. Either this or
+    /// [`pg_config`](Self::pg_config) is required. Default: none.
+    pub url: Option<String>,
+    /// The server, as a ready `tokio_postgres::Config`; wins over `url`. Default: none.
+    #[serde(skip)]
+    pub pg_config: Option<tokio_postgres::Config>,
+    /// The schema holding the tables and functions: `[a-z_][a-z0-9_]*`, at most 41 bytes,
+    /// not `pg_*` or `information_schema`. Default `completions`.
+    pub schema: String,
+    /// Connections in the pool used for writes and log reads. Default 8.
+    pub pool_size: usize,
+    /// How much of the completion log to keep. Default: the last 100 000 events.
+    pub retention: Retention,
+    /// Events buffered per stream before it falls back to reading the log. Default 1024.
+    pub buffer: usize,
+    /// How often the feed reads the log even without a notification (a lost NOTIFY delays an
+    /// event by at most this much). In poll-only mode it is the poll interval. Default 2 s.
+    #[serde(with = "duration")]
+    pub safety_interval: Duration,
+    /// Use a LISTEN connection for wake-ups. `false` is poll-only mode, for PgBouncer in
+    /// transaction pooling mode and for read replicas. Default true.
+    pub listen: bool,
+    /// The most time establishing a connection may take, TCP and start-up included; also
+    /// bounds [`PostgresBackend::connect`](crate::PostgresBackend::connect) as a whole
+    /// (migrations excepted). Default 5 s.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// The most time one pooled operation (a write, a log read, `describe`) may take,
+    /// waiting for a connection and retries included; enforced on the client side, so it
+    /// also works behind PgBouncer. `None`: no limit. Default 30 s.
+    #[serde(with = "opt_duration")]
+    pub statement_timeout: Option<Duration>,
+    /// Run [`prune`](crate::PostgresBackend::prune) this often in a background task.
+    /// `None`: only when called. Default 60 s.
+    #[serde(with = "opt_duration")]
+    pub prune_interval: Option<Duration>,
+    /// Apply the migrations at connect. When false, connect checks that the schema is at
+    /// the version this build needs and fails otherwise. Default true.
+    pub migrate: bool,
+    /// Prefix of the `application_name` of this instance's connections (at most 40
+    /// printable ASCII bytes); a per-instance suffix and `-listen` / `-pool` are appended.
+    /// Default `completions`.
+    pub application_name: String,
+    /// TCP keepalive idle time of every connection, so a dead peer is noticed in minutes,
+    /// not the system's default two hours. Default 30 s.
+    #[serde(with = "duration")]
+    pub keepalive_idle: Duration,
+    /// The longest pause between two attempts to re-open the LISTEN connection. Default 2 s.
+    #[serde(with = "duration")]
+    pub reconnect_max_backoff: Duration,
+    /// A PEM file of extra root certificates to trust (feature `tls`). Default: none.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pg_config: None,
+            schema: "completions".into(),
+            pool_size: 8,
+            retention: Retention::default(),
+            buffer: 1024,
+            safety_interval: Duration::from_secs(2),
+            listen: true,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(30)),
+            prune_interval: Some(Duration::from_secs(60)),
+            migrate: true,
+            application_name: "completions".into(),
+            keepalive_idle: Duration::from_secs(30),
+            reconnect_max_backoff: Duration::from_secs(2),
+            tls_ca_file: None,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_deref().map(redact))
+            .field("pg_config", &self.pg_config) // tokio-postgres redacts the password itself
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("retention", &self.retention)
+            .field("buffer", &self.buffer)
+            .field("safety_interval", &self.safety_interval)
+            .field("listen", &self.listen)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("prune_interval", &self.prune_interval)
+            .field("migrate", &self.migrate)
+            .field("application_name", &self.application_name)
+            .field("keepalive_idle", &self.keepalive_idle)
+            .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// The defaults, with the server given as a URL or `key=value` string.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self { url: Some(url.into()), ..Self::default() }
+    }
+
+    /// The defaults, with the server given as a `tokio_postgres::Config`.
+    pub fn from_pg_config(config: tokio_postgres::Config) -> Self {
+        Self { pg_config: Some(config), ..Self::default() }
+    }
+
+    /// Sets [`schema`](Self::schema).
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets [`pool_size`](Self::pool_size).
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Sets [`retention`](Self::retention).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets [`buffer`](Self::buffer).
+    pub fn with_buffer(mut self, buffer: usize) -> Self {
+        self.buffer = buffer;
+        self
+    }
+
+    /// Sets [`safety_interval`](Self::safety_interval).
+    pub fn with_safety_interval(mut self, interval: Duration) -> Self {
+        self.safety_interval = interval;
+        self
+    }
+
+    /// Sets [`listen`](Self::listen) (false: poll-only mode).
+    pub fn with_listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`statement_timeout`](Self::statement_timeout).
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets [`prune_interval`](Self::prune_interval).
+    pub fn with_prune_interval(mut self, interval: Option<Duration>) -> Self {
+        self.prune_interval = interval;
+        self
+    }
+
+    /// Sets [`migrate`](Self::migrate).
+    pub fn with_migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Sets [`application_name`](Self::application_name).
+    pub fn with_application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// Sets [`keepalive_idle`](Self::keepalive_idle).
+    pub fn with_keepalive_idle(mut self, idle: Duration) -> Self {
+        self.keepalive_idle = idle;
+        self
+    }
+
+    /// Sets [`reconnect_max_backoff`](Self::reconnect_max_backoff).
+    pub fn with_reconnect_max_backoff(mut self, backoff: Duration) -> Self {
+        self.reconnect_max_backoff = backoff;
+        self
+    }
+
+    /// Sets [`tls_ca_file`](Self::tls_ca_file).
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Checks every setting and resolves the server address. Errors name the value.
+    pub(crate) fn validate(&self) -> Result<Validated, EngineError> {
+        let schema = Schema::new(&self.schema)?;
+        let pg = match (&self.pg_config, &self.url) {
+            (Some(pg), _) => pg.clone(),
+            (None, Some(url)) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| EngineError::invalid("postgres url", redact(url), e.to_string()))?,
+            (None, None) => {
+                return Err(EngineError::invalid("postgres config", "", "set `url` or `pg_config`"));
+            }
+        };
+        if pg.get_hosts().is_empty() {
+            return Err(EngineError::invalid(
+                "postgres url",
+                self.url.as_deref().map(redact).unwrap_or_default(),
+                "names no host",
+            ));
+        }
+        positive("pool_size", self.pool_size)?;
+        positive("buffer", self.buffer)?;
+        nonzero("safety_interval", self.safety_interval)?;
+        nonzero("connect_timeout", self.connect_timeout)?;
+        nonzero("keepalive_idle", self.keepalive_idle)?;
+        nonzero("reconnect_max_backoff", self.reconnect_max_backoff)?;
+        if let Some(t) = self.statement_timeout {
+            nonzero("statement_timeout", t)?;
+        }
+        if let Some(t) = self.prune_interval {
+            nonzero("prune_interval", t)?;
+        }
+        let name = &self.application_name;
+        if name.is_empty() || name.len() > 40 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EngineError::invalid(
+                "application_name",
+                name,
+                "must be 1 to 40 printable ASCII bytes without spaces",
+            ));
+        }
+        if self.tls_ca_file.is_some() && !cfg!(feature = "tls") {
+            return Err(EngineError::invalid(
+                "tls_ca_file",
+                self.tls_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "TLS needs the `tls` feature of completion-postgres",
+            ));
+        }
+        Ok(Validated { pg, schema })
+    }
+}
+
+/// A checked configuration's derived values.
+pub(crate) struct Validated {
+    pub pg: tokio_postgres::Config,
+    pub schema: Schema,
+}
+
+fn positive(what: &'static str, value: usize) -> Result<(), EngineError> {
+    if value == 0 {
+        return Err(EngineError::invalid(what, "0", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn nonzero(what: &'static str, value: Duration) -> Result<(), EngineError> {
+    if value.is_zero() {
+        return Err(EngineError::invalid(what, format!("{value:?}"), "must be longer than zero"));
+    }
+    Ok(())
+}
+
+/// `url` with its password replaced by `***`, for error messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
+            }
+        }
+        return url.to_string();
+    }
+    // key=value form: hide the value of `password`.
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.trim() == "password" => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses `"250ms"`, `"2s"`, `"5m"`, `"1h"` or a bare number of milliseconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. \"250ms\" or \"2s\""))?;
+    let unit_ms = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (ms, s, m, h)")),
+    };
+    n.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Millis(u64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn resolve(self) -> Result<Duration, String> {
+        match self {
+            RawDuration::Millis(ms) => Ok(Duration::from_millis(ms)),
+            RawDuration::Text(text) => parse_duration(&text),
+        }
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::RawDuration::deserialize(d)?.resolve().map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<super::RawDuration>::deserialize(d)? {
+            Some(raw) => raw.resolve().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deserializes_with_defaults_and_units() {
+        let config: PostgresConfig = serde_json::from_str(
+            r#"{"url": "postgres://u:secret@h/db", "safety_interval": "250ms", "statement_timeout": null,
+                "prune_interval": 1500, "retention": {"max_events": 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.safety_interval, Duration::from_millis(250));
+        assert_eq!(config.statement_timeout, None);
+        assert_eq!(config.prune_interval, Some(Duration::from_millis(1500)));
+        assert_eq!(config.retention.max_events, Some(10));
+        assert_eq!(config.schema, "completions");
+        assert_eq!(config.connect_timeout, Duration::from_secs(5));
+        assert!(config.listen && config.migrate);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(serde_json::from_str::<PostgresConfig>(r#"{"safety_interval": "2 fortnights"}"#).is_err());
+        assert!(serde_json::from_str::<PostgresConfig>(r#"{"sceham": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://me:p%40ss@db:5432/app"), "postgres://me:***@db:5432/app");
+        assert_eq!(redact("postgres://me@db/app"), "postgres://me@db/app");
+        assert_eq!(redact("host=db password=hunter2 user=me"), "host=db password=*** user=me");
+    }
+
+    #[test]
+    fn validation_names_the_value() {
+        let err = PostgresConfig::from_url("postgres://h/db").with_pool_size(0).validate().err().unwrap();
+        assert!(err.to_string().contains("pool_size"), "{err}");
+        let err = PostgresConfig::default().validate().err().unwrap();
+        assert!(err.to_string().contains("url"), "{err}");
+        let err = PostgresConfig::from_url("postgres://u:topsecret@h:notaport/db").validate().err().unwrap();
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+        let err = PostgresConfig::from_url("postgres://h/db").with_application_name("has space").validate().err();
+        assert!(err.unwrap().to_string().contains("application_name"));
+    }
+}

@@ -1,0 +1,196 @@
+//! The live side of one instance: the [`LogReader`] every stream reads through, and the
+//! [`Feed`] whose task wakes the hub.
+//!
+//! The feed never decodes events from notifications: a notification (payload empty) only
+//! says "the log changed". On each wake-up — notifications (bursts folded into one), the
+//! safety timer, a reconnect — it runs one [`Hub::resync`], a log read after the hub's
+//! position that serves every stream at once. So a lost notification (server restart,
+//! killed connection, PgBouncer) delays events until the next wake-up, and never loses
+//! them.
+//!
+//! Poll-only mode (`listen: false`) is the same task without the LISTEN connection: the
+//! safety timer is the poll interval.
+//!
+//! Limits: events are delivered only once the horizon (oldest running transaction id) has
+//! passed them, so one long-running transaction that holds an xid delays every later
+//! completion until it ends (see [`PostgresStats::held_back_events`](crate::PostgresStats)).
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use completion_core::hub::{Feed, Hub, LogReader, ReadBatch};
+use completion_core::{Counters, Cursor, EngineError, ScannerFilter};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::BACKEND;
+use crate::db::Db;
+use crate::listener::{Listener, Wake};
+use crate::position::PgPosition;
+use crate::stats::Stats;
+use crate::tls::Tls;
+
+/// First pause before retrying a failed LISTEN connection or log read.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Reads the log for the hub and for catching-up streams.
+pub(crate) struct PgReader {
+    pub db: Arc<Db>,
+}
+
+#[async_trait]
+impl LogReader<PgPosition> for PgReader {
+    fn decode_cursor(&self, cursor: &Cursor) -> Result<PgPosition, EngineError> {
+        PgPosition::parse(cursor)
+    }
+
+    async fn read_after(
+        &self,
+        after: &PgPosition,
+        filter: &ScannerFilter,
+        limit: usize,
+    ) -> Result<ReadBatch<PgPosition>, EngineError> {
+        self.db.read(after, filter, limit).await
+    }
+}
+
+/// How to run the feed of one instance.
+pub(crate) struct PgFeed {
+    pub db: Arc<Db>,
+    pub reader: Arc<PgReader>,
+    /// The LISTEN connection's settings (its own application name), `None` in poll-only mode.
+    pub listen: Option<(tokio_postgres::Config, Tls)>,
+    pub channel: String,
+    pub safety_interval: Duration,
+    pub connect_timeout: Duration,
+    pub max_backoff: Duration,
+    pub stats: Arc<Stats>,
+}
+
+impl PgFeed {
+    /// How long a starting feed waits for older transactions before taking the head.
+    fn settle(&self) -> Duration {
+        self.safety_interval.min(Duration::from_secs(1))
+    }
+
+    async fn open_listener(&self) -> Result<Option<Listener>, EngineError> {
+        match &self.listen {
+            Some((pg, tls)) => {
+                Ok(Some(Listener::open(pg, crate::tls::share(tls), &self.channel, self.connect_timeout).await?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Feed<PgPosition> for Arc<PgFeed> {
+    async fn start(&self, hub: &Hub<PgPosition>) -> Result<Option<JoinHandle<()>>, EngineError> {
+        let span = tracing::info_span!("postgres_feed", backend = BACKEND, channel = %self.channel);
+        let listener = self.open_listener().instrument(span.clone()).await?;
+        // The head is read only now that LISTEN is in effect: every event committed from
+        // here on either sorts after it or arrives with a notification.
+        let head = self.db.head(self.settle()).await?;
+        hub.advance_to(&head);
+        tracing::debug!(parent: &span, %head, listening = listener.is_some(), "feed live");
+        let task = FeedTask { feed: self.clone(), hub: hub.clone() };
+        Ok(Some(tokio::spawn(task.run(listener).instrument(span))))
+    }
+}
+
+struct FeedTask {
+    feed: Arc<PgFeed>,
+    hub: Hub<PgPosition>,
+}
+
+impl FeedTask {
+    async fn run(self, mut listener: Option<Listener>) {
+        let feed = &*self.feed;
+        let counters: &Counters = self.hub.counters();
+        let mut idle = pin!(self.hub.until_idle());
+        let mut safety = tokio::time::interval_at(Instant::now() + feed.safety_interval, feed.safety_interval);
+        safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut reconnect_pause = FIRST_BACKOFF;
+        let mut reconnect_at: Option<Instant> = None;
+        let mut read_pause = FIRST_BACKOFF;
+        let mut read_retry_at: Option<Instant> = None;
+        loop {
+            let mut wake = false;
+            tokio::select! {
+                biased;
+                _ = &mut idle => break,
+                event = next_wake(&mut listener) => match event {
+                    Wake::Notified(n) => {
+                        feed.stats.notifications.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        wake = true;
+                    }
+                    Wake::Lost(error) => {
+                        Stats::bump(&feed.stats.listener_failures);
+                        tracing::warn!(error = ?error, "LISTEN connection lost; reconnecting");
+                        listener = None;
+                        reconnect_pause = FIRST_BACKOFF;
+                        reconnect_at = Some(Instant::now());
+                    }
+                },
+                _ = sleep_until(reconnect_at) => {
+                    match feed.open_listener().await {
+                        Ok(l) => {
+                            listener = l;
+                            reconnect_at = None;
+                            Counters::bump(&counters.reconnects);
+                            tracing::info!("LISTEN connection re-established");
+                            // Whatever was notified while it was down is gone: read the log.
+                            wake = true;
+                        }
+                        Err(error) => {
+                            Stats::bump(&feed.stats.listener_failures);
+                            tracing::warn!(%error, retry_in = ?reconnect_pause, "re-opening the LISTEN connection failed");
+                            reconnect_at = Some(Instant::now() + reconnect_pause);
+                            reconnect_pause = (reconnect_pause * 2).min(feed.max_backoff);
+                        }
+                    }
+                }
+                _ = safety.tick() => wake = true,
+                _ = sleep_until(read_retry_at) => wake = true,
+            }
+            if !wake {
+                continue;
+            }
+            match self.hub.resync(&*feed.reader).await {
+                Ok(published) => {
+                    read_retry_at = None;
+                    read_pause = FIRST_BACKOFF;
+                    tracing::trace!(published, "resync");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?read_pause, "reading the completion log failed");
+                    read_retry_at = Some(Instant::now() + read_pause);
+                    read_pause = (read_pause * 2).min(feed.max_backoff);
+                }
+            }
+        }
+        if let Some(listener) = listener {
+            listener.close().await;
+        }
+        tracing::debug!("feed stopped: no stream left");
+    }
+}
+
+/// The listener's next wake-up; pending forever without a listener.
+async fn next_wake(listener: &mut Option<Listener>) -> Wake {
+    match listener {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; pending forever for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,427 @@
+//! The PostgreSQL completion backend: stored functions that write, log and NOTIFY in one
+//! transaction, and gap-free LISTEN subscriptions on top of the shared
+//! [`hub`](completion_core::hub).
+//!
+//! - **Write side** ([`EngineBackend`]): `create_execution` and the terminal transitions
+//!   call stored functions (`create_execution`, `finish_execution`) through a deadpool pool.
+//!   `finish_execution` checks, writes the state, appends the event to `completion_log`
+//!   (namespace and tags copied in) and NOTIFYs — all in the caller's transaction. Rust
+//!   never issues NOTIFY.
+//! - **Subscribe side** ([`CompletionBackend`]): one dedicated LISTEN connection per
+//!   instance, shared by all its streams; each wake-up runs one log read that serves every
+//!   stream. Notifications carry no data: a lost one (restart, killed connection) only
+//!   delays events until the next wake-up (reconnect, or the safety timer).
+//! - **Order**: the log is ordered by (inserting transaction id, event id) and read only
+//!   below the oldest running transaction, so a transaction that commits late is never
+//!   skipped (see [`PgPosition`]).
+//! - **Retention**: [`PostgresBackend::prune`], and a periodic task
+//!   ([`PostgresConfig::prune_interval`]).
+//! - **Poll-only mode** ([`PostgresConfig::listen`] = false) for PgBouncer in transaction
+//!   pooling mode and for replicas.
+//!
+//! The schema, the functions, the NOTIFY protocol and the limits are described in
+//! `docs/postgres.md` of the repository.
+//!
+//! ```no_run
+//! use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution};
+//! use completion_postgres::{PostgresBackend, PostgresConfig};
+//! use futures_util::StreamExt;
+//!
+//! # async fn demo() -> Result<(), completion_core::EngineError> {
+//! let backend = PostgresBackend::connect(PostgresConfig::from_url("postgres://app@localhost/app")).await?;
+//! let mut completions = backend.subscribe_completions().await?;
+//! let id = ExecutionId::new("task-1")?;
+//! backend.create_execution(NewExecution::new(id.clone(), Namespace::new("demo")?)).await?;
+//! backend.complete(&id).await?;
+//! let done = completions.next().await.expect("streams do not end while the backend lives");
+//! assert_eq!(done.execution_id(), &id);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod db;
+mod feed;
+mod listener;
+mod migrate;
+mod position;
+mod schema;
+mod stats;
+mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use completion_core::hub::{Hub, HubConfig, LogReader};
+use completion_core::{
+    CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError, ExecutionId,
+    ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, Retention, ScannerFilter, StartFrom,
+};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use config::PostgresConfig;
+pub use migrate::MigrationReport;
+pub use position::PgPosition;
+pub use stats::PostgresStats;
+
+use crate::db::Db;
+use crate::feed::{PgFeed, PgReader};
+use crate::schema::Schema;
+use crate::stats::Stats;
+use crate::tls::Tls;
+
+/// The backend's name, as used in cursors.
+pub(crate) const BACKEND: &str = "postgres";
+
+/// How long a prune waits for transactions older than the newest event to end, so that it
+/// trims exactly what retention says.
+const PRUNE_SETTLE: Duration = Duration::from_secs(5);
+
+/// What one [`PostgresBackend::prune`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Events deleted.
+    pub deleted: u64,
+    /// The retention watermark after the run: every event at or before it is gone. `None`
+    /// when nothing was ever pruned.
+    pub watermark: Option<PgPosition>,
+}
+
+/// Applies the bundled migrations to the configured schema (creating it if needed), on a
+/// dedicated connection, serialized with every other process migrating the same schema.
+/// Idempotent. [`PostgresBackend::connect`] calls it unless
+/// [`PostgresConfig::migrate`] is false.
+pub async fn migrate(config: &PostgresConfig) -> Result<MigrationReport, EngineError> {
+    let validated = config.validate()?;
+    let tls = tls::connector(config)?;
+    let names = Names::new(&config.application_name);
+    let pg = names.connection(&validated.pg, "migrate", config);
+    migrate::run(&pg, tls, &validated.schema, config.connect_timeout).await
+}
+
+/// The `application_name`s of one instance's connections.
+#[derive(Clone, Debug)]
+struct Names {
+    base: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        Self { base: format!("{prefix}-{}", &instance[..8]) }
+    }
+
+    fn of(&self, role: &str) -> String {
+        format!("{}-{role}", self.base)
+    }
+
+    /// `pg` with this instance's application name for `role`, time limits and keepalives.
+    fn connection(&self, pg: &tokio_postgres::Config, role: &str, config: &PostgresConfig) -> tokio_postgres::Config {
+        let mut pg = pg.clone();
+        pg.application_name(self.of(role))
+            .connect_timeout(config.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(config.keepalive_idle);
+        pg
+    }
+}
+
+/// A completion backend on PostgreSQL. Cheap to clone: clones share the pool, the LISTEN
+/// connection and the streams. Dropping the last clone ends every stream and closes every
+/// connection.
+#[derive(Clone)]
+pub struct PostgresBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hub: Hub<PgPosition>,
+    db: Arc<Db>,
+    reader: Arc<PgReader>,
+    feed: Arc<PgFeed>,
+    retention: Retention,
+    stats: Arc<Stats>,
+    names: Names,
+    /// For [`PostgresBackend::migrate`]: the dedicated migration connection's settings.
+    migrate_with: (tokio_postgres::Config, Tls, Duration),
+    prune_task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.hub.close();
+        if let Some(task) = &self.prune_task {
+            task.abort();
+        }
+        self.db.close();
+    }
+}
+
+impl PostgresBackend {
+    /// Connects (within [`PostgresConfig::connect_timeout`]), applies the migrations unless
+    /// disabled (else checks the schema version), and starts the periodic prune if
+    /// configured. No LISTEN connection is opened until the first subscription.
+    pub async fn connect(config: PostgresConfig) -> Result<Self, EngineError> {
+        let validated = config.validate()?;
+        let schema = validated.schema;
+        let span = tracing::info_span!("postgres_connect", backend = BACKEND, schema = schema.name());
+        let tls = tls::connector(&config)?;
+        let names = Names::new(&config.application_name);
+        let counters = Arc::new(Counters::default());
+        let stats = Arc::new(Stats::default());
+        let pool_pg = names.connection(&validated.pg, "pool", &config);
+        let pool = db::pool(&pool_pg, tls::share(&tls), config.pool_size, config.connect_timeout)?;
+        let db = Arc::new(Db::new(
+            pool,
+            schema.clone(),
+            config.statement_timeout,
+            config.connect_timeout,
+            stats.clone(),
+            counters.clone(),
+        ));
+
+        let server = server_name(&validated.pg);
+        match tokio::time::timeout(config.connect_timeout, db.ping()).instrument(span.clone()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(EngineError::Transport { source, .. })) => {
+                return Err(EngineError::transport(
+                    BACKEND,
+                    "connect",
+                    format!("connecting to {server} failed: {source}"),
+                ));
+            }
+            Ok(Err(EngineError::Timeout { .. })) | Err(_) => {
+                return Err(EngineError::Timeout { backend: BACKEND, op: "connect", after: config.connect_timeout });
+            }
+            Ok(Err(other)) => return Err(other),
+        }
+
+        let migrate_pg = names.connection(&validated.pg, "migrate", &config);
+        if config.migrate {
+            migrate::run(&migrate_pg, tls::share(&tls), &schema, config.connect_timeout)
+                .instrument(span.clone())
+                .await?;
+        } else {
+            check_version(&db, &schema).await?;
+        }
+
+        let reader = Arc::new(PgReader { db: db.clone() });
+        let feed = Arc::new(PgFeed {
+            db: db.clone(),
+            reader: reader.clone(),
+            listen: config.listen.then(|| (names.connection(&validated.pg, "listen", &config), tls::share(&tls))),
+            channel: schema.channel(),
+            safety_interval: config.safety_interval,
+            connect_timeout: config.connect_timeout,
+            max_backoff: config.reconnect_max_backoff,
+            stats: stats.clone(),
+        });
+        let hub = Hub::new(BACKEND, HubConfig::with_buffer(config.buffer), counters);
+        let prune_task = config.prune_interval.map(|every| {
+            let (db, retention) = (db.clone(), config.retention.clone());
+            tokio::spawn(prune_periodically(db, retention, every).instrument(span.clone()))
+        });
+        tracing::info!(parent: &span, server, listen = config.listen, "connected");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                hub,
+                db,
+                reader,
+                feed,
+                retention: config.retention,
+                stats,
+                names,
+                migrate_with: (migrate_pg, tls, config.connect_timeout),
+                prune_task,
+            }),
+        })
+    }
+
+    /// Applies pending migrations now (see [`migrate()`]).
+    pub async fn migrate(&self) -> Result<MigrationReport, EngineError> {
+        let (pg, tls, timeout) = &self.shared.migrate_with;
+        migrate::run(pg, tls::share(tls), self.shared.db.schema(), *timeout).await
+    }
+
+    /// Trims the log to the configured retention now. Deletes only events of finished
+    /// transactions; waits (up to 5 s) for transactions older than the newest event to end
+    /// first, so that a prune right after writes trims exactly.
+    pub async fn prune(&self) -> Result<PruneReport, EngineError> {
+        let report = self.shared.db.prune(&self.shared.retention, PRUNE_SETTLE).await?;
+        tracing::debug!(backend = BACKEND, deleted = report.deleted, watermark = ?report.watermark, "pruned");
+        Ok(report)
+    }
+
+    /// `pg_notification_queue_usage()`: the fraction (0 to 1) of the server's notification
+    /// queue in use. Near 1, every NOTIFYing commit (every terminal write) starts failing:
+    /// look for a listener that stopped reading.
+    pub async fn notification_queue_usage(&self) -> Result<f64, EngineError> {
+        self.shared.db.notification_queue_usage().await
+    }
+
+    /// PostgreSQL-specific counters (the shared ones are in
+    /// [`counters`](CompletionBackend::counters)).
+    pub fn stats(&self) -> PostgresStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The schema this instance uses.
+    pub fn schema(&self) -> &str {
+        self.shared.db.schema().name()
+    }
+
+    /// The NOTIFY channel of the schema (`<schema>_completions`).
+    pub fn channel(&self) -> &str {
+        &self.shared.feed.channel
+    }
+
+    /// The `application_name` of this instance's LISTEN connection (find it in
+    /// `pg_stat_activity`).
+    pub fn listener_application_name(&self) -> String {
+        self.shared.names.of("listen")
+    }
+
+    /// The `application_name` of this instance's pooled connections.
+    pub fn pool_application_name(&self) -> String {
+        self.shared.names.of("pool")
+    }
+
+    /// How many streams are open.
+    pub fn open_streams(&self) -> usize {
+        self.shared.hub.stream_count()
+    }
+
+    /// Ends every stream and refuses new subscriptions; the LISTEN connection closes once
+    /// the streams are gone. Writes keep working until the backend is dropped.
+    pub fn close(&self) {
+        self.shared.hub.close();
+    }
+
+    fn reader(&self) -> Arc<dyn LogReader<PgPosition>> {
+        self.shared.reader.clone()
+    }
+
+    async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome);
+        self.shared.db.finish(id, outcome, reason).instrument(span).await.map(drop)
+    }
+}
+
+/// `host:port` of the configured server(s), for error messages.
+fn server_name(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn check_version(db: &Db, schema: &Schema) -> Result<(), EngineError> {
+    let version = db.schema_version().await?;
+    match version {
+        Some(v) if v >= migrate::LATEST => {
+            if v > migrate::LATEST {
+                tracing::warn!(
+                    backend = BACKEND,
+                    schema = schema.name(),
+                    found = v,
+                    known = migrate::LATEST,
+                    "the schema is newer than this build"
+                );
+            }
+            Ok(())
+        }
+        found => Err(EngineError::Incompatible {
+            backend: BACKEND,
+            reason: format!(
+                "schema {} is at migration version {}, this build needs {}: run completion_postgres::migrate \
+                 or connect with `migrate` enabled",
+                schema.name(),
+                found.unwrap_or(0),
+                migrate::LATEST
+            ),
+        }),
+    }
+}
+
+async fn prune_periodically(db: Arc<Db>, retention: Retention, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match db.prune(&retention, PRUNE_SETTLE).await {
+            Ok(report) => tracing::debug!(backend = BACKEND, deleted = report.deleted, "periodic prune"),
+            Err(error) => tracing::warn!(backend = BACKEND, %error, "periodic prune failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl CompletionBackend for PostgresBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
+        self.subscribe_completions_filtered(&ScannerFilter::new()).await
+    }
+
+    async fn subscribe_completions_filtered(&self, filter: &ScannerFilter) -> Result<CompletionStream, EngineError> {
+        self.shared.hub.subscribe(&self.shared.feed, self.reader(), filter).await
+    }
+
+    async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
+        if let StartFrom::After(cursor) = &from {
+            let position = PgPosition::parse(cursor)?;
+            let next = self.shared.db.next_xid().await?;
+            if position.xid >= next {
+                return Err(EngineError::invalid(
+                    "cursor",
+                    cursor.as_str(),
+                    format!("points past the end of this backend's log (next transaction id {next})"),
+                ));
+            }
+        }
+        self.shared.hub.subscribe_from(&self.shared.feed, self.reader(), from, filter).await
+    }
+
+    fn counters(&self) -> CounterSnapshot {
+        self.shared.hub.snapshot()
+    }
+}
+
+#[async_trait]
+impl EngineBackend for PostgresBackend {
+    async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
+        self.shared.db.create(&execution).instrument(span).await
+    }
+
+    async fn complete(&self, id: &ExecutionId) -> Result<(), EngineError> {
+        self.terminal(id, Outcome::Succeeded, None).await
+    }
+
+    async fn fail(&self, id: &ExecutionId, reason: &Reason) -> Result<(), EngineError> {
+        self.terminal(id, Outcome::Failed, Some(reason)).await
+    }
+
+    async fn cancel(&self, id: &ExecutionId, reason: &Reason) -> Result<(), EngineError> {
+        self.terminal(id, Outcome::Cancelled, Some(reason)).await
+    }
+
+    async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
+        self.shared.db.describe(id).await
+    }
+}

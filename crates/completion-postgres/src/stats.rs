@@ -1,0 +1,58 @@
+//! Counters specific to the PostgreSQL backend, next to the shared
+//! [`CounterSnapshot`](completion_core::CounterSnapshot) of the hub.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters of one instance.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub notifications: AtomicU64,
+    pub listener_failures: AtomicU64,
+    pub retries: AtomicU64,
+    pub held_back_events: AtomicU64,
+    pub held_back_reads: AtomicU64,
+    pub prune_runs: AtomicU64,
+    pub pruned_events: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> PostgresStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PostgresStats {
+            notifications: get(&self.notifications),
+            listener_failures: get(&self.listener_failures),
+            retries: get(&self.retries),
+            held_back_events: get(&self.held_back_events),
+            held_back_reads: get(&self.held_back_reads),
+            prune_runs: get(&self.prune_runs),
+            pruned_events: get(&self.pruned_events),
+        }
+    }
+}
+
+/// PostgreSQL-specific counters of one backend instance, from
+/// [`PostgresBackend::stats`](crate::PostgresBackend::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresStats {
+    /// Notifications received on the LISTEN connection (before coalescing).
+    pub notifications: u64,
+    /// LISTEN connections lost, and attempts to re-open one that failed.
+    pub listener_failures: u64,
+    /// Pooled operations retried because their connection was closed or terminated.
+    pub retries: u64,
+    /// Committed events the last log read saw above the horizon, waiting for an older
+    /// transaction that is still running (capped at 1000). Non-zero for long means a
+    /// long-running transaction delays delivery.
+    pub held_back_events: u64,
+    /// Log reads that found events held back above the horizon.
+    pub held_back_reads: u64,
+    /// Prune runs (called or periodic) that completed.
+    pub prune_runs: u64,
+    /// Events deleted by prune runs of this instance.
+    pub pruned_events: u64,
+}

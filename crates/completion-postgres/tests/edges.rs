@@ -1,0 +1,544 @@
+//! The PostgreSQL backend's own edges: late commits, concurrent migrations, a killed
+//! listener, a server that is down, SQL in values, poll-only mode, one NOTIFY per
+//! transaction, retention, restarts. One shared throwaway server for the binary; the
+//! restart test gets its own.
+
+mod common;
+
+use std::collections::HashSet;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use completion_conformance::support::{
+    EVENT_DEADLINE, collect_in, create, create_and_complete, execution_id, namespace, next_completion, next_item,
+};
+use completion_core::{
+    CompletionBackend, CompletionPayload, EngineBackend, EngineError, ExecutionState, NewExecution, Outcome, Reason,
+    Retention, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue, Tags,
+};
+use completion_postgres::{PgPosition, PostgresBackend, PostgresConfig};
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tokio_postgres::AsyncMessage;
+
+/// A config on the shared server with a fresh schema and no periodic prune.
+async fn config(prefix: &str) -> (PostgresConfig, String) {
+    let url = common::shared_server().await.url();
+    let config =
+        PostgresConfig::from_url(url.clone()).with_schema(common::unique_schema(prefix)).with_prune_interval(None);
+    (config, url)
+}
+
+async fn connect(config: PostgresConfig) -> PostgresBackend {
+    PostgresBackend::connect(config).await.unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what` after the deadline.
+async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn position(c: &CompletionPayload) -> PgPosition {
+    PgPosition::parse(c.cursor()).expect("delivered cursors parse")
+}
+
+/// A transaction that started first (its xid is the smallest) but appends its event last
+/// and commits last must still be delivered, before the events of the transactions that
+/// started after it, and none of those may be delivered while it is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_commit_is_delivered_in_transaction_order() {
+    let (config, url) = config("late").await;
+    let backend = connect(config.with_safety_interval(Duration::from_millis(50))).await;
+    let ns = namespace("late");
+    let (a, b, c) = (
+        create(&backend, &ns, None, &Tags::new()).await,
+        create(&backend, &ns, None, &Tags::new()).await,
+        create(&backend, &ns, None, &Tags::new()).await,
+    );
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+
+    // T1 takes its transaction id first, then B and C commit through the backend.
+    let mut held = common::admin(&url).await;
+    let t1 = held.transaction().await.expect("begin");
+    t1.query_one("SELECT pg_current_xact_id()", &[]).await.expect("xid");
+    backend.complete(&b).await.expect("complete b");
+    backend.complete(&c).await.expect("complete c");
+    // T1 now appends A's event: its id is larger than B's and C's, its xid smaller.
+    let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL)", backend.schema());
+    t1.query_one(&finish, &[&a.as_str()]).await.expect("finish a inside the held transaction");
+
+    // The reader has seen B and C committed but holds them back behind T1...
+    wait_until("the reader to see B and C held back", async || backend.stats().held_back_events >= 2).await;
+    let reads = backend.counters().catch_up_reads;
+    wait_until("two more log reads", async || backend.counters().catch_up_reads >= reads + 2).await;
+    assert!(ready_now(&mut stream).is_none(), "nothing may be delivered while an older transaction is open");
+
+    // ...and delivers all three once T1 commits, A first.
+    t1.commit().await.expect("commit");
+    let got = collect_in(&mut stream, &ns, 3).await;
+    let ids: Vec<_> = got.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(ids, [a, b, c], "transaction order, not id order");
+    let positions: Vec<_> = got.iter().map(position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "cursors increase: {positions:?}");
+    assert!(positions[0].id > positions[1].id, "A's event id is the largest: the xid orders it first");
+}
+
+/// The next completion if one is ready right now, without waiting.
+fn ready_now(stream: &mut completion_core::CompletionStream) -> Option<CompletionPayload> {
+    use futures_util::StreamExt;
+    stream.next().now_or_never().flatten()
+}
+
+/// Many processes migrating one schema at once: all succeed, the schema is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_apply_once() {
+    let (config, url) = config("mig").await;
+    let runs = (0..8).map(|_| {
+        let config = config.clone();
+        tokio::spawn(async move { completion_postgres::migrate(&config).await })
+    });
+    let reports: Vec<_> = futures_util::future::join_all(runs).await;
+    let mut applied = 0;
+    for report in reports {
+        let report = report.expect("task").unwrap_or_else(|e| panic!("migrate: {e}"));
+        applied += report.applied.len();
+    }
+    assert_eq!(applied, 1, "exactly one run applied the single migration");
+    let history = format!("SELECT count(*) FROM \"{}\".schema_migrations", config.schema);
+    let rows: i64 = common::admin(&url).await.query_one(&history, &[]).await.expect("history").get(0);
+    assert_eq!(rows, 1);
+
+    // And connects racing on a fresh schema all succeed and work.
+    let (config, _) = self::config("migc").await;
+    let connects = (0..4).map(|_| PostgresBackend::connect(config.clone()));
+    let backends: Vec<_> = futures_util::future::join_all(connects).await;
+    let backends: Vec<_> = backends.into_iter().map(|b| b.unwrap_or_else(|e| panic!("connect: {e}"))).collect();
+    let ns = namespace("migc");
+    let mut stream = backends[0].subscribe_completions().await.expect("subscribe");
+    let id = create_and_complete(&backends[3], &ns, &Tags::new()).await;
+    assert_eq!(collect_in(&mut stream, &ns, 1).await[0].execution_id(), &id);
+    // A backend that does not migrate accepts the migrated schema.
+    connect(config.with_migrate(false)).await;
+}
+
+/// A fresh schema without migrations is refused with a clear error when `migrate` is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmigrated_schema_is_refused_without_migrate() {
+    let (config, _) = config("nomig").await;
+    let err = PostgresBackend::connect(config.clone().with_migrate(false)).await.err().expect("must fail");
+    assert!(matches!(err, EngineError::Incompatible { .. }), "{err}");
+    assert!(err.to_string().contains("migrat"), "{err}");
+    completion_postgres::migrate(&config).await.expect("migrate");
+    connect(config.with_migrate(false)).await;
+}
+
+/// The LISTEN connection is terminated several times while writers run: every completion
+/// still arrives, once, in order, and the backend counts the reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_terminated_while_writers_run() {
+    let (config, url) = config("kill").await;
+    let backend = connect(config).await;
+    let ns = namespace("kill");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    const PER_WRITER: usize = 100;
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (backend, ns) = (backend.clone(), ns.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..PER_WRITER {
+                    ids.push(create_and_complete(&backend, &ns, &Tags::new()).await);
+                }
+                ids
+            })
+        })
+        .collect();
+    let listener = [backend.listener_application_name()];
+    let mut got = Vec::new();
+    for round in 1..=3u64 {
+        // Let some events through, then kill the listener and wait for it to come back.
+        got.extend(collect_in(&mut stream, &ns, 20).await);
+        // (The previous, terminated listener may still be listed while it exits.)
+        assert!(common::terminate_named(&url, &listener).await >= 1, "round {round}: a listener to kill");
+        wait_until("the listener to reconnect", async || backend.counters().reconnects >= round).await;
+    }
+    let mut written = HashSet::new();
+    for writer in writers {
+        written.extend(writer.await.expect("writer"));
+    }
+    got.extend(collect_in(&mut stream, &ns, 2 * PER_WRITER - got.len()).await);
+    let delivered: HashSet<_> = got.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(delivered.len(), got.len(), "no duplicates");
+    assert_eq!(delivered, written, "nothing lost");
+    let positions: Vec<_> = got.iter().map(position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "log order");
+    assert!(backend.stats().listener_failures >= 3);
+}
+
+/// Every connection of the instance is terminated (listener and pool): the next writes
+/// succeed (retried on fresh connections) and are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_recover_when_every_connection_is_terminated() {
+    let (config, url) = config("killall").await;
+    let backend = connect(config).await;
+    let ns = namespace("killall");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let first = create_and_complete(&backend, &ns, &Tags::new()).await;
+    assert_eq!(collect_in(&mut stream, &ns, 1).await[0].execution_id(), &first);
+    let names = [backend.listener_application_name(), backend.pool_application_name()];
+    assert!(common::terminate_named(&url, &names).await >= 2, "listener and at least one pooled connection");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(create_and_complete(&backend, &ns, &Tags::new()).await);
+    }
+    let got: Vec<_> = collect_in(&mut stream, &ns, 5).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, ids);
+}
+
+/// Connecting to a port where nothing listens fails at once, naming the server; to a
+/// server that never answers, with a time-out after the configured limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_at_connect_fails_clearly_within_the_timeout() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = PostgresConfig::from_url(format!("postgres://postgres@127.0.0.1:{closed_port}/postgres"))
+        .with_connect_timeout(Duration::from_secs(2));
+    let err = tokio::time::timeout(EVENT_DEADLINE, PostgresBackend::connect(config))
+        .await
+        .expect("connect must give up by itself")
+        .err()
+        .expect("nothing listens there");
+    assert!(matches!(err, EngineError::Transport { .. } | EngineError::Timeout { .. }), "{err}");
+    if let EngineError::Transport { .. } = err {
+        assert!(err.to_string().contains(&format!("127.0.0.1:{closed_port}")), "names the server: {err}");
+    }
+
+    // Accepts TCP (the kernel's backlog) but never speaks the protocol.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let limit = Duration::from_millis(500);
+    let config =
+        PostgresConfig::from_url(format!("postgres://postgres@127.0.0.1:{port}/postgres")).with_connect_timeout(limit);
+    let err = tokio::time::timeout(EVENT_DEADLINE, PostgresBackend::connect(config))
+        .await
+        .expect("connect must give up by itself")
+        .err()
+        .expect("the server never answers");
+    match err {
+        EngineError::Timeout { op, after, .. } => {
+            assert_eq!(after, limit);
+            assert_eq!(op, "connect");
+        }
+        other => panic!("expected a time-out, got {other}"),
+    }
+    drop(silent);
+}
+
+/// Values that would be SQL if spliced (in ids, namespaces, tag keys and values, reasons)
+/// round-trip as data; an evil schema name is refused before any SQL runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_in_values_is_data_and_evil_schemas_are_refused() {
+    let (config, url) = config("inject").await;
+    let backend = connect(config.clone()).await;
+    let ns = completion_core::Namespace::new("ns');DROP_TABLE_executions;--").unwrap();
+    let id = completion_core::ExecutionId::new("x');DELETE/**/FROM/**/executions;--").unwrap();
+    let tags = Tags::from_pairs([
+        ("k'\"", "'); DROP TABLE completion_log; --"),
+        ("$1", "\" OR 1=1 --"),
+        ("plain", "\\x00 ; SELECT pg_sleep(10)"),
+    ])
+    .unwrap();
+    let reason = Reason::new("'; DROP SCHEMA public CASCADE; -- $1 $$ \\ \"q\"\nline two").unwrap();
+    let filter = ScannerFilter::new()
+        .with_namespace(ns.clone())
+        .with_tag(TagKey::new("k'\"").unwrap(), TagValue::new("'); DROP TABLE completion_log; --").unwrap());
+    let mut stream = backend.subscribe_completions_filtered(&filter).await.expect("subscribe");
+    backend.create_execution(NewExecution::new(id.clone(), ns.clone()).with_tags(tags.clone())).await.expect("create");
+    backend.fail(&id, &reason).await.expect("fail");
+    let got = next_completion(&mut stream, "the injected execution").await;
+    assert_eq!((got.execution_id(), got.namespace(), got.tags()), (&id, &ns, &tags));
+    let info = backend.describe(&id).await.expect("describe");
+    assert_eq!(info.reason.as_ref(), Some(&reason));
+    assert_eq!(info.tags, tags);
+    assert_eq!(info.state, ExecutionState::Terminal(Outcome::Failed));
+    // Everything still exists and works.
+    let count = format!("SELECT count(*) FROM \"{}\".completion_log", backend.schema());
+    let rows: i64 = common::admin(&url).await.query_one(&count, &[]).await.expect("log still there").get(0);
+    assert_eq!(rows, 1);
+    let other = create_and_complete(&backend, &namespace("after"), &Tags::new()).await;
+    assert!(matches!(backend.describe(&other).await.unwrap().state, ExecutionState::Terminal(Outcome::Succeeded)));
+
+    for evil in ["completions\"; DROP SCHEMA public CASCADE; --", "Public", "pg_temp", "a b", ""] {
+        let err = PostgresBackend::connect(config.clone().with_schema(evil)).await.err().expect("refused");
+        assert!(matches!(err, EngineError::InvalidInput { what: "schema", .. }), "{evil}: {err}");
+    }
+}
+
+/// Poll-only mode (no LISTEN): ready on return, delivers in order, holds no listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_only_mode_delivers_without_a_listener() {
+    let (config, url) = config("poll").await;
+    let backend = connect(config.with_listen(false).with_safety_interval(Duration::from_millis(50))).await;
+    let ns = namespace("poll");
+    for round in 0..5 {
+        let mut stream = backend.subscribe_completions().await.expect("subscribe");
+        let id = create_and_complete(&backend, &ns, &Tags::new()).await;
+        assert_eq!(collect_in(&mut stream, &ns, 1).await[0].execution_id(), &id, "round {round}");
+    }
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(create_and_complete(&backend, &ns, &Tags::new()).await);
+    }
+    let got: Vec<_> = collect_in(&mut stream, &ns, 20).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, ids);
+    assert_eq!(common::connections_named(&url, &backend.listener_application_name()).await, 0);
+    assert_eq!(backend.stats().notifications, 0);
+}
+
+/// A transaction that calls the terminal function 50 times commits and sends one
+/// notification, with an empty payload, on the channel the backend listens to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_small_notification_per_transaction() {
+    let (config, url) = config("notify").await;
+    let backend = connect(config).await;
+    let ns = namespace("notify");
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(create(&backend, &ns, None, &Tags::new()).await);
+    }
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+
+    // Our own listener on the backend's channel.
+    let (listen_client, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    let channel = backend.channel().to_string();
+    listen_client.batch_execute(&format!("LISTEN \"{channel}\"")).await.expect("listen");
+
+    let mut writer = common::admin(&url).await;
+    let tx_ = writer.transaction().await.expect("begin");
+    let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL)", backend.schema());
+    for id in &ids {
+        tx_.query_one(&finish, &[&id.as_str()]).await.expect("finish");
+    }
+    tx_.commit().await.expect("commit");
+    // A fence: notifications arrive in commit order, so everything of the 50-event
+    // transaction arrives before it.
+    writer.execute("SELECT pg_notify($1, 'fence')", &[&channel]).await.expect("fence");
+    let mut payloads = Vec::new();
+    loop {
+        let payload = tokio::time::timeout(EVENT_DEADLINE, rx.recv()).await.expect("notification").expect("open");
+        if payload == "fence" {
+            break;
+        }
+        payloads.push(payload);
+    }
+    assert_eq!(payloads, [String::new()], "one notification, empty payload");
+    let got: Vec<_> = collect_in(&mut stream, &ns, 50).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, ids);
+    let usage = backend.notification_queue_usage().await.expect("queue usage");
+    assert!((0.0..1.0).contains(&usage), "{usage}");
+}
+
+/// Pruning keeps the newest events; a cursor older than the watermark yields a gap, then the
+/// retained events; the periodic task prunes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_and_reports_gaps() {
+    let (config, url) = config("prune").await;
+    let backend = connect(config.clone().with_retention(Retention::events(5))).await;
+    let ns = namespace("prune");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    for _ in 0..10 {
+        create_and_complete(&backend, &ns, &Tags::new()).await;
+    }
+    let got = collect_in(&mut stream, &ns, 10).await;
+    let report = backend.prune().await.expect("prune");
+    assert_eq!(report.deleted, 5);
+    assert_eq!(report.watermark, Some(position(&got[4])));
+    assert_eq!(backend.prune().await.expect("prune again").deleted, 0, "idempotent");
+
+    let mut resumed =
+        backend.subscribe_from(StartFrom::After(got[1].cursor().clone()), &ScannerFilter::new()).await.unwrap();
+    match next_item(&mut resumed, "the gap").await {
+        StreamItem::Gap(gap) => {
+            assert_eq!(gap.after.as_ref(), Some(got[1].cursor()));
+            assert_eq!(&gap.resumed_at, got[4].cursor());
+        }
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    for expected in &got[5..] {
+        let item = next_item(&mut resumed, "a retained event").await;
+        assert_eq!(item.completion().map(|c| c.execution_id()), Some(expected.execution_id()));
+    }
+    let mut earliest = backend.subscribe_from(StartFrom::Earliest, &ScannerFilter::new()).await.unwrap();
+    let first = next_item(&mut earliest, "the oldest retained").await;
+    assert_eq!(first.completion().map(|c| c.execution_id()), Some(got[5].execution_id()), "no gap from the origin");
+
+    // The periodic task, on another instance of the same schema.
+    let periodic =
+        connect(config.with_retention(Retention::events(2)).with_prune_interval(Some(Duration::from_millis(50)))).await;
+    let count = format!("SELECT count(*) FROM \"{}\".completion_log", backend.schema());
+    let admin = common::admin(&url).await;
+    wait_until("the periodic prune", async || {
+        periodic.stats().prune_runs >= 1 && admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) == 2
+    })
+    .await;
+}
+
+/// Cursors are checked: another backend's, garbage, or one past the log's end are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_and_future_cursors_are_refused() {
+    let (config, _) = config("cursor").await;
+    let backend = connect(config).await;
+    let all = ScannerFilter::new();
+    for text in ["memory:5", "postgres:12", "postgres:x.1", "postgres:99999999999.1"] {
+        let cursor = completion_core::Cursor::parse(text).unwrap();
+        let err = backend.subscribe_from(StartFrom::After(cursor), &all).await.err().expect("refused");
+        assert!(matches!(err, EngineError::InvalidInput { what: "cursor", .. }), "{text}: {err}");
+    }
+}
+
+/// A second terminal write is refused with the first outcome; a retried call (same token)
+/// is recognised as the same call and appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_writes_are_once_and_retries_are_idempotent() {
+    let (config, url) = config("once").await;
+    let backend = connect(config).await;
+    let ns = namespace("once");
+    let id = create(&backend, &ns, None, &Tags::new()).await;
+    backend.cancel(&id, &Reason::new("stop").unwrap()).await.expect("cancel");
+    match backend.complete(&id).await {
+        Err(EngineError::AlreadyTerminal { outcome: Outcome::Cancelled, .. }) => {}
+        other => panic!("expected AlreadyTerminal(cancelled), got {other:?}"),
+    }
+    let missing = execution_id("missing");
+    assert!(matches!(backend.complete(&missing).await, Err(EngineError::NotFound(_))));
+    assert!(matches!(
+        backend.create_execution(NewExecution::new(id.clone(), ns.clone())).await,
+        Err(EngineError::AlreadyExists(_))
+    ));
+
+    let admin = common::admin(&url).await;
+    let s = backend.schema();
+    let retried = execution_id("retried");
+    let create_sql = format!("SELECT \"{s}\".create_execution($1, $2, NULL, '{{}}', 'tok-c')");
+    let finish_sql = format!("SELECT \"{s}\".finish_execution($1, 'failed', 'r', 'tok-f')");
+    for _ in 0..2 {
+        admin.query_one(&create_sql, &[&retried.as_str(), &ns.as_str()]).await.expect("create (retried)");
+        admin.query_one(&finish_sql, &[&retried.as_str()]).await.expect("finish (retried)");
+    }
+    let count = format!("SELECT count(*) FROM \"{s}\".completion_log WHERE execution_id = $1");
+    let events: i64 = admin.query_one(&count, &[&retried.as_str()]).await.unwrap().get(0);
+    assert_eq!(events, 1, "a retried terminal call appends one event");
+}
+
+/// The server restarts under a live stream: writes right after it succeed, and every
+/// completion before and after is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(external_postgres, ignore = "DATABASE_URL is set: an external server cannot be restarted")]
+async fn server_restart_loses_nothing() {
+    let server = Arc::new(common::dedicated_server().await);
+    let config = PostgresConfig::from_url(server.url()).with_schema(common::unique_schema("restart"));
+    let backend = connect(config).await;
+    let ns = namespace("restart");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(create_and_complete(&backend, &ns, &Tags::new()).await);
+    }
+    let restarting = server.clone();
+    tokio::task::spawn_blocking(move || restarting.restart()).await.unwrap().expect("restart");
+    for _ in 0..5 {
+        ids.push(create_and_complete(&backend, &ns, &Tags::new()).await);
+    }
+    let got: Vec<_> = collect_in(&mut stream, &ns, 10).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, ids);
+    wait_until("the reconnect to be counted", async || backend.counters().reconnects >= 1).await;
+}
+
+/// A log row written around the stored functions with values the contract refuses is
+/// skipped and counted, not delivered and not a panic; later events still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_log_rows_are_skipped_and_counted() {
+    let (config, url) = config("junk").await;
+    let backend = connect(config).await;
+    let ns = namespace("junk");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let insert = format!(
+        "INSERT INTO \"{}\".completion_log (execution_id, namespace, outcome, tags, completed_at_ms)
+         VALUES ('id with spaces', $1, 'succeeded', '{{}}', 0), ('ok-id', $1, 'exploded', '{{}}', 0),
+                ('ok-id', $1, 'failed', '{{\"k\": 1}}', 0)",
+        backend.schema()
+    );
+    common::admin(&url).await.execute(&insert, &[&ns.as_str()]).await.expect("insert junk");
+    let id = create_and_complete(&backend, &ns, &Tags::new()).await;
+    assert_eq!(collect_in(&mut stream, &ns, 1).await[0].execution_id(), &id, "junk skipped");
+    assert!(backend.counters().malformed_messages >= 3, "{:?}", backend.counters());
+}
+
+/// A stream that starts while an older transaction is open is not handed a completion that
+/// committed before the subscribe call (it sits above the horizon when the feed starts):
+/// the feed waits for the horizon to pass it before taking the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_skips_completions_committed_before_it_even_above_the_horizon() {
+    let (config, url) = config("settle").await;
+    let backend = connect(config).await;
+    let ns = namespace("settle");
+    let before = create(&backend, &ns, None, &Tags::new()).await;
+    let after = create(&backend, &ns, None, &Tags::new()).await;
+
+    let mut older = common::admin(&url).await;
+    let t1 = older.transaction().await.expect("begin");
+    t1.query_one("SELECT pg_current_xact_id()", &[]).await.expect("xid");
+    backend.complete(&before).await.expect("complete before subscribing");
+
+    let subscriber = backend.clone();
+    let subscribing = tokio::spawn(async move { subscriber.subscribe_completions().await });
+    let listener = backend.listener_application_name();
+    wait_until("the feed to go live", async || common::connections_named(&url, &listener).await == 1).await;
+    t1.commit().await.expect("commit the older transaction");
+    let mut stream = subscribing.await.expect("task").expect("subscribe");
+    backend.complete(&after).await.expect("complete after subscribing");
+    let got = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!(got[0].execution_id(), &after, "the completion committed before subscribe is not replayed");
+}
+
+/// A consumer that does not read while 100 completions commit, with a 4-event buffer: the
+/// buffer never holds more than 4, and the stream catches up from the log, in order. A
+/// filtered stream (in SQL on the catch-up reads) yields only its tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_filtered_consumers_catch_up_from_the_log() {
+    let (config, _) = config("slow").await;
+    let backend = connect(config.with_buffer(4)).await;
+    let ns = namespace("slow");
+    let blue = Tags::from_pairs([("color", "blue")]).unwrap();
+    let red = Tags::from_pairs([("color", "red")]).unwrap();
+    let mut all = backend.subscribe_completions().await.expect("subscribe");
+    let filter = ScannerFilter::new().with_tag(TagKey::new("color").unwrap(), TagValue::new("blue").unwrap());
+    let mut blues = backend.subscribe_completions_filtered(&filter).await.expect("subscribe filtered");
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(create_and_complete(&backend, &ns, if i % 3 == 0 { &blue } else { &red }).await);
+    }
+    let got: Vec<_> = collect_in(&mut all, &ns, 100).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, ids);
+    let expected_blue: Vec<_> = ids.iter().step_by(3).cloned().collect();
+    let got_blue = collect_in(&mut blues, &ns, expected_blue.len()).await;
+    assert!(got_blue.iter().all(|c| c.tags() == &blue), "only blue");
+    let got_blue: Vec<_> = got_blue.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got_blue, expected_blue);
+    let counters = backend.counters();
+    assert!(counters.buffer_overflows >= 1, "{counters:?}");
+    assert!(counters.buffer_high_water <= 4, "{counters:?}");
+}

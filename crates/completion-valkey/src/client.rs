@@ -1,0 +1,394 @@
+//! The command connection: everything this crate sends to the server except pub/sub, and the
+//! only module (with [`subscriber`](crate::subscriber)) that knows the client library, fred.
+//!
+//! Contract: one multiplexed connection per backend instance, with
+//! - a reconnect policy (exponential backoff from 50 ms up to `reconnect_max_delay`,
+//!   unlimited attempts): without one, fred never reconnects;
+//! - a timeout on every command (`command_timeout`, time waiting for a reconnect included),
+//!   and on connecting (`connect_timeout`);
+//! - `CLIENT SETNAME` on every (re)connect, to fred's client id, so operators and tests can
+//!   find the connection in `CLIENT LIST` ([`Conn::name`]);
+//! - fred retries a command whose connection dropped while it was in flight: every write
+//!   function is therefore idempotent per write token (see `lua/completions.lua`).
+//!
+//! Errors come back as [`EngineError`]: transport trouble as `Transport`, time-outs as
+//! `Timeout`, and error replies as `Server` with the server's message.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use completion_core::EngineError;
+use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
+use fred::types::{ClusterHash, CustomCommand, RespVersion};
+
+use crate::config::{ValkeyConfig, redact_url};
+
+pub(crate) const BACKEND: &str = crate::position::BACKEND;
+
+/// Maps a fred error to the engine error of `op`.
+pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
+    match error.kind() {
+        ErrorKind::Timeout => EngineError::Timeout { backend: BACKEND, op, after: Duration::ZERO },
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Protocol | ErrorKind::Routing | ErrorKind::Backpressure => {
+            EngineError::transport(BACKEND, op, error)
+        }
+        #[cfg(feature = "tls")]
+        ErrorKind::Tls => EngineError::transport(BACKEND, op, error),
+        ErrorKind::Config | ErrorKind::Url => {
+            EngineError::invalid("valkey client configuration", error.details(), "refused by the client library")
+        }
+        _ => EngineError::Server { backend: BACKEND, op, message: error.details().to_string() },
+    }
+}
+
+/// Fills in the limit of a time-out error (fred does not say which limit passed).
+fn with_limit(error: EngineError, limit: Duration) -> EngineError {
+    match error {
+        EngineError::Timeout { backend, op, .. } => EngineError::Timeout { backend, op, after: limit },
+        other => other,
+    }
+}
+
+/// Which connection of the instance a client is (sizes its message channel).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Commands.
+    Commands,
+    /// Pub/sub (RESP3, so that PING works while subscribed).
+    Subscriber,
+}
+
+/// Builds a fred client for `config` and connects it, within `connect_timeout`.
+pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<Client, EngineError> {
+    let (url, tls) = config.plain_url()?;
+    let mut fred_config = Config::from_url(&url)
+        .map_err(|e| EngineError::invalid("url", redact_url(&config.url), e.details().to_string()))?;
+    // Our own TLS setup rather than fred's from the `rediss` scheme: fred's refuses to start
+    // when any system root certificate fails to load, and cannot add a CA file.
+    #[cfg(feature = "tls")]
+    if tls {
+        fred_config.tls = Some(tls_connector(config)?.into());
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = tls; // refused by `plain_url` without the feature
+    if let Some(user) = &config.username {
+        fred_config.username = Some(user.clone());
+    }
+    if let Some(password) = &config.password {
+        fred_config.password = Some(password.clone());
+    }
+    if let Some(db) = config.database {
+        fred_config.database = Some(db);
+    }
+    // Report the first connection failure to connect() instead of retrying forever.
+    fred_config.fail_fast = true;
+    if role == Role::Subscriber {
+        fred_config.version = RespVersion::RESP3;
+    }
+    let command_timeout = config.command_timeout;
+    let connect_timeout = config.connect_timeout;
+    let capacity = match role {
+        // Fred's default of 32 drops messages when the reader lags (field notes): size it.
+        Role::Subscriber => config.message_capacity,
+        Role::Commands => 64,
+    };
+    let max_delay = u32::try_from(config.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX).max(50);
+    let client = Builder::from_config(fred_config)
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            c.auto_client_setname = true;
+            c.max_command_attempts = 3;
+            c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
+            // A connection that stops answering is closed and reconnected, instead of
+            // timing out every command forever (a half-open TCP connection).
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(command_timeout),
+                interval: (command_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = command_timeout;
+            p.broadcast_channel_capacity = capacity;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, max_delay, 2))
+        .build()
+        .map_err(|e| map_error("connect", e))?;
+    let redacted = redact_url(&config.url);
+    match tokio::time::timeout(connect_timeout, client.init()).await {
+        Ok(Ok(_task)) => Ok(client),
+        Ok(Err(e)) if *e.kind() == ErrorKind::Timeout => {
+            tracing::warn!(url = %redacted, ?connect_timeout, "connecting timed out");
+            Err(EngineError::Timeout { backend: BACKEND, op: "connect", after: connect_timeout })
+        }
+        Ok(Err(e)) => {
+            Err(EngineError::transport(BACKEND, "connect", format!("could not connect to {redacted}: {}", e.details())))
+        }
+        Err(_) => {
+            // The attempt may still finish later: make sure its connection closes then.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), client.quit()).await;
+            });
+            tracing::warn!(url = %redacted, ?connect_timeout, "connecting timed out");
+            Err(EngineError::Timeout { backend: BACKEND, op: "connect", after: connect_timeout })
+        }
+    }
+}
+
+/// A rustls connector trusting the system's roots and `tls_ca_file`.
+#[cfg(feature = "tls")]
+fn tls_connector(config: &ValkeyConfig) -> Result<fred::types::config::TlsConnector, EngineError> {
+    use std::sync::Arc;
+
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "skipping a system root certificate");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &config.tls_ca_file {
+        let shown = path.display().to_string();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| EngineError::invalid("tls_ca_file", &shown, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::invalid("tls_ca_file", &shown, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(EngineError::invalid("tls_ca_file", &shown, "holds no PEM certificate"));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| EngineError::invalid("tls_ca_file", &shown, e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EngineError::invalid("tls", "rustls", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tls.into())
+}
+
+/// What a server holds under the library name.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum InstalledLibrary {
+    /// Nothing.
+    Missing,
+    /// This library, at this version.
+    Version(i64),
+    /// A library of that name that is not ours (no version function).
+    Foreign(String),
+}
+
+/// The outcome of a `FUNCTION LOAD`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Loaded {
+    /// Loaded.
+    Done,
+    /// Another process loaded a library of that name first.
+    AlreadyExists,
+}
+
+/// One partition's answer to the library's read function.
+#[derive(Debug)]
+pub(crate) struct RawRead {
+    /// The newest id trimmed away: everything up to it is gone.
+    pub trimmed_to: String,
+    /// `last-generated-id`: the newest id ever appended.
+    pub last_generated: String,
+    /// The entries: id and field/value pairs.
+    pub entries: Vec<(String, Vec<(String, String)>)>,
+    /// The server's time of the read, in microseconds.
+    pub read_at_us: u64,
+}
+
+/// The command connection of one backend instance.
+pub(crate) struct Conn {
+    client: Client,
+    command_timeout: Duration,
+}
+
+impl Conn {
+    /// Connects the command connection.
+    pub(crate) async fn connect(config: &ValkeyConfig) -> Result<Self, EngineError> {
+        let client = connect_client(config, Role::Commands).await?;
+        Ok(Self { client, command_timeout: config.command_timeout })
+    }
+
+    /// The connection's `CLIENT SETNAME` (fred's client id; set again on every reconnect).
+    pub(crate) fn name(&self) -> String {
+        self.client.id().to_string()
+    }
+
+    /// The server's version as reported by its handshake, if known.
+    pub(crate) fn server_version(&self) -> Option<String> {
+        self.client.server_version().map(|v| v.to_string())
+    }
+
+    fn fail(&self, op: &'static str) -> impl FnOnce(Error) -> EngineError + '_ {
+        move |e| with_limit(map_error(op, e), self.command_timeout)
+    }
+
+    /// Calls a library function.
+    pub(crate) async fn fcall(
+        &self,
+        op: &'static str,
+        function: &'static str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<FcallReply, EngineError> {
+        let value: Value = self.client.fcall(function, keys, args).await.map_err(self.fail(op))?;
+        Ok(FcallReply(value))
+    }
+
+    /// Calls a read-only library function (`FCALL_RO`).
+    pub(crate) async fn fcall_ro(
+        &self,
+        op: &'static str,
+        function: &'static str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<FcallReply, EngineError> {
+        let value: Value = self.client.fcall_ro(function, keys, args).await.map_err(self.fail(op))?;
+        Ok(FcallReply(value))
+    }
+
+    /// What the server holds under `library`, asking its version function `version_fn`.
+    pub(crate) async fn installed_library(
+        &self,
+        library: &'static str,
+        version_fn: &'static str,
+    ) -> Result<InstalledLibrary, EngineError> {
+        let listed: Value =
+            self.client.function_list(Some(library), false).await.map_err(self.fail("FUNCTION LIST"))?;
+        if listed.array_len().unwrap_or(0) == 0 && !listed.is_map() {
+            return Ok(InstalledLibrary::Missing);
+        }
+        let version: Result<Value, Error> =
+            self.client.fcall_ro(version_fn, Vec::<String>::new(), Vec::<String>::new()).await;
+        match version {
+            Ok(v) => match v.as_i64() {
+                Some(n) => Ok(InstalledLibrary::Version(n)),
+                None => Ok(InstalledLibrary::Foreign(format!("{version_fn} returned {v:?}"))),
+            },
+            Err(e) if e.details().contains("Function not found") => {
+                Ok(InstalledLibrary::Foreign(format!("it has no {version_fn} function")))
+            }
+            Err(e) => Err(self.fail("FCALL_RO")(e)),
+        }
+    }
+
+    /// `FUNCTION LOAD [REPLACE] code`.
+    pub(crate) async fn function_load(&self, code: &str, replace: bool) -> Result<Loaded, EngineError> {
+        let result: Result<Value, Error> = self.client.function_load(replace, code).await;
+        match result {
+            Ok(_) => Ok(Loaded::Done),
+            Err(e) if e.details().contains("already exists") => Ok(Loaded::AlreadyExists),
+            Err(e) => Err(self.fail("FUNCTION LOAD")(e)),
+        }
+    }
+
+    /// `SET key value NX GET`: stores `value` unless the key exists; returns the old value.
+    pub(crate) async fn set_nx_get(&self, key: &str, value: &str) -> Result<Option<String>, EngineError> {
+        let command = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
+        let reply: Value = self
+            .client
+            .custom(command, vec![key.to_string(), value.to_string(), "NX".into(), "GET".into()])
+            .await
+            .map_err(self.fail("SET NX GET"))?;
+        Ok(reply.as_string())
+    }
+
+    /// `HGETALL key` (empty when the key does not exist).
+    pub(crate) async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, EngineError> {
+        self.client.hgetall(key).await.map_err(self.fail("HGETALL"))
+    }
+
+    /// Closes the connection (and stops reconnecting).
+    pub(crate) async fn quit(&self) {
+        let _ = tokio::time::timeout(self.command_timeout, self.client.quit()).await;
+    }
+
+    /// A handle that closes the connection when asked from a `Drop` impl.
+    pub(crate) fn closer(&self) -> Closer {
+        Closer(self.client.clone(), self.command_timeout)
+    }
+}
+
+/// Closes a connection from synchronous code (a `Drop`), on the current tokio runtime.
+pub(crate) struct Closer(Client, Duration);
+
+impl Closer {
+    /// Sends `QUIT` in the background, if a runtime is there to run it.
+    pub(crate) fn close(self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let Closer(client, limit) = self;
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(limit, client.quit()).await;
+            });
+        }
+    }
+}
+
+/// The reply of a library function, read by shape.
+#[derive(Debug)]
+pub(crate) struct FcallReply(Value);
+
+impl FcallReply {
+    /// The reply as text (stream ids, codes).
+    pub(crate) fn text(&self) -> Option<String> {
+        self.0.as_string()
+    }
+
+    /// The reply as a list of texts.
+    pub(crate) fn texts(&self) -> Option<Vec<String>> {
+        match &self.0 {
+            Value::Array(items) => items.iter().map(Value::as_string).collect(),
+            Value::Null => Some(Vec::new()),
+            _ => None,
+        }
+    }
+
+    /// The reply as an integer.
+    pub(crate) fn integer(&self) -> Option<i64> {
+        self.0.as_i64()
+    }
+
+    /// The reply of `completions_read`.
+    pub(crate) fn into_read(self) -> Result<RawRead, String> {
+        let mut parts = self.0.into_array().into_iter();
+        let (Some(trimmed_to), Some(last), Some(entries), Some(read_at)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("the read function returned fewer than 4 parts".into());
+        };
+        let read_at_us = read_at
+            .as_string()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| format!("the read time is not a number: {read_at:?}"))?;
+        let text = |v: Value, what: &str| v.as_string().ok_or_else(|| format!("{what} is not text: {v:?}"));
+        let mut out = Vec::new();
+        for entry in entries.into_array() {
+            let mut entry = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+                return Err("a log entry is not [id, fields]".into());
+            };
+            let id = text(id, "an entry id")?;
+            let mut pairs = Vec::new();
+            let mut fields = fields.into_array().into_iter();
+            while let (Some(f), Some(v)) = (fields.next(), fields.next()) {
+                pairs.push((text(f, "a field name")?, v.as_str_lossy().map(|s| s.into_owned()).unwrap_or_default()));
+            }
+            out.push((id, pairs));
+        }
+        Ok(RawRead {
+            trimmed_to: text(trimmed_to, "trimmed_to")?,
+            last_generated: text(last, "last-generated-id")?,
+            entries: out,
+            read_at_us,
+        })
+    }
+}

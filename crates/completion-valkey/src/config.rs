@@ -1,0 +1,374 @@
+//! Settings of a [`ValkeyBackend`](crate::ValkeyBackend), with their defaults.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use completion_core::{EngineError, Retention};
+use serde::{Deserialize, Deserializer};
+
+/// Settings of a [`ValkeyBackend`](crate::ValkeyBackend).
+///
+/// Deserializes with serde (every field optional; unknown fields refused). Durations are
+/// written as milliseconds (`2000`) or as text with a unit (`"500ms"`, `"2s"`, `"1m"`).
+///
+/// ```
+/// use completion_valkey::ValkeyConfig;
+///
+/// let config = ValkeyConfig::new("valkey://127.0.0.1:6380").with_key_prefix("billing").with_partitions(8);
+/// assert_eq!(config.partitions, 8);
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ValkeyConfig {
+    /// The server: `redis://`, `rediss://` (TLS, `tls` feature), `valkey://` (same as
+    /// `redis://`) or `valkeys://` (same as `rediss://`), `[user[:password]@]host[:port][/db]`.
+    /// Default `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// ACL user name; overrides the URL's. Default: none (the URL's, else `default`).
+    pub username: Option<String>,
+    /// Password; overrides the URL's. Default: none (the URL's, if any).
+    pub password: Option<String>,
+    /// Database number; overrides the URL's path. Default: none (the URL's, else 0).
+    pub database: Option<u8>,
+    /// With TLS: a PEM file of CA certificates to trust besides the system's roots (`tls`
+    /// feature). Default: none.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Prefix of every key and of the channel. Different prefixes are fully isolated on one
+    /// server. 1 to 64 visible ASCII characters, no braces. Default `completions`.
+    pub key_prefix: String,
+    /// How many partitions (log streams) the prefix has, 1 to 256. Fixed for the life of
+    /// a prefix: connecting with another count fails. Default 16.
+    pub partitions: u16,
+    /// How much of the log to keep: the newest `max_events` completions over all
+    /// partitions, none older than `max_age_secs`. Writes trim cheaply and approximately
+    /// (each partition to about `max_events` entries, and by age), so the log can hold up
+    /// to `partitions x max_events` entries between exact trims;
+    /// [`enforce_retention`](crate::ValkeyBackend::enforce_retention) trims exactly, and
+    /// runs every `retention_interval`. Default: 100 000 events, no age limit.
+    pub retention: Retention,
+    /// Events buffered per stream before it falls back to reading the log. Default 1024.
+    pub buffer: usize,
+    /// How often the feed re-reads the log even when nothing seems lost: the longest a
+    /// completion whose message was lost waits. Default 2 s.
+    #[serde(deserialize_with = "duration")]
+    pub safety_interval: Duration,
+    /// Limit on connecting (TCP, TLS, handshake) at [`connect`](crate::ValkeyBackend::connect)
+    /// and on each reconnect. Default 5 s.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Limit on one command, including time spent waiting for a reconnect. Default 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Longest pause between reconnect attempts (they back off exponentially from 50 ms).
+    /// Default 2 s.
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_max_delay: Duration,
+    /// How often the backend trims the log to retention exactly, in the background
+    /// (`None`: never; call [`enforce_retention`](crate::ValkeyBackend::enforce_retention)
+    /// yourself). Default 60 s.
+    #[serde(deserialize_with = "optional_duration")]
+    pub retention_interval: Option<Duration>,
+    /// Messages the subscriber connection may hold unread before the oldest are dropped
+    /// (then the feed catches up from the log). Default 65 536.
+    pub message_capacity: usize,
+}
+
+impl Default for ValkeyConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_string(),
+            username: None,
+            password: None,
+            database: None,
+            tls_ca_file: None,
+            key_prefix: "completions".to_string(),
+            partitions: 16,
+            retention: Retention::default(),
+            buffer: 1024,
+            safety_interval: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(10),
+            reconnect_max_delay: Duration::from_secs(2),
+            retention_interval: Some(Duration::from_secs(60)),
+            message_capacity: 65_536,
+        }
+    }
+}
+
+impl fmt::Debug for ValkeyConfig {
+    /// Never prints the password, nor a password inside the URL.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValkeyConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("partitions", &self.partitions)
+            .field("retention", &self.retention)
+            .field("buffer", &self.buffer)
+            .field("safety_interval", &self.safety_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("retention_interval", &self.retention_interval)
+            .field("message_capacity", &self.message_capacity)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident, $field:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $field: $ty) -> Self {
+            self.$field = $field;
+            self
+        }
+    };
+}
+
+impl ValkeyConfig {
+    /// The defaults, with `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+
+    /// Sets the ACL user and password.
+    pub fn with_credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the database number.
+    pub fn with_database(mut self, database: u8) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// Trusts the CA certificates of this PEM file for TLS (`tls` feature).
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    setter!(
+        /// Sets the partition count.
+        with_partitions, partitions: u16);
+    setter!(
+        /// Sets the retention.
+        with_retention, retention: Retention);
+    setter!(
+        /// Sets the per-stream buffer.
+        with_buffer, buffer: usize);
+    setter!(
+        /// Sets the safety read interval.
+        with_safety_interval, safety_interval: Duration);
+    setter!(
+        /// Sets the connect timeout.
+        with_connect_timeout, connect_timeout: Duration);
+    setter!(
+        /// Sets the command timeout.
+        with_command_timeout, command_timeout: Duration);
+    setter!(
+        /// Sets the longest pause between reconnect attempts.
+        with_reconnect_max_delay, reconnect_max_delay: Duration);
+    setter!(
+        /// Sets how often the log is trimmed exactly in the background (`None`: never).
+        with_retention_interval, retention_interval: Option<Duration>);
+    setter!(
+        /// Sets how many unread messages the subscriber connection holds.
+        with_message_capacity, message_capacity: usize);
+
+    /// Checks every value; the error names the field and the value.
+    pub(crate) fn validate(&self) -> Result<(), EngineError> {
+        let prefix = &self.key_prefix;
+        if prefix.is_empty() || prefix.len() > 64 {
+            return Err(EngineError::invalid("key prefix", prefix, "must be 1 to 64 bytes long"));
+        }
+        if let Some(c) = prefix.chars().find(|c| !c.is_ascii_graphic() || *c == '{' || *c == '}') {
+            return Err(EngineError::invalid(
+                "key prefix",
+                prefix,
+                format!("character {c:?} is not allowed (visible ASCII without braces)"),
+            ));
+        }
+        if !(1..=256).contains(&self.partitions) {
+            return Err(EngineError::invalid("partitions", self.partitions.to_string(), "must be 1 to 256"));
+        }
+        if self.buffer == 0 {
+            return Err(EngineError::invalid("buffer", "0", "must be at least 1"));
+        }
+        if self.message_capacity == 0 {
+            return Err(EngineError::invalid("message_capacity", "0", "must be at least 1"));
+        }
+        if self.retention.max_events == Some(0) {
+            return Err(EngineError::invalid("retention.max_events", "0", "must be at least 1 (or none)"));
+        }
+        for (what, value) in [
+            ("safety_interval", self.safety_interval),
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+            ("reconnect_max_delay", self.reconnect_max_delay),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(EngineError::invalid(what, format!("{value:?}"), "must be at least 1 ms"));
+            }
+        }
+        if self.retention_interval.is_some_and(|i| i < Duration::from_millis(1)) {
+            return Err(EngineError::invalid(
+                "retention_interval",
+                format!("{:?}", self.retention_interval),
+                "must be at least 1 ms",
+            ));
+        }
+        if self.tls_ca_file.is_some() && !cfg!(feature = "tls") {
+            return Err(EngineError::invalid(
+                "tls_ca_file",
+                self.tls_ca_file.iter().map(|p| p.display().to_string()).collect::<String>(),
+                "TLS needs the `tls` cargo feature of completion-valkey",
+            ));
+        }
+        self.plain_url().map(|_| ())
+    }
+
+    /// The URL as `redis://...` (whatever the scheme) and whether it asks for TLS. Refuses
+    /// other schemes, and TLS without the `tls` feature.
+    pub(crate) fn plain_url(&self) -> Result<(String, bool), EngineError> {
+        let bad = |reason: &str| EngineError::invalid("url", redact_url(&self.url), reason);
+        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| bad("expected `redis://host:port`"))?;
+        let tls = match scheme {
+            "redis" | "valkey" => false,
+            "rediss" | "valkeys" => true,
+            _ => {
+                return Err(bad(
+                    "the scheme must be redis://, rediss://, valkey:// or valkeys:// (cluster, sentinel and unix \
+                     sockets are not supported yet)",
+                ));
+            }
+        };
+        if tls && !cfg!(feature = "tls") {
+            return Err(bad("TLS needs the `tls` cargo feature of completion-valkey"));
+        }
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        if host.is_empty() || host.starts_with('/') || host.starts_with(':') {
+            return Err(bad("has no host"));
+        }
+        Ok((format!("redis://{rest}"), tls))
+    }
+}
+
+/// Reads a duration as milliseconds (a number) or as text with a unit (`ms`, `s`, `m`).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Like [`duration`], and `null` for none.
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Millis(ms)) => Ok(Some(Duration::from_millis(ms))),
+        Some(Raw::Text(text)) => parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    match unit.trim() {
+        "ms" | "" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        other => Err(format!("unknown duration unit `{other}` in `{text}` (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized_and_bad_ones_named() {
+        let url = |u: &str| ValkeyConfig::new(u).plain_url();
+        assert_eq!(url("valkey://h:1/2").unwrap(), ("redis://h:1/2".to_string(), false));
+        assert_eq!(url("redis://u:p@h").unwrap(), ("redis://u:p@h".to_string(), false));
+        assert!(url("http://h").unwrap_err().to_string().contains("scheme"));
+        assert!(url("nothing").is_err());
+        assert!(url("redis://").is_err());
+        if cfg!(feature = "tls") {
+            assert_eq!(url("valkeys://h").unwrap(), ("redis://h".to_string(), true));
+        } else {
+            assert!(url("rediss://h").unwrap_err().to_string().contains("`tls`"));
+        }
+        let err = ValkeyConfig::new("redis+unix://u:secret@x").plain_url().unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let err = ValkeyConfig::default().with_key_prefix("a{b}").validate().unwrap_err().to_string();
+        assert!(err.contains("key prefix") && err.contains("a{b}"), "{err}");
+        assert!(ValkeyConfig::default().with_partitions(0).validate().is_err());
+        assert!(ValkeyConfig::default().with_partitions(257).validate().is_err());
+        assert!(ValkeyConfig::default().with_buffer(0).validate().is_err());
+        assert!(ValkeyConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn deserializes_with_defaults_and_units() {
+        let c: ValkeyConfig = serde_json::from_str(
+            r#"{"url":"valkey://x","safety_interval":"500ms","connect_timeout":1500,"retention":{"max_age_secs":60}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.safety_interval, Duration::from_millis(500));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.partitions, 16);
+        assert_eq!(c.retention.max_age_secs, Some(60));
+        assert!(serde_json::from_str::<ValkeyConfig>(r#"{"safety_interval":"2h"}"#).is_err());
+        assert!(serde_json::from_str::<ValkeyConfig>(r#"{"nope":1}"#).is_err());
+        let none: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":null}"#).unwrap();
+        assert_eq!(none.retention_interval, None);
+        let some: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":"1m"}"#).unwrap();
+        assert_eq!(some.retention_interval, Some(Duration::from_secs(60)));
+        let shown = format!("{:?}", ValkeyConfig::new("redis://u:hunter2@h").with_credentials("u", "pw"));
+        assert!(!shown.contains("hunter2") && !shown.contains("\"pw\""), "{shown}");
+    }
+}

@@ -1,0 +1,175 @@
+//! The live feed: one subscriber connection per backend instance, shared by all its streams.
+//!
+//! [`ValkeyFeed::start`] subscribes (confirmed by the server), reads the log's head and
+//! moves the hub there, then spawns a task that, until the hub goes idle:
+//! - hands each message to the hub, in arrival order, if it continues what the hub holds:
+//!   every message carries its partition's previous entry id (`prev`), and a message whose
+//!   `prev` lies past the hub's position for that partition proves that earlier messages
+//!   never arrived (published while disconnected, or cut off by the server's output buffer
+//!   limit). Then the hub catches up from the log instead ([`Hub::resync`]), so a lost
+//!   message is found by the very next one, not only by a timer;
+//! - skips, logs and counts messages that do not parse (`malformed_messages`);
+//! - on fred's "lagged" (messages dropped by a full client buffer), catches up from the log;
+//! - on a reconnect: subscribes again (fred does not), then catches up from the log, and
+//!   counts a reconnect;
+//! - every `safety_interval`: pings the subscriber connection, re-subscribes if an earlier
+//!   attempt failed, and catches up from the log (so a lost message that no later message
+//!   reveals waits at most that long);
+//! - when the hub goes idle (no stream left, or the backend dropped): `QUIT`s the connection.
+//!
+//! A failed catch-up read is logged and retried at the next of those occasions; the hub's
+//! position only moves on what was read, so nothing is skipped meanwhile.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use completion_core::hub::{Feed, Hub};
+use completion_core::{Counters, EngineError};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::position::ValkeyPosition;
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::subscriber::{SubEvent, Subscriber};
+use crate::wire;
+
+/// Starts subscriber connections for one backend instance.
+pub(crate) struct ValkeyFeed {
+    pub store: Arc<Store>,
+    /// The `CLIENT SETNAME` of the latest subscriber connection (kept after it closed, so
+    /// that one can check it is gone).
+    pub subscriber_name: Arc<Mutex<Option<String>>>,
+}
+
+#[async_trait]
+impl Feed<ValkeyPosition> for ValkeyFeed {
+    async fn start(&self, hub: &Hub<ValkeyPosition>) -> Result<Option<tokio::task::JoinHandle<()>>, EngineError> {
+        let config = &self.store.config;
+        let span = tracing::info_span!("valkey_feed", prefix = %config.key_prefix);
+        let subscriber = Subscriber::connect(config, self.store.keys.channel()).instrument(span.clone()).await?;
+        *self.subscriber_name.lock().unwrap_or_else(|e| e.into_inner()) = Some(subscriber.name());
+        // Read only now that the subscription is live: whatever commits later is announced.
+        let head = match self.store.head().instrument(span.clone()).await {
+            Ok(head) => head,
+            Err(e) => {
+                subscriber.quit().await;
+                return Err(e);
+            }
+        };
+        hub.advance_to(&head);
+        Stats::bump(&self.store.stats.feeds_started);
+        tracing::debug!(parent: &span, subscriber = %subscriber.name(), ?head, "feed live");
+        let task = FeedTask { subscriber, store: self.store.clone(), subscribed: true };
+        Ok(Some(tokio::spawn(task.run(hub.clone()).instrument(span))))
+    }
+}
+
+/// What to do after an event.
+enum Next {
+    Continue,
+    CatchUp,
+    Stop,
+}
+
+struct FeedTask {
+    subscriber: Subscriber,
+    store: Arc<Store>,
+    /// Whether the last SUBSCRIBE succeeded (else the safety tick tries again).
+    subscribed: bool,
+}
+
+impl FeedTask {
+    async fn run(mut self, hub: Hub<ValkeyPosition>) {
+        let idle = hub.until_idle();
+        tokio::pin!(idle);
+        let period = self.store.config.safety_interval;
+        let mut safety = tokio::time::interval_at(Instant::now() + period, period);
+        safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = &mut idle => Next::Stop,
+                event = self.subscriber.next() => self.on_event(event, &hub).await,
+                _ = safety.tick() => {
+                    Stats::bump(&self.store.stats.safety_reads);
+                    self.check_connection().await;
+                    Next::CatchUp
+                }
+            };
+            match next {
+                Next::Continue => {}
+                Next::CatchUp => {
+                    if let Err(error) = hub.resync(&*self.store).await {
+                        tracing::warn!(%error, "catching up from the log failed; retrying at the next tick");
+                    }
+                }
+                Next::Stop => break,
+            }
+        }
+        self.subscriber.quit().await;
+        tracing::debug!("feed stopped: no stream left");
+    }
+
+    async fn on_event(&mut self, event: SubEvent, hub: &Hub<ValkeyPosition>) -> Next {
+        let stats = &self.store.stats;
+        match event {
+            SubEvent::Message(body) => match wire::parse_message(&body, &self.store.keys) {
+                Ok(message) => {
+                    let (partition, id) = message.event.position;
+                    let at = hub.position().get(partition);
+                    if id <= at {
+                        // Already read from the log.
+                        Next::Continue
+                    } else if message.prev <= at {
+                        hub.publish([message.event]);
+                        Next::Continue
+                    } else {
+                        Stats::bump(&stats.message_holes);
+                        tracing::debug!(partition, %id, prev = %message.prev, %at, "messages were lost; reading the log");
+                        Next::CatchUp
+                    }
+                }
+                Err(reason) => {
+                    Counters::bump(&self.store.counters.malformed_messages);
+                    let shown = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                    tracing::warn!(%reason, message = %shown, "skipping a malformed message on the completion channel");
+                    Next::Continue
+                }
+            },
+            SubEvent::Lagged(n) => {
+                Stats::add(&stats.lagged_messages, n);
+                tracing::warn!(dropped = n, "the feed fell behind its message buffer; reading the log");
+                Next::CatchUp
+            }
+            SubEvent::Reconnected => {
+                Counters::bump(&self.store.counters.reconnects);
+                self.resubscribe().await;
+                Next::CatchUp
+            }
+            SubEvent::Closed => Next::Stop,
+        }
+    }
+
+    async fn resubscribe(&mut self) {
+        match self.subscriber.subscribe().await {
+            Ok(()) => {
+                Stats::bump(&self.store.stats.resubscribes);
+                self.subscribed = true;
+                tracing::info!("subscriber reconnected and subscribed again");
+            }
+            Err(error) => {
+                self.subscribed = false;
+                tracing::warn!(%error, "subscribing again after a reconnect failed; retrying at the next tick");
+            }
+        }
+    }
+
+    async fn check_connection(&mut self) {
+        if !self.subscribed {
+            self.resubscribe().await;
+        } else if let Err(error) = self.subscriber.ping().await {
+            tracing::warn!(%error, "the subscriber connection does not answer PING");
+        }
+    }
+}

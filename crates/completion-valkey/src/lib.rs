@@ -1,0 +1,254 @@
+//! The Valkey / Redis completion backend (standalone servers, Valkey 7.2+ or Redis 7.0+).
+//!
+//! Writes go through a server-side function library (`lua/completions.lua`, loaded on
+//! connect): a terminal write checks the execution, marks it terminal, appends the event to
+//! its partition's log (a stream, trimmed to the configured retention) and PUBLISHes it, in
+//! one atomic call. Subscriptions share one subscriber connection per backend instance and
+//! the shared [`hub`](completion_core::hub): they are live when `subscribe` returns, catch up
+//! from the log after any reconnect, lost message or overflow, and never deliver an event
+//! twice. See `docs/valkey.md` for the key layout and wire format.
+//!
+//! ```no_run
+//! use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution};
+//! use completion_valkey::{ValkeyBackend, ValkeyConfig};
+//! use futures_util::StreamExt;
+//!
+//! # async fn demo() -> Result<(), completion_core::EngineError> {
+//! let backend = ValkeyBackend::connect(ValkeyConfig::new("valkey://127.0.0.1:6379")).await?;
+//! let mut completions = backend.subscribe_completions().await?;
+//! let id = ExecutionId::new("task-1")?;
+//! backend.create_execution(NewExecution::new(id.clone(), Namespace::new("demo")?)).await?;
+//! backend.complete(&id).await?;
+//! let done = completions.next().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Limits:
+//! - Standalone servers only (no cluster, no sentinel) for now; the key layout is ready for
+//!   a cluster (every call touches one hash tag).
+//! - Executions are kept until deleted by hand; only the completion log is trimmed.
+//! - A write that fails with [`EngineError::Timeout`] may still have taken effect: check
+//!   with `describe`. A write the client retried after a dropped connection takes effect
+//!   once (calls carry a token the server recognises).
+//! - The function library is server-wide: every prefix on a server shares one version.
+
+mod client;
+mod config;
+mod feed;
+mod keys;
+mod library;
+mod position;
+mod reader;
+mod stats;
+mod store;
+mod subscriber;
+mod wire;
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use completion_core::hub::{Hub, HubConfig};
+use completion_core::{
+    CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError, ExecutionId,
+    ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, ScannerFilter, StartFrom,
+};
+use tracing::Instrument;
+
+pub use config::ValkeyConfig;
+pub use library::LIBRARY_VERSION;
+pub use stats::ValkeyStats;
+
+use crate::client::{Closer, Conn};
+use crate::feed::ValkeyFeed;
+use crate::position::{BACKEND, ValkeyPosition};
+use crate::store::Store;
+
+/// A completion backend on one Valkey or Redis server. Cheap to clone: clones share the
+/// connections, the subscriber connection and the streams.
+#[derive(Clone)]
+pub struct ValkeyBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hub: Hub<ValkeyPosition>,
+    store: Arc<Store>,
+    feed: ValkeyFeed,
+    closer: Mutex<Option<Closer>>,
+    /// Dropping it stops the background retention task.
+    _stop_retention: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Ends every stream, which stops the feed and closes the subscriber connection.
+        self.hub.close();
+        if let Some(closer) = self.closer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            closer.close();
+        }
+    }
+}
+
+/// The `CLIENT SETNAME` of an instance's connections, to find them in `CLIENT LIST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientNames {
+    /// The command connection (writes and log reads).
+    pub commands: String,
+    /// The latest subscriber connection, if a stream was ever opened (it stays here after
+    /// the connection closed, so its absence from `CLIENT LIST` can be checked).
+    pub subscriber: Option<String>,
+}
+
+impl ValkeyBackend {
+    /// Connects to the server of `config`, loads (or upgrades) the function library and
+    /// checks the key prefix's partition count.
+    ///
+    /// Fails within `connect_timeout` when the server cannot be reached
+    /// ([`EngineError::Transport`] naming the URL, or [`EngineError::Timeout`]), with
+    /// [`EngineError::InvalidInput`] for a bad config, and with
+    /// [`EngineError::Incompatible`] when the server holds a newer library or the prefix
+    /// was created with another partition count.
+    pub async fn connect(config: ValkeyConfig) -> Result<Self, EngineError> {
+        config.validate()?;
+        let span = tracing::info_span!("valkey_connect", prefix = %config.key_prefix, partitions = config.partitions);
+        async move {
+            let conn = Conn::connect(&config).await?;
+            let closer = conn.closer();
+            let config = Arc::new(config);
+            let counters = Arc::new(Counters::default());
+            let store = Arc::new(Store::new(conn, config.clone(), Default::default(), counters.clone()));
+            if let Err(e) = store.prepare().await {
+                store.conn.quit().await;
+                return Err(e);
+            }
+            tracing::info!(server = ?store.conn.server_version(), "connected");
+            let hub = Hub::new(BACKEND, HubConfig::with_buffer(config.buffer), counters);
+            let feed = ValkeyFeed { store: store.clone(), subscriber_name: Arc::new(Mutex::new(None)) };
+            let stop_retention = config.retention_interval.map(|every| spawn_retention(store.clone(), every));
+            let shared = Shared { hub, store, feed, closer: Mutex::new(Some(closer)), _stop_retention: stop_retention };
+            Ok(Self { shared: Arc::new(shared) })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The settings this backend runs with.
+    pub fn config(&self) -> &ValkeyConfig {
+        &self.shared.store.config
+    }
+
+    /// Trims every partition's log to the configured retention now, exactly (writes trim
+    /// only approximately). Returns how many log entries were removed.
+    pub async fn enforce_retention(&self) -> Result<u64, EngineError> {
+        let removed = self.shared.store.trim_all().instrument(tracing::info_span!("enforce_retention")).await?;
+        tracing::debug!(removed, "log trimmed to retention");
+        Ok(removed)
+    }
+
+    /// The version of the function library the server holds now (`None`: none loaded), to
+    /// compare with [`LIBRARY_VERSION`].
+    pub async fn library_version(&self) -> Result<Option<i64>, EngineError> {
+        use crate::client::InstalledLibrary;
+        match self.shared.store.conn.installed_library(library::LIBRARY_NAME, library::VERSION_FUNCTION).await? {
+            InstalledLibrary::Missing => Ok(None),
+            InstalledLibrary::Version(v) => Ok(Some(v)),
+            InstalledLibrary::Foreign(why) => Err(EngineError::Incompatible {
+                backend: BACKEND,
+                reason: format!("the function library `{}` is not ours: {why}", library::LIBRARY_NAME),
+            }),
+        }
+    }
+
+    /// Valkey-specific counters (library loads, lost and lagged messages, resubscriptions).
+    pub fn stats(&self) -> ValkeyStats {
+        self.shared.store.stats.snapshot()
+    }
+
+    /// The names of this instance's server connections.
+    pub fn client_names(&self) -> ClientNames {
+        ClientNames {
+            commands: self.shared.store.conn.name(),
+            subscriber: self.shared.feed.subscriber_name.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome);
+        let entry = self.shared.store.terminal(id, outcome, reason).instrument(span.clone()).await?;
+        tracing::trace!(parent: &span, %entry, "completion logged and published");
+        Ok(())
+    }
+}
+
+/// Trims the log to retention every `every`, until the returned sender is dropped.
+fn spawn_retention(store: Arc<Store>, every: std::time::Duration) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let span = tracing::info_span!("valkey_retention", prefix = %store.config.key_prefix);
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tick.tick() => match store.trim_all().await {
+                        Ok(removed) => tracing::debug!(removed, "log trimmed to retention"),
+                        Err(error) => tracing::warn!(%error, "trimming the log to retention failed; retrying later"),
+                    },
+                }
+            }
+        }
+        .instrument(span),
+    );
+    stop
+}
+
+#[async_trait]
+impl CompletionBackend for ValkeyBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
+        self.subscribe_completions_filtered(&ScannerFilter::new()).await
+    }
+
+    async fn subscribe_completions_filtered(&self, filter: &ScannerFilter) -> Result<CompletionStream, EngineError> {
+        let reader = self.shared.store.clone();
+        self.shared.hub.subscribe(&self.shared.feed, reader, filter).await
+    }
+
+    async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
+        let reader = self.shared.store.clone();
+        self.shared.hub.subscribe_from(&self.shared.feed, reader, from, filter).await
+    }
+
+    fn counters(&self) -> CounterSnapshot {
+        self.shared.hub.snapshot()
+    }
+}
+
+#[async_trait]
+impl EngineBackend for ValkeyBackend {
+    async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
+        self.shared.store.create(&execution).instrument(span).await
+    }
+
+    async fn complete(&self, id: &ExecutionId) -> Result<(), EngineError> {
+        self.terminal(id, Outcome::Succeeded, None).await
+    }
+
+    async fn fail(&self, id: &ExecutionId, reason: &Reason) -> Result<(), EngineError> {
+        self.terminal(id, Outcome::Failed, Some(reason)).await
+    }
+
+    async fn cancel(&self, id: &ExecutionId, reason: &Reason) -> Result<(), EngineError> {
+        self.terminal(id, Outcome::Cancelled, Some(reason)).await
+    }
+
+    async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
+        self.shared.store.describe(id).instrument(tracing::debug_span!("describe", execution_id = %id)).await
+    }
+}

@@ -1,0 +1,102 @@
+//! The server-side function library: its source, its version, and loading it safely.
+//!
+//! On connect (and whenever a call finds the library gone, as after a restart of a server
+//! without persistence) [`ensure`] makes the server hold this build's library:
+//! - none loaded: `FUNCTION LOAD`; when another process won the race ("already exists"),
+//!   look again;
+//! - an older version: `FUNCTION LOAD REPLACE`;
+//! - the same version: nothing;
+//! - a newer version, or a foreign library of the same name: [`EngineError::Incompatible`].
+//!
+//! Limit: libraries are server-wide, shared by every key prefix. Two builds with different
+//! newer versions upgrading at the same moment can leave the lower of the two loaded; the
+//! higher one reloads it at its next "function not found".
+
+use completion_core::EngineError;
+
+use crate::client::{BACKEND, Conn, InstalledLibrary, Loaded};
+
+/// The library's name on the server.
+pub(crate) const LIBRARY_NAME: &str = "completions";
+
+/// The library's source.
+pub(crate) const LIBRARY_SOURCE: &str = include_str!("../lua/completions.lua");
+
+/// The version of the library this build carries (`VERSION` in the Lua source).
+pub const LIBRARY_VERSION: i64 = 1;
+
+/// The library's function that returns its version.
+pub(crate) const VERSION_FUNCTION: &str = "completions_version";
+
+/// What [`ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ensured {
+    /// The server already held this version.
+    Present,
+    /// It held none: loaded.
+    Loaded,
+    /// It held an older version (given): replaced.
+    Upgraded(i64),
+}
+
+/// Makes the server hold this build's library (see the module docs).
+pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
+    // A few rounds: each lost race ("already exists") means another process just loaded
+    // something, which the next round looks at.
+    for _ in 0..5 {
+        match conn.installed_library(LIBRARY_NAME, VERSION_FUNCTION).await? {
+            InstalledLibrary::Version(v) if v == LIBRARY_VERSION => return Ok(Ensured::Present),
+            InstalledLibrary::Version(v) if v > LIBRARY_VERSION => {
+                return Err(EngineError::Incompatible {
+                    backend: BACKEND,
+                    reason: format!(
+                        "the server holds function library `{LIBRARY_NAME}` version {v}, newer than this build's \
+                         {LIBRARY_VERSION}: upgrade completion-valkey"
+                    ),
+                });
+            }
+            InstalledLibrary::Version(old) => {
+                conn.function_load(LIBRARY_SOURCE, true).await?;
+                tracing::info!(backend = BACKEND, from = old, to = LIBRARY_VERSION, "upgraded the function library");
+                return Ok(Ensured::Upgraded(old));
+            }
+            InstalledLibrary::Foreign(why) => {
+                return Err(EngineError::Incompatible {
+                    backend: BACKEND,
+                    reason: format!(
+                        "the server holds a function library named `{LIBRARY_NAME}` that is not ours: {why}"
+                    ),
+                });
+            }
+            InstalledLibrary::Missing => {
+                if conn.function_load(LIBRARY_SOURCE, false).await? == Loaded::Done {
+                    tracing::info!(backend = BACKEND, version = LIBRARY_VERSION, "loaded the function library");
+                    return Ok(Ensured::Loaded);
+                }
+            }
+        }
+    }
+    Err(EngineError::Server {
+        backend: BACKEND,
+        op: "FUNCTION LOAD",
+        message: format!("the function library `{LIBRARY_NAME}` kept changing while loading it; try again"),
+    })
+}
+
+/// Whether `error` says a library function is missing (the server lost its functions).
+pub(crate) fn is_missing_function(error: &EngineError) -> bool {
+    matches!(error, EngineError::Server { message, .. }
+        if message.contains("Function not found") || message.contains("No such library"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_carries_the_version_and_name_of_this_build() {
+        assert!(LIBRARY_SOURCE.starts_with(&format!("#!lua name={LIBRARY_NAME}\n")));
+        assert!(LIBRARY_SOURCE.contains(&format!("\nlocal VERSION = {LIBRARY_VERSION}\n")));
+        assert!(LIBRARY_SOURCE.contains(&format!("'{VERSION_FUNCTION}'")));
+    }
+}

@@ -1,0 +1,148 @@
+//! The wire format: stream entry fields, the channel's message body, tags as JSON.
+//!
+//! Both the log entry and the message are written by the Lua library (`lua/completions.lua`);
+//! this module only reads them, and refuses anything malformed with a reason (the caller
+//! skips, logs and counts it). See `docs/valkey.md` for the format.
+
+use std::collections::BTreeMap;
+
+use completion_core::hub::LogEvent;
+use completion_core::{CompletionPayload, Cursor, ExecutionId, FlowId, Namespace, Outcome, Tags};
+use serde::Deserialize;
+
+use crate::keys::Keyspace;
+use crate::position::{BACKEND, StreamId, ValkeyPosition};
+
+/// Version of the message body this build reads (`"v"`). Newer versions stay readable as
+/// long as they keep these fields.
+pub(crate) const MESSAGE_VERSION: u64 = 1;
+
+/// Tags as the JSON object stored in the hash and the log: `{"key":"value",...}`.
+pub(crate) fn tags_to_json(tags: &Tags) -> String {
+    let map: BTreeMap<&str, &str> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Serializing a map of strings cannot fail.
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// Parses the tags JSON object.
+pub(crate) fn tags_from_json(text: &str) -> Result<Tags, String> {
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(|e| format!("tags are not a JSON object of strings: {e}"))?;
+    tags_from_map(map)
+}
+
+fn tags_from_map(map: BTreeMap<String, String>) -> Result<Tags, String> {
+    Tags::from_pairs(map).map_err(|e| e.to_string())
+}
+
+/// One completion announced on the channel.
+#[derive(Debug)]
+pub(crate) struct Announcement {
+    /// The event, with its position.
+    pub event: LogEvent<ValkeyPosition>,
+    /// The id of the partition's previous log entry when this one was appended (`0-0` for
+    /// none): if the feed's position is at or past it, nothing was missed in between.
+    pub prev: StreamId,
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    v: u64,
+    partition: u16,
+    id: String,
+    prev: String,
+    execution_id: String,
+    namespace: String,
+    #[serde(default)]
+    flow_id: Option<String>,
+    outcome: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    completed_at_ms: u64,
+}
+
+/// Parses a message body published by the library.
+pub(crate) fn parse_message(body: &[u8], keys: &Keyspace) -> Result<Announcement, String> {
+    let m: MessageBody = serde_json::from_slice(body).map_err(|e| format!("not a completion message: {e}"))?;
+    if m.v < MESSAGE_VERSION {
+        return Err(format!("message version {} is older than {MESSAGE_VERSION}", m.v));
+    }
+    if m.partition >= keys.partitions() {
+        return Err(format!("partition {} is out of range (0..{})", m.partition, keys.partitions()));
+    }
+    let id: StreamId = m.id.parse()?;
+    let prev: StreamId = m.prev.parse()?;
+    let execution_id = ExecutionId::new(m.execution_id).map_err(|e| e.to_string())?;
+    if keys.partition_of(execution_id.as_str()) != m.partition {
+        return Err(format!("execution {execution_id} does not belong to partition {}", m.partition));
+    }
+    let payload = CompletionPayload::new(
+        execution_id,
+        m.flow_id.filter(|f| !f.is_empty()).map(FlowId::new).transpose().map_err(|e| e.to_string())?,
+        Namespace::new(m.namespace).map_err(|e| e.to_string())?,
+        m.outcome.parse::<Outcome>().map_err(|e| e.to_string())?,
+        tags_from_map(m.tags)?,
+        m.completed_at_ms,
+        placeholder_cursor(),
+    );
+    Ok(Announcement { event: LogEvent { position: (m.partition, id), payload }, prev })
+}
+
+/// The cursor a payload carries until the hub stamps the stream's own.
+fn placeholder_cursor() -> Cursor {
+    Cursor::new(BACKEND, "origin")
+}
+
+/// Parses one log entry's fields (`field, value, field, value, ...`).
+pub(crate) fn parse_entry(
+    partition: u16,
+    id: StreamId,
+    fields: &[(String, String)],
+) -> Result<LogEvent<ValkeyPosition>, String> {
+    let get = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str());
+    let need = |name: &str| get(name).ok_or_else(|| format!("log entry {id} has no `{name}` field"));
+    let flow = get("flow_id").filter(|f| !f.is_empty()).map(FlowId::new).transpose().map_err(|e| e.to_string())?;
+    let payload = CompletionPayload::new(
+        ExecutionId::new(need("execution_id")?).map_err(|e| e.to_string())?,
+        flow,
+        Namespace::new(need("namespace")?).map_err(|e| e.to_string())?,
+        need("outcome")?.parse::<Outcome>().map_err(|e| e.to_string())?,
+        tags_from_json(need("tags")?)?,
+        need("completed_at_ms")?.parse().map_err(|_| format!("log entry {id} has a bad `completed_at_ms`"))?,
+        placeholder_cursor(),
+    );
+    Ok(LogEvent { position: (partition, id), payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_and_garbage_is_refused_with_a_reason() {
+        let keys = Keyspace::new("t", 4);
+        let p = keys.partition_of("e-1");
+        let body = format!(
+            r#"{{"v":1,"partition":{p},"id":"10-1","prev":"9-0","execution_id":"e-1","namespace":"ns","outcome":"failed","tags":{{"a":"b"}},"completed_at_ms":10}}"#
+        );
+        let a = parse_message(body.as_bytes(), &keys).unwrap();
+        assert_eq!(a.event.position, (p, StreamId { ms: 10, seq: 1 }));
+        assert_eq!(a.prev, StreamId { ms: 9, seq: 0 });
+        assert_eq!(a.event.payload.outcome(), Outcome::Failed);
+        assert_eq!(a.event.payload.tags().get("a").map(|v| v.as_str()), Some("b"));
+        assert!(a.event.payload.flow_id().is_none());
+        for garbage in [&b"hello"[..], b"{}", b"[1,2]", b"\xff\xfe", br#"{"v":1,"partition":99}"#] {
+            assert!(parse_message(garbage, &keys).is_err());
+        }
+        let wrong_partition = body.replace(&format!("\"partition\":{p}"), &format!("\"partition\":{}", (p + 1) % 4));
+        assert!(parse_message(wrong_partition.as_bytes(), &keys).unwrap_err().contains("does not belong"));
+    }
+
+    #[test]
+    fn tags_round_trip_through_json() {
+        let tags = Tags::from_pairs([("k", "v \"quoted\" é"), ("a", "1")]).unwrap();
+        assert_eq!(tags_from_json(&tags_to_json(&tags)).unwrap(), tags);
+        assert_eq!(tags_to_json(&Tags::new()), "{}");
+        assert!(tags_from_json("[]").is_err());
+    }
+}

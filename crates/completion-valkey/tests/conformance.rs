@@ -1,0 +1,87 @@
+//! The conformance suite, twice: against Valkey 9.1 and against Redis 7.0. One shared
+//! throwaway server per flavor per binary (or `$VALKEY_URL` for both), a key prefix per
+//! backend instance; instances that need a server of their own (to restart it) get one,
+//! with persistence on.
+
+mod common;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use common::Server;
+use completion_conformance::{BackendHooks, BackendOptions, Capabilities, Harness, TestBackend};
+use completion_core::BoxError;
+use completion_testserver::{ValkeyFlavor, ValkeyOptions};
+use completion_valkey::ValkeyBackend;
+
+struct VkHarness {
+    flavor: ValkeyFlavor,
+    shared: Server,
+}
+
+struct VkHooks {
+    backend: ValkeyBackend,
+    server: Server,
+}
+
+#[async_trait]
+impl BackendHooks for VkHooks {
+    async fn kill_connections(&self) -> Result<(), BoxError> {
+        self.server.kill_named(&common::names_of(&self.backend)).await;
+        Ok(())
+    }
+
+    async fn restart_server(&self) -> Result<(), BoxError> {
+        Ok(self.server.restart().await?)
+    }
+
+    async fn subscription_resources(&self) -> Result<usize, BoxError> {
+        let channel = common::channel(&self.backend.config().key_prefix);
+        let mut count = self.server.numsub(&channel).await;
+        if let Some(name) = self.backend.client_names().subscriber {
+            count += self.server.count_named(&name).await;
+        }
+        Ok(count)
+    }
+
+    async fn enforce_retention(&self) -> Result<(), BoxError> {
+        self.backend.enforce_retention().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Harness for VkHarness {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all()
+    }
+
+    async fn backend(&self, options: BackendOptions) -> Result<TestBackend, BoxError> {
+        let server = if options.dedicated_server && !self.shared.get().is_external() {
+            common::dedicated_server(ValkeyOptions::default().flavor(self.flavor)).await
+        } else {
+            self.shared.clone()
+        };
+        let config = common::config(&server, "conf")
+            .with_retention(options.retention)
+            .with_buffer(options.buffer)
+            .with_retention_interval(None);
+        let backend = ValkeyBackend::connect(config).await?;
+        let hooks = VkHooks { backend: backend.clone(), server };
+        Ok(TestBackend::new(Arc::new(backend.clone()), Arc::new(backend), Arc::new(hooks)))
+    }
+}
+
+async fn valkey_harness() -> Arc<dyn Harness> {
+    Arc::new(VkHarness { flavor: ValkeyFlavor::Valkey, shared: common::shared_server(ValkeyFlavor::Valkey).await })
+}
+
+async fn redis_harness() -> Arc<dyn Harness> {
+    Arc::new(VkHarness { flavor: ValkeyFlavor::Redis, shared: common::shared_server(ValkeyFlavor::Redis).await })
+}
+
+completion_conformance::suite!(mod valkey, valkey_harness,
+    restart: [#[cfg_attr(external_valkey, ignore = "VALKEY_URL is set: an external server cannot be restarted")]]);
+
+completion_conformance::suite!(mod redis, redis_harness,
+    restart: [#[cfg_attr(external_valkey, ignore = "VALKEY_URL is set: an external server cannot be restarted")]]);
