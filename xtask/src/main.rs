@@ -5,6 +5,7 @@
 //! - `conformance`: only the conformance suite, against every backend crate that registers
 //!   it (a crate under `crates/` with `tests/conformance.rs`), as a backend-by-test table.
 //! - `demo`: a small engine on the in-process backend.
+//! - `bench`: the benchmarks (`crates/completion-bench`), in a release build.
 
 mod cargo;
 mod demo;
@@ -44,6 +45,16 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Latency and write throughput of each backend against the raw protocols, on
+    /// throwaway servers (release build). Prints a table; JSON in target/bench/results.json.
+    Bench {
+        /// A short run (about 2 000 completions per figure) instead of the full one.
+        #[arg(long)]
+        quick: bool,
+        /// Further arguments for completion-bench (see `cargo xtask bench -- --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +63,7 @@ fn main() -> ExitCode {
         Command::Test => test(),
         Command::Conformance => conformance(),
         Command::Demo { tasks, seed } => demo::run(tasks, seed),
+        Command::Bench { quick, args } => bench(quick, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +76,19 @@ fn main() -> ExitCode {
 
 fn header(text: &str) {
     println!("\n==> {text}");
+}
+
+/// `cargo run --release -p completion-bench -- [--quick] <args>`.
+fn bench(quick: bool, args: &[String]) -> Result<(), String> {
+    let mut cargo_args = vec!["run", "--release", "-p", "completion-bench", "--"];
+    if quick {
+        cargo_args.push("--quick");
+    }
+    cargo_args.extend(args.iter().map(String::as_str));
+    let command = cargo::cargo(&cargo_args);
+    header(&cargo::describe(&command));
+    let status = cargo::run(command)?;
+    if status.success() { Ok(()) } else { Err(format!("completion-bench failed ({status})")) }
 }
 
 /// One step's verdict for the final summary.

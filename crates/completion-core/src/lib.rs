@@ -32,9 +32,9 @@
 //! - Delivery is at-least-once *across* streams and restarts of the consumer: a consumer
 //!   that persists cursors resumes after the last one it persisted, so it may see again the
 //!   events it handled but had not yet persisted. Within one stream there are no duplicates.
-//! - "Log order" is the backend's commit order of terminal writes; a backend whose log is
-//!   partitioned orders events within a partition, and interleaves partitions in arrival
-//!   order.
+//! - "Log order" is the backend's commit order of terminal writes. A partitioned log (Valkey)
+//!   orders by server time across partitions, so two writes committed within the same
+//!   microsecond on different partitions may come in either order.
 //! - What retention trimmed is gone: the gap item tells you, it cannot give the events back.
 //! - Latency is not bounded by the contract: after a lost connection, events arrive once
 //!   the backend reconnects or its periodic safety read runs.

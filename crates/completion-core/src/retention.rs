@@ -10,8 +10,9 @@ use std::time::Duration;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(default))]
 #[non_exhaustive]
 pub struct Retention {
-    /// Keep at most this many events (backends with a partitioned log apply it to each
-    /// partition, divided evenly). Default 100 000.
+    /// Keep at most this many events. Default 100 000. A backend may hold more between two
+    /// trims (Valkey trims each partition to this count on write and the whole log exactly
+    /// on its retention timer); it never trims below it.
     pub max_events: Option<u64>,
     /// Keep events at most this old, in seconds. Default: no age limit.
     pub max_age_secs: Option<u64>,

@@ -33,6 +33,10 @@ pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Protocol | ErrorKind::Routing | ErrorKind::Backpressure => {
             EngineError::transport(BACKEND, op, error)
         }
+        // fred reports a command whose connection died under it (its internal response channel
+        // closed, e.g. during a server restart) as `Unknown` "channel closed": transport trouble
+        // to retry, not a server verdict. Server error replies are `Unknown` too, so match the text.
+        ErrorKind::Unknown if error.details() == "channel closed" => EngineError::transport(BACKEND, op, error),
         #[cfg(feature = "tls")]
         ErrorKind::Tls => EngineError::transport(BACKEND, op, error),
         ErrorKind::Config | ErrorKind::Url => {
