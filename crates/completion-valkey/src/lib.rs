@@ -220,6 +220,19 @@ impl CompletionBackend for ValkeyBackend {
     }
 
     async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
+        if let StartFrom::After(cursor) = &from {
+            // A well-formed cursor past the log's head (from another prefix or server) would
+            // silently skip every event up to it: refuse it.
+            let position = ValkeyPosition::decode(cursor, self.shared.store.config.partitions)?;
+            let head = self.shared.store.head().await?;
+            if let Some(p) = (0..self.shared.store.config.partitions).find(|&p| position.get(p) > head.get(p)) {
+                return Err(EngineError::invalid(
+                    "cursor",
+                    cursor.as_str(),
+                    format!("points past the end of partition {p} of this backend's log (head {})", head.get(p)),
+                ));
+            }
+        }
         let reader = self.shared.store.clone();
         self.shared.hub.subscribe_from(&self.shared.feed, reader, from, filter).await
     }

@@ -348,6 +348,23 @@ async fn another_partition_count_is_refused(flavor: ValkeyFlavor) {
     }
 }
 
+/// A well-formed cursor past the log's head (here: from a busier prefix) is refused, not
+/// used to skip events silently; a cursor at the head is accepted.
+async fn a_cursor_past_the_head_is_refused(flavor: ValkeyFlavor) {
+    let server = common::shared_server(flavor).await;
+    let busy = common::connect(common::config(&server, "busy")).await;
+    let idle = common::connect(common::config(&server, "idle")).await;
+    let ns = namespace("past-head");
+    let mut stream = busy.subscribe_completions().await.expect("subscribe");
+    create_and_complete(&busy, &ns, &Tags::new()).await;
+    let cursor = collect_in(&mut stream, &ns, 1).await.remove(0).cursor().clone();
+    match idle.subscribe_from(StartFrom::After(cursor.clone()), &Default::default()).await {
+        Err(EngineError::InvalidInput { reason, .. }) => assert!(reason.contains("past the end"), "{reason}"),
+        other => panic!("expected InvalidInput for {cursor}, got {:?}", other.map(|_| ())),
+    }
+    assert!(busy.subscribe_from(StartFrom::After(cursor), &Default::default()).await.is_ok());
+}
+
 macro_rules! for_each_flavor {
     ($($test:ident),* $(,)?) => {
         mod valkey {
@@ -370,6 +387,7 @@ macro_rules! for_each_flavor {
 }
 
 for_each_flavor!(
+    a_cursor_past_the_head_is_refused,
     newer_library_is_refused_and_older_upgraded,
     concurrent_connects_load_the_library_safely,
     garbage_on_the_channel_is_skipped_and_counted,
