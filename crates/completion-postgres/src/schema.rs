@@ -71,6 +71,10 @@ impl Sql {
     pub fn new(schema: &Schema) -> Self {
         let s = schema.quoted();
         let read = |filter: &str| {
+            // The held-back count is ordered by the position index so that it walks the index
+            // down from the top and stops at the horizon: without the ORDER BY the planner
+            // chose a sequential scan of the whole log on every read (latency grew with the
+            // log: 0.5 ms -> 7 ms p50 at 20 000 events, found by `cargo xtask bench`).
             // Header (horizon, watermark, events held back above the horizon) joined with
             // up to $3 events after ($1, $2) and below the horizon. Rows below the horizon
             // are final: their transactions have all ended.
@@ -81,7 +85,8 @@ impl Sql {
                  )
                  SELECT m.horizon::text, m.wxid::text, m.wid,
                         (SELECT count(*) FROM (SELECT 1 FROM {s}.completion_log h
-                                               WHERE h.xid >= m.horizon LIMIT 1000) held),
+                                               WHERE h.xid >= m.horizon
+                                               ORDER BY h.xid DESC, h.id DESC LIMIT 1000) held),
                         {LOG_COLUMNS}
                  FROM meta m
                  LEFT JOIN LATERAL (
