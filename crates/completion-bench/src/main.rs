@@ -1,0 +1,399 @@
+//! `completion-bench`: end-to-end latency and write throughput of the memory, Valkey and
+//! PostgreSQL backends, each next to its raw-protocol baseline measured in the same run, on
+//! throwaway servers on 127.0.0.1. Run it as `cargo xtask bench [--quick]`.
+//!
+//! Prints one table and writes the same figures as JSON (default
+//! `target/bench/results.json`). Nothing here is a pass/fail check: the figures are for
+//! reading, and a slow machine just gives slow figures.
+//!
+//! Each figure is measured `--repeat` times, ours and its baseline alternating within each
+//! repetition; the table quotes medians and the p50 / rate range, the JSON keeps every run.
+//!
+//! Limits: latency is measured one completion at a time (no load behind it); the writers of
+//! the throughput figures run in this process, on the same cores as the server; no fan-out,
+//! filtering or catch-up figures yet.
+
+mod machine;
+mod ours;
+mod raw_postgres;
+mod raw_valkey;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use completion_memory::MemoryBackend;
+use completion_postgres::{PostgresBackend, PostgresConfig};
+use completion_testserver::{PostgresOptions, PostgresServer, ValkeyFlavor, ValkeyOptions, ValkeyServer};
+use completion_valkey::{ValkeyBackend, ValkeyConfig};
+use serde::Serialize;
+
+use crate::machine::Machine;
+use crate::stats::{Latency, Repeated, ratio};
+
+#[derive(Parser)]
+#[command(name = "completion-bench", about = "Latency and write throughput of each backend against the raw protocols")]
+struct Args {
+    /// A short run (~2 000 completions per figure) instead of the full one (10 000).
+    #[arg(long)]
+    quick: bool,
+    /// Completions per figure (overrides --quick).
+    #[arg(long)]
+    completions: Option<usize>,
+    /// Backends to measure (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    backends: Vec<Which>,
+    /// How many times to measure each figure; the table quotes medians (default: 3 with
+    /// --quick, 5 otherwise).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Which {
+    Memory,
+    Valkey,
+    Postgres,
+}
+
+/// Concurrent writers of the throughput figures.
+const WRITERS: [usize; 2] = [1, 8];
+
+/// One backend's figures.
+#[derive(Debug, Serialize)]
+struct BackendResult {
+    backend: Which,
+    /// Ours, terminal write → subscriber.
+    latency: Repeated<Latency>,
+    /// The raw protocol (none for memory).
+    raw_latency: Option<Repeated<Latency>>,
+    /// What the raw baseline is.
+    raw_label: Option<&'static str>,
+    /// Bytes of the payload the raw baseline sends: Valkey, the size of the message body our
+    /// function PUBLISHes; Postgres, the JSON size of one of our payloads (our NOTIFY is
+    /// empty: a raw user would put the event in it).
+    payload_bytes: usize,
+    throughput: Vec<Throughput>,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    writers: usize,
+    /// Ours, completions per second.
+    ours: Repeated<f64>,
+    /// The bare state change, writes per second.
+    bare: Option<Repeated<f64>>,
+    bare_label: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    command: String,
+    completions: usize,
+    repeat: usize,
+    machine: Machine,
+    results: Vec<BackendResult>,
+    errors: Vec<String>,
+    seconds: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("completion-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("completion-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let started = Instant::now();
+    let n = args.completions.unwrap_or(if args.quick { 2_000 } else { 10_000 });
+    if n == 0 {
+        return Err("--completions must be at least 1".to_string());
+    }
+    let repeat = args.repeat.unwrap_or(if args.quick { 3 } else { 5 });
+    if repeat == 0 {
+        return Err("--repeat must be at least 1".to_string());
+    }
+    let warmup = (n / 20).clamp(1, 200);
+    let which =
+        if args.backends.is_empty() { vec![Which::Memory, Which::Valkey, Which::Postgres] } else { args.backends };
+    // Unique per run, so that a re-run on an external server never collides with old ids.
+    let run_id = format!(
+        "r{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    );
+    let mut machine = Machine::detect();
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for backend in which {
+        eprintln!("== {backend:?}: {n} completions per figure (+{warmup} warm-up), {repeat} runs");
+        let outcome = match backend {
+            Which::Memory => bench_memory(&run_id, n, warmup, repeat).await,
+            Which::Valkey => bench_valkey(&run_id, n, warmup, repeat, &mut machine).await,
+            Which::Postgres => bench_postgres(&run_id, n, warmup, repeat, &mut machine).await,
+        };
+        match outcome {
+            Ok(result) => results.push(result),
+            // One backend failing (e.g. no server binary) must not hide the others' figures.
+            Err(e) => {
+                eprintln!("{backend:?}: {e}");
+                errors.push(format!("{backend:?}: {e}"));
+            }
+        }
+    }
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        completions: n,
+        repeat,
+        machine,
+        results,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    print!("{}", render(&report));
+    write_json(&args.json, &report)?;
+    println!("\nJSON: {}", args.json.display());
+    if report.results.is_empty() { Err("no backend could be measured".to_string()) } else { Ok(()) }
+}
+
+fn write_json(path: &PathBuf, report: &Report) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(report).map_err(|e| format!("cannot encode the results: {e}"))?;
+    std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Every run's figures of one backend, before taking medians.
+#[derive(Default)]
+struct Runs {
+    latency: Vec<Latency>,
+    raw_latency: Vec<Latency>,
+    payload_bytes: usize,
+    /// Per entry of [`WRITERS`].
+    ours: [Vec<f64>; WRITERS.len()],
+    bare: [Vec<f64>; WRITERS.len()],
+}
+
+impl Runs {
+    fn finish(
+        self,
+        backend: Which,
+        raw_label: Option<&'static str>,
+        bare_label: Option<&'static str>,
+    ) -> BackendResult {
+        let Runs { latency, raw_latency, payload_bytes, ours, bare } = self;
+        let throughput = WRITERS
+            .iter()
+            .zip(ours)
+            .zip(bare)
+            .map(|((&writers, ours), bare)| Throughput {
+                writers,
+                ours: Repeated::of(ours),
+                bare: (!bare.is_empty()).then(|| Repeated::of(bare)),
+                bare_label,
+            })
+            .collect();
+        BackendResult {
+            backend,
+            latency: Repeated::of_latencies(latency),
+            raw_latency: (!raw_latency.is_empty()).then(|| Repeated::of_latencies(raw_latency)),
+            raw_label,
+            payload_bytes,
+            throughput,
+        }
+    }
+}
+
+async fn bench_memory(run: &str, n: usize, warmup: usize, repeat: usize) -> Result<BackendResult, String> {
+    let backend = Arc::new(MemoryBackend::new());
+    let mut runs = Runs::default();
+    for rep in 0..repeat {
+        let run = format!("{run}-{rep}");
+        let (latency, payload_bytes) = ours::latency(&*backend, &run, n, warmup).await?;
+        runs.latency.push(latency);
+        runs.payload_bytes = payload_bytes;
+        for (i, writers) in WRITERS.into_iter().enumerate() {
+            runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
+        }
+    }
+    Ok(runs.finish(Which::Memory, None, None))
+}
+
+async fn bench_valkey(
+    run: &str,
+    n: usize,
+    warmup: usize,
+    repeat: usize,
+    machine: &mut Machine,
+) -> Result<BackendResult, String> {
+    // No persistence: an fsync per write would measure the disk, the same for ours and raw.
+    let server = match ValkeyServer::start(ValkeyOptions::default().flavor(ValkeyFlavor::Valkey).persistence(false)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("valkey-server unavailable ({e}); falling back to redis-server");
+            ValkeyServer::start(ValkeyOptions::default().flavor(ValkeyFlavor::Redis).persistence(false))
+                .map_err(|e| format!("no valkey-server or redis-server: {e}"))?
+        }
+    };
+    let version = server.version().unwrap_or_else(|e| format!("unknown ({e})"));
+    machine.valkey = Some(format!("{} {version}", server.flavor().binary_name()));
+    let url = server.url();
+    let prefix = format!("bench-{run}");
+    let backend = Arc::new(
+        ValkeyBackend::connect(ValkeyConfig::new(url.clone()).with_key_prefix(prefix.clone()))
+            .await
+            .map_err(|e| format!("connect: {e}"))?,
+    );
+    // The raw PUBLISH sends as many bytes as our function's PUBLISH does (the channel name
+    // is documented in docs/valkey.md), not the size of the decoded payload.
+    // One completion before the measured runs, so that the extra subscriber is gone by then.
+    let sniffer = raw_valkey::Sniffer::start(&url, &format!("{prefix}:completions")).await?;
+    ours::complete_one(&*backend, run).await?;
+    let payload_bytes = sniffer.first_size().await?;
+    let mut runs = Runs::default();
+    // Ours and raw alternate within each repetition, so that a noisy neighbour on a shared
+    // machine hits both sides of a ratio alike.
+    for rep in 0..repeat {
+        let run = format!("{run}-{rep}");
+        let (latency, _) = ours::latency(&*backend, &run, n, warmup).await?;
+        runs.latency.push(latency);
+        runs.payload_bytes = payload_bytes;
+        runs.raw_latency.push(raw_valkey::latency(&url, n, warmup, payload_bytes).await?);
+        for (i, writers) in WRITERS.into_iter().enumerate() {
+            runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
+            runs.bare[i].push(raw_valkey::bare_writes(&url, &run, n, writers).await?);
+        }
+    }
+    Ok(runs.finish(Which::Valkey, Some("fred PUBLISH -> SUBSCRIBE, our PUBLISH body size"), Some("HSET alone")))
+}
+
+async fn bench_postgres(
+    run: &str,
+    n: usize,
+    warmup: usize,
+    repeat: usize,
+    machine: &mut Machine,
+) -> Result<BackendResult, String> {
+    // The helper's default: fsync and synchronous_commit off, the same for ours and raw.
+    let server = PostgresServer::start(PostgresOptions::default()).map_err(|e| format!("postgres server: {e}"))?;
+    let version = server.version().unwrap_or_else(|e| format!("unknown ({e})"));
+    machine.postgres = Some(version);
+    let url = server.url();
+    // As many pooled connections as the bare baseline's writers use.
+    let config = PostgresConfig::from_url(url.clone()).with_pool_size(WRITERS[WRITERS.len() - 1]);
+    let backend = Arc::new(PostgresBackend::connect(config).await.map_err(|e| format!("connect: {e}"))?);
+    let mut runs = Runs::default();
+    for rep in 0..repeat {
+        let run = format!("{run}-{rep}");
+        let (latency, payload_bytes) = ours::latency(&*backend, &run, n, warmup).await?;
+        runs.latency.push(latency);
+        runs.payload_bytes = payload_bytes;
+        runs.raw_latency.push(raw_postgres::latency(&url, n, warmup, payload_bytes).await?);
+        for (i, writers) in WRITERS.into_iter().enumerate() {
+            runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
+            runs.bare[i].push(raw_postgres::bare_writes(&url, n, writers).await?);
+        }
+    }
+    backend.close();
+    Ok(runs.finish(
+        Which::Postgres,
+        Some("tokio-postgres BEGIN;UPDATE;NOTIFY;COMMIT -> LISTEN, our payload's JSON size"),
+        Some("UPDATE alone"),
+    ))
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".to_string())
+}
+
+fn render(report: &Report) -> String {
+    use std::fmt::Write;
+    let m = &report.machine;
+    let name = |b: Which| format!("{b:?}").to_lowercase();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ncompletion-bench: {} completions per figure, medians of {} runs, {:.0} s in all",
+        report.completions, report.repeat, report.seconds
+    );
+    let _ = writeln!(out, "command: {}", report.command);
+    let _ = writeln!(out, "machine: {} cores ({}), {} MiB, Linux {}", m.cores, m.cpu, m.memory_mib, m.kernel);
+    let _ = writeln!(
+        out,
+        "servers: {}; PostgreSQL {}",
+        m.valkey.as_deref().unwrap_or("valkey not run"),
+        m.postgres.as_deref().unwrap_or("not run")
+    );
+    let _ = writeln!(out, "\nend-to-end latency, terminal write call -> event on a subscriber stream (us)");
+    let _ = writeln!(
+        out,
+        "{:<9} {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  raw baseline",
+        "backend", "p50", "p99", "p99.9", "p50 range", "raw50", "raw99", "raw999", "p50 range", "p50 x", "p99 x"
+    );
+    for r in &report.results {
+        let ours = &r.latency.median;
+        let raw = r.raw_latency.as_ref();
+        let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".to_string());
+        let _ = writeln!(
+            out,
+            "{:<9} {:>6.0} {:>6.0} {:>6.0} {:>11} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  {}",
+            name(r.backend),
+            ours.p50_us,
+            ours.p99_us,
+            ours.p999_us,
+            r.latency.p50_range(),
+            cell(raw.map(|l| l.median.p50_us)),
+            cell(raw.map(|l| l.median.p99_us)),
+            cell(raw.map(|l| l.median.p999_us)),
+            raw.map(|l| l.p50_range()).unwrap_or_else(|| "-".to_string()),
+            fmt_ratio(ratio(ours.p50_us, raw.map(|l| l.median.p50_us))),
+            fmt_ratio(ratio(ours.p99_us, raw.map(|l| l.median.p99_us))),
+            r.raw_label.map(|l| format!("{l}, {} B payload", r.payload_bytes)).unwrap_or_default(),
+        );
+    }
+    let _ = writeln!(out, "\nwrite throughput (completions/s; bare: writes/s)");
+    let _ = writeln!(
+        out,
+        "{:<9} {:>7} {:>9} {:>15} | {:>9} {:>15} | {:>9}  bare baseline",
+        "backend", "writers", "ours", "range", "bare", "range", "ours/bare"
+    );
+    for r in &report.results {
+        for t in &r.throughput {
+            let _ = writeln!(
+                out,
+                "{:<9} {:>7} {:>9.0} {:>15} | {:>9} {:>15} | {:>9}  {}",
+                name(r.backend),
+                t.writers,
+                t.ours.median,
+                t.ours.range(),
+                t.bare.as_ref().map(|b| format!("{:.0}", b.median)).unwrap_or_else(|| "-".to_string()),
+                t.bare.as_ref().map(Repeated::range).unwrap_or_else(|| "-".to_string()),
+                fmt_ratio(ratio(t.ours.median, t.bare.as_ref().map(|b| b.median))),
+                t.bare_label.unwrap_or("none (in-process)"),
+            );
+        }
+    }
+    for e in &report.errors {
+        let _ = writeln!(out, "not measured: {e}");
+    }
+    out
+}

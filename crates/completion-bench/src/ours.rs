@@ -1,0 +1,122 @@
+//! Our backends, measured through the public traits only: what an engine would see.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution};
+use futures_util::StreamExt;
+
+use crate::stats::Latency;
+
+/// How long one event may take to arrive before the run is declared broken.
+const EVENT_DEADLINE: Duration = Duration::from_secs(30);
+
+fn err(op: &str, e: impl std::fmt::Display) -> String {
+    format!("{op}: {e}")
+}
+
+fn id(run: &str, what: &str, i: usize) -> Result<ExecutionId, String> {
+    ExecutionId::new(format!("{run}-{what}-{i}")).map_err(|e| err("execution id", e))
+}
+
+/// End-to-end latency: from the call of `complete` to the event arriving on a stream opened
+/// beforehand, one completion at a time. The first `warmup` are not counted. Also returns
+/// the JSON size of a delivered payload, so that the raw baselines can send as many bytes.
+pub async fn latency<B>(backend: &B, run: &str, n: usize, warmup: usize) -> Result<(Latency, usize), String>
+where
+    B: CompletionBackend + EngineBackend,
+{
+    let namespace = Namespace::new("bench").map_err(|e| err("namespace", e))?;
+    let mut stream = backend.subscribe_completions().await.map_err(|e| err("subscribe", e))?;
+    let mut samples = Vec::with_capacity(n);
+    let mut payload_bytes = 0;
+    for i in 0..n + warmup {
+        let id = id(run, "lat", i)?;
+        backend
+            .create_execution(NewExecution::new(id.clone(), namespace.clone()))
+            .await
+            .map_err(|e| err("create", e))?;
+        let started = Instant::now();
+        backend.complete(&id).await.map_err(|e| err("complete", e))?;
+        loop {
+            let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+                .await
+                .map_err(|_| format!("completion of {id} did not arrive within {EVENT_DEADLINE:?}"))?
+                .ok_or_else(|| "the completion stream ended".to_string())?;
+            if event.execution_id() == &id {
+                if i >= warmup {
+                    samples.push(started.elapsed());
+                }
+                if payload_bytes == 0 {
+                    payload_bytes = serde_json::to_vec(&event).map_err(|e| err("payload size", e))?.len();
+                }
+                break;
+            }
+        }
+    }
+    Ok((Latency::from_samples(&mut samples), payload_bytes))
+}
+
+/// Creates and completes one execution, unmeasured (to see what the backend sends).
+pub async fn complete_one<B: EngineBackend>(backend: &B, run: &str) -> Result<(), String> {
+    let namespace = Namespace::new("bench").map_err(|e| err("namespace", e))?;
+    let id = id(run, "probe", 0)?;
+    backend.create_execution(NewExecution::new(id.clone(), namespace)).await.map_err(|e| err("create", e))?;
+    backend.complete(&id).await.map_err(|e| err("complete", e))
+}
+
+/// Terminal writes per second with `writers` concurrent writers, over `n` executions
+/// created beforehand (not timed), with one subscriber draining the stream as an engine
+/// would. Returns completions per second.
+pub async fn throughput<B>(backend: Arc<B>, run: &str, n: usize, writers: usize) -> Result<f64, String>
+where
+    B: CompletionBackend + EngineBackend,
+{
+    let namespace = Namespace::new("bench").map_err(|e| err("namespace", e))?;
+    let what = format!("tp{writers}");
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = id(run, &what, i)?;
+        backend
+            .create_execution(NewExecution::new(id.clone(), namespace.clone()))
+            .await
+            .map_err(|e| err("create", e))?;
+        ids.push(id);
+    }
+    let mut stream = backend.subscribe_completions().await.map_err(|e| err("subscribe", e))?;
+    let drain = tokio::spawn(async move {
+        let mut seen = 0usize;
+        while seen < n {
+            match tokio::time::timeout(EVENT_DEADLINE, stream.next()).await {
+                Ok(Some(_)) => seen += 1,
+                _ => break,
+            }
+        }
+        seen
+    });
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        let (backend, ids, next) = (backend.clone(), ids.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = ids.get(i) else { return Ok::<(), String>(()) };
+                backend.complete(id).await.map_err(|e| err("complete", e))?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| err("writer task", e))??;
+    }
+    let elapsed = started.elapsed();
+    // Not part of the figure: only a check that every completion was delivered.
+    let seen = drain.await.map_err(|e| err("drain task", e))?;
+    if seen < n {
+        eprintln!("warning: {run} throughput x{writers}: the subscriber saw {seen} of {n} completions");
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}

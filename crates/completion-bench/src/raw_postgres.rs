@@ -1,0 +1,118 @@
+//! The PostgreSQL baselines with tokio-postgres: a raw transaction (UPDATE + NOTIFY) to a
+//! raw LISTEN, and the UPDATE alone. They use their own table in their own schema.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::stats::Latency;
+
+const CHANNEL: &str = "bench_raw";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn err(op: &str, e: impl std::fmt::Display) -> String {
+    format!("postgres raw {op}: {e}")
+}
+
+/// A connection whose notifications (if it LISTENs) go to the returned receiver.
+async fn connect(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    let (client, mut connection) = tokio::time::timeout(DEADLINE, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| err("connect", "timed out"))?
+        .map_err(|e| err("connect", e))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    // `connection.await` would throw notifications away: poll it ourselves (field notes).
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
+/// Creates the baseline table with `rows` rows in state `active`.
+async fn prepare_table(client: &Client, table: &str, rows: usize) -> Result<(), String> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS bench_raw;
+             DROP TABLE IF EXISTS bench_raw.{table};
+             CREATE TABLE bench_raw.{table} (id bigint PRIMARY KEY, state text NOT NULL, completed_at timestamptz);
+             INSERT INTO bench_raw.{table} SELECT g, 'active', NULL FROM generate_series(0, {rows}) g;"
+        ))
+        .await
+        .map_err(|e| err("create table", e))
+}
+
+/// BEGIN; UPDATE; NOTIFY with `payload_bytes` bytes; COMMIT, sent as one simple-query
+/// round trip (the cheapest way to do it by hand) → notification on a LISTEN connection.
+pub async fn latency(url: &str, n: usize, warmup: usize, payload_bytes: usize) -> Result<Latency, String> {
+    let (writer, _) = connect(url).await?;
+    let (listener, mut notifications) = connect(url).await?;
+    prepare_table(&writer, "latency", n + warmup).await?;
+    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| err("listen", e))?;
+    // Plain characters: nothing to quote inside the NOTIFY literal.
+    let payload = "x".repeat(payload_bytes.max(1));
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + warmup {
+        let sql = format!(
+            "BEGIN; UPDATE bench_raw.latency SET state = 'succeeded', completed_at = now() WHERE id = {i}; \
+             NOTIFY {CHANNEL}, '{payload}'; COMMIT;"
+        );
+        let started = Instant::now();
+        writer.batch_execute(&sql).await.map_err(|e| err("update+notify", e))?;
+        tokio::time::timeout(DEADLINE, notifications.recv())
+            .await
+            .map_err(|_| err("notification", "did not arrive in time"))?
+            .ok_or_else(|| err("notification", "listener connection ended"))?;
+        if i >= warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    Ok(Latency::from_samples(&mut samples))
+}
+
+/// The UPDATE alone (autocommit, prepared), `n` rows, by `writers` connections (one per
+/// writer, like a pool). Returns updates per second.
+pub async fn bare_writes(url: &str, n: usize, writers: usize) -> Result<f64, String> {
+    let table = format!("bare{writers}");
+    let (setup, _) = connect(url).await?;
+    prepare_table(&setup, &table, n).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        let (client, _) = connect(url).await?;
+        let statement = client
+            .prepare(&format!("UPDATE bench_raw.{table} SET state = 'succeeded', completed_at = now() WHERE id = $1"))
+            .await
+            .map_err(|e| err("prepare", e))?;
+        clients.push((client, statement));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for (client, statement) in clients {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), String>(());
+                }
+                let id = i as i64;
+                client.execute(&statement, &[&id]).await.map_err(|e| err("update", e))?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| err("writer task", e))??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,117 @@
+//! The Valkey baselines: a raw PUBLISH to a raw SUBSCRIBE, and HSET alone, with fred.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::Message;
+
+use crate::stats::Latency;
+
+const CHANNEL: &str = "bench:raw";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn err(op: &str, e: impl std::fmt::Display) -> String {
+    format!("valkey raw {op}: {e}")
+}
+
+async fn client(url: &str, capacity: usize) -> Result<Client, String> {
+    let config = Config::from_url(url).map_err(|e| err("url", e))?;
+    let client = Builder::from_config(config)
+        // Same socket settings as the backend, so the comparison is about the protocol use.
+        .with_connection_config(|c| c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() })
+        .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
+        .build()
+        .map_err(|e| err("build", e))?;
+    tokio::time::timeout(DEADLINE, client.init())
+        .await
+        .map_err(|_| err("connect", "timed out"))?
+        .map_err(|e| err("connect", e))?;
+    Ok(client)
+}
+
+/// PUBLISH of `payload_bytes` bytes → message on a SUBSCRIBE connection, one at a time.
+pub async fn latency(url: &str, n: usize, warmup: usize, payload_bytes: usize) -> Result<Latency, String> {
+    let publisher = client(url, 64).await?;
+    let subscriber = client(url, 65_536).await?;
+    let mut messages = subscriber.message_rx();
+    subscriber.subscribe(CHANNEL).await.map_err(|e| err("subscribe", e))?;
+    let payload = "x".repeat(payload_bytes.max(1));
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + warmup {
+        let started = Instant::now();
+        let _: i64 = publisher.publish(CHANNEL, payload.as_str()).await.map_err(|e| err("publish", e))?;
+        tokio::time::timeout(DEADLINE, messages.recv())
+            .await
+            .map_err(|_| err("message", "did not arrive in time"))?
+            .map_err(|e| err("message", e))?;
+        if i >= warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    let _ = publisher.quit().await;
+    let _ = subscriber.quit().await;
+    Ok(Latency::from_samples(&mut samples))
+}
+
+/// The state change alone: `HSET` of a state field, `n` times, by `writers` concurrent
+/// tasks sharing one connection (as the backend's writes do). Returns writes per second.
+pub async fn bare_writes(url: &str, run: &str, n: usize, writers: usize) -> Result<f64, String> {
+    let client = client(url, 64).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        let (client, next, run) = (client.clone(), next.clone(), run.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), String>(());
+                }
+                let key = format!("bench:bare:{run}:{writers}:{i}");
+                let _: i64 = client
+                    .hset(key, [("state", "succeeded"), ("completed_at", "1")])
+                    .await
+                    .map_err(|e| err("hset", e))?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| err("writer task", e))??;
+    }
+    let elapsed = started.elapsed();
+    let _ = client.quit().await;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// A raw subscription to our backend's own channel, to learn the size of the message body
+/// it PUBLISHes, so that the raw baseline sends exactly as many bytes.
+pub struct Sniffer {
+    client: Client,
+    messages: tokio::sync::broadcast::Receiver<Message>,
+}
+
+impl Sniffer {
+    /// Subscribes to `channel` (the backend's `<key prefix>:completions`).
+    pub async fn start(url: &str, channel: &str) -> Result<Self, String> {
+        let client = client(url, 65_536).await?;
+        let messages = client.message_rx();
+        client.subscribe(channel.to_string()).await.map_err(|e| err("subscribe", e))?;
+        Ok(Self { client, messages })
+    }
+
+    /// The body size of the first message seen, then unsubscribes.
+    pub async fn first_size(mut self) -> Result<usize, String> {
+        let message = tokio::time::timeout(DEADLINE, self.messages.recv())
+            .await
+            .map_err(|_| err("sniff", "no message on the backend's channel"))?
+            .map_err(|e| err("sniff", e))?;
+        let _ = self.client.quit().await;
+        match message.value.as_bytes() {
+            Some(bytes) => Ok(bytes.len()),
+            None => Err(err("sniff", format!("unexpected message value {:?}", message.value))),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Percentiles and rates. Latencies are kept in microseconds as f64 so that the table and
+//! the JSON carry the same numbers.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Latency percentiles over one run, in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// How many samples.
+    pub samples: usize,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Slowest sample.
+    pub max_us: f64,
+}
+
+impl Latency {
+    /// Percentiles of `samples` (nearest rank). Empty input gives zeros.
+    pub fn from_samples(samples: &mut [Duration]) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            // Nearest rank: the smallest sample with at least q of all samples at or below it.
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1].as_secs_f64() * 1e6
+        };
+        Self { samples: samples.len(), p50_us: at(0.50), p99_us: at(0.99), p999_us: at(0.999), max_us: at(1.0) }
+    }
+}
+
+/// `ours / base`, or `None` when the base is zero or missing.
+pub fn ratio(ours: f64, base: Option<f64>) -> Option<f64> {
+    match base {
+        Some(b) if b > 0.0 => Some(ours / b),
+        _ => None,
+    }
+}
+
+/// The median of `values` (mean of the middle two for an even count); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// One figure measured several times: the median (what the table quotes) and every run
+/// (the spread).
+#[derive(Clone, Debug, Serialize)]
+pub struct Repeated<T> {
+    /// Field-wise median over the runs.
+    pub median: T,
+    /// Each run's figure, in run order.
+    pub runs: Vec<T>,
+}
+
+impl Repeated<Latency> {
+    /// Field-wise medians of `runs` (its `samples` is the total over all runs).
+    pub fn of_latencies(runs: Vec<Latency>) -> Self {
+        let field = |f: fn(&Latency) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let median = Latency {
+            samples: runs.iter().map(|l| l.samples).sum(),
+            p50_us: field(|l| l.p50_us),
+            p99_us: field(|l| l.p99_us),
+            p999_us: field(|l| l.p999_us),
+            max_us: field(|l| l.max_us),
+        };
+        Self { median, runs }
+    }
+
+    /// `min-max` of the runs' p50, for the table.
+    pub fn p50_range(&self) -> String {
+        range(&self.runs.iter().map(|l| l.p50_us).collect::<Vec<_>>())
+    }
+}
+
+impl Repeated<f64> {
+    /// The median of `runs`.
+    pub fn of(runs: Vec<f64>) -> Self {
+        Self { median: median(&runs), runs }
+    }
+
+    /// `min-max` of the runs, for the table.
+    pub fn range(&self) -> String {
+        range(&self.runs)
+    }
+}
+
+fn range(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.is_empty() { "-".to_string() } else { format!("{min:.0}-{max:.0}") }
+}
