@@ -71,21 +71,32 @@ impl Sql {
     pub fn new(schema: &Schema) -> Self {
         let s = schema.quoted();
         let read = |filter: &str| {
-            // The held-back count is ordered by the position index so that it walks the index
-            // down from the top and stops at the horizon: without the ORDER BY the planner
-            // chose a sequential scan of the whole log on every read (latency grew with the
-            // log: 0.5 ms -> 7 ms p50 at 20 000 events, found by `cargo xtask bench`).
+            // The held-back count must walk the position index down from the top and stop at
+            // the horizon, never scan the log: a sequential scan on every read made latency
+            // grow with the log (0.5 ms -> 7 ms p50 at 20 000 events, found by `cargo xtask
+            // bench`). The ORDER BY alone did not ensure it: the planner cannot know the
+            // horizon's value, assumes a one-sided `xid >= horizon` keeps a third of the log,
+            // and then preferred a sequential scan plus sort (seen with EXPLAIN at 6 000 rows,
+            // generic and custom plans alike). The upper bound `xid < xmax` excludes nothing
+            // (no visible row has an xid at or above the snapshot's xmax) but makes the
+            // condition a range, which the planner estimates at 0.5% of the log: the index wins.
+            // `LIMIT 1` on the singleton watermark row: pruned_to is never analyzed (it never
+            // changes size), so the planner guessed ~1 300 rows for it and multiplied every
+            // cost above it; past `jit_above_cost` each read was JIT-compiled (~10 ms, seen
+            // with EXPLAIN ANALYZE on the custom plans a connection's first reads use).
             // Header (horizon, watermark, events held back above the horizon) joined with
             // up to $3 events after ($1, $2) and below the horizon. Rows below the horizon
             // are final: their transactions have all ended.
             format!(
                 "WITH meta AS (
-                    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon, w.xid AS wxid, w.id AS wid
+                    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
+                           pg_snapshot_xmax(pg_current_snapshot()) AS xmax, w.xid AS wxid, w.id AS wid
                     FROM {s}.pruned_to w
+                    LIMIT 1 -- the singleton row (see the comment above)
                  )
                  SELECT m.horizon::text, m.wxid::text, m.wid,
                         (SELECT count(*) FROM (SELECT 1 FROM {s}.completion_log h
-                                               WHERE h.xid >= m.horizon
+                                               WHERE h.xid >= m.horizon AND h.xid < m.xmax
                                                ORDER BY h.xid DESC, h.id DESC LIMIT 1000) held),
                         {LOG_COLUMNS}
                  FROM meta m
