@@ -120,7 +120,7 @@ BEGIN
      WHERE id = p_id;
     INSERT INTO completion_log (execution_id, flow_id, namespace, outcome, tags, completed_at_ms)
     VALUES (v_row.id, v_row.flow_id, v_row.namespace, p_outcome, v_row.tags, v_now);
-    PERFORM pg_notify(current_schema() || '_completions', '');
+    PERFORM pg_notify(notify_channel(), ''); -- one definition of the channel name
     RETURN v_now;
 END
 $$;

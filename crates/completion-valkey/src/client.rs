@@ -236,27 +236,22 @@ impl Conn {
         move |e| with_limit(map_error(op, e), self.command_timeout)
     }
 
-    /// Calls a library function.
+    /// Calls a library function: `FCALL_RO` when `read_only` (so replicas may serve it),
+    /// else `FCALL`.
     pub(crate) async fn fcall(
         &self,
         op: &'static str,
         function: &'static str,
+        read_only: bool,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<FcallReply, EngineError> {
-        let value: Value = self.client.fcall(function, keys, args).await.map_err(self.fail(op))?;
-        Ok(FcallReply(value))
-    }
-
-    /// Calls a read-only library function (`FCALL_RO`).
-    pub(crate) async fn fcall_ro(
-        &self,
-        op: &'static str,
-        function: &'static str,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<FcallReply, EngineError> {
-        let value: Value = self.client.fcall_ro(function, keys, args).await.map_err(self.fail(op))?;
+        let value: Value = if read_only {
+            self.client.fcall_ro(function, keys, args).await
+        } else {
+            self.client.fcall(function, keys, args).await
+        }
+        .map_err(self.fail(op))?;
         Ok(FcallReply(value))
     }
 

@@ -79,13 +79,7 @@ impl Store {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<FcallReply, EngineError> {
-        let once = || async {
-            if read_only {
-                self.conn.fcall_ro(op, function, keys.clone(), args.clone()).await
-            } else {
-                self.conn.fcall(op, function, keys.clone(), args.clone()).await
-            }
-        };
+        let once = || self.conn.fcall(op, function, read_only, keys.clone(), args.clone());
         match once().await {
             Err(e) if library::is_missing_function(&e) => {
                 tracing::warn!(backend = BACKEND, function, "the server lost the function library; reloading it");
