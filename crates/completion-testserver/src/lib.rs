@@ -11,6 +11,9 @@
 //! `from_env_or_start` uses an external server instead when `VALKEY_URL` /
 //! `DATABASE_URL` is set; such handles never start, restart or stop anything.
 //!
+//! [`ValkeyCluster::start`] forms a throwaway cluster of such servers (3 primaries by
+//! default, optionally with replicas) and offers slot migration, failover and restarts.
+//!
 //! Limits:
 //! - Linux only (`/bin/sh`, `/proc`); the API is blocking — call it from async
 //!   code through `spawn_blocking`.
@@ -32,6 +35,7 @@
 //! # Ok::<(), completion_testserver::ServerError>(())
 //! ```
 
+mod cluster;
 mod error;
 mod pgwire;
 mod postgres;
@@ -40,6 +44,7 @@ mod resp;
 mod url;
 mod valkey;
 
+pub use cluster::{CLUSTER_SLOTS, ValkeyCluster, ValkeyClusterOptions};
 pub use error::ServerError;
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use resp::Reply;

@@ -16,7 +16,8 @@ Trimming is exact and recorded: the partition's meta hash keeps `trimmed_to`, th
 id ever trimmed away, which readers compare with their position to report gaps.
 (`max-deleted-entry-id` of XINFO STREAM only follows XDEL, not trimming.)
 
-Versioning: VERSION grows whenever anything changes. A newer version keeps every function
+Versioning: VERSION grows whenever anything changes (2: completions_terminal takes an
+optional 9th argument, 'sharded', to announce with SPUBLISH on a cluster). A newer version keeps every function
 and argument list of the older ones (old clients keep calling them after an upgrade);
 the Rust side loads this library when the server holds none or an older one, and refuses
 to run against a newer one.
@@ -26,7 +27,7 @@ Errors are replies whose first word is a code the Rust side maps:
   COMPLETIONS_BAD_ARGS <what>.
 ]]
 
-local VERSION = 1
+local VERSION = 2
 
 -- Server time in microseconds (exact in a Lua number until the year 2255).
 local function now_us()
@@ -124,13 +125,14 @@ end
 
 -- KEYS: execution hash, partition log, partition meta.
 -- ARGV: execution id, outcome, reason, write token, partition, channel,
---       max entries ('' for none), max age in ms ('' for none).
+--       max entries ('' for none), max age in ms ('' for none),
+--       optional: 'sharded' to SPUBLISH (a cluster: the channel is in the partition's slot).
 -- Returns the log entry id. Checks the execution exists and is still active, marks it
 -- terminal, appends to the log (trimming it to retention), and PUBLISHes the event.
 local function completions_terminal(keys, args)
   local key, log, meta = keys[1], keys[2], keys[3]
-  local id, outcome, reason, token, partition, channel, maxlen, maxage =
-    args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8]
+  local id, outcome, reason, token, partition, channel, maxlen, maxage, mode =
+    args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9]
   if not maxage or not meta then
     return redis.error_reply('COMPLETIONS_BAD_ARGS terminal takes 3 keys and 8 arguments')
   end
@@ -181,7 +183,11 @@ local function completions_terminal(keys, args)
   if flow ~= '' then
     message.flow_id = flow
   end
-  redis.call('PUBLISH', channel, cjson.encode(message))
+  if mode == 'sharded' then
+    redis.call('SPUBLISH', channel, cjson.encode(message))
+  else
+    redis.call('PUBLISH', channel, cjson.encode(message))
+  end
   return entry
 end
 

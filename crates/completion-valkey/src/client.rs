@@ -11,6 +11,11 @@
 //! - fred retries a command whose connection dropped while it was in flight: every write
 //!   function is therefore idempotent per write token (see `lua/completions.lua`).
 //!
+//! - on a cluster (fred's clustered client: one connection per primary, commands routed by
+//!   the slot of their first key, `MOVED`/`ASK` followed), library management runs on every
+//!   primary ([`Conn::library_nodes`]); the server's `TRYAGAIN` and `CLUSTERDOWN` answers
+//!   (a slot being migrated, a failover under way) are left to the caller to retry.
+//!
 //! Errors come back as [`EngineError`]: transport trouble as `Transport`, time-outs as
 //! `Timeout`, and error replies as `Server` with the server's message.
 
@@ -65,9 +70,11 @@ pub(crate) enum Role {
 
 /// Builds a fred client for `config` and connects it, within `connect_timeout`.
 pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<Client, EngineError> {
-    let (url, tls) = config.plain_url()?;
-    let mut fred_config = Config::from_url(&url)
-        .map_err(|e| EngineError::invalid("url", redact_url(&config.url), e.details().to_string()))?;
+    let target = config.target()?;
+    let tls = target.tls;
+    let parsed = if target.cluster { Config::from_url_clustered(&target.url) } else { Config::from_url(&target.url) };
+    let mut fred_config =
+        parsed.map_err(|e| EngineError::invalid("url", redact_url(&config.url), e.details().to_string()))?;
     // Our own TLS setup rather than fred's from the `rediss` scheme: fred's refuses to start
     // when any system root certificate fails to load, and cannot add a CA file.
     #[cfg(feature = "tls")]
@@ -82,7 +89,7 @@ pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<
     if let Some(password) = &config.password {
         fred_config.password = Some(password.clone());
     }
-    if let Some(db) = config.database {
+    if let Some(db) = config.database.filter(|_| !target.cluster) {
         fred_config.database = Some(db);
     }
     // Report the first connection failure to connect() instead of retrying forever.
@@ -187,6 +194,16 @@ pub(crate) enum InstalledLibrary {
     Foreign(String),
 }
 
+/// One node of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Node(Server);
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// The outcome of a `FUNCTION LOAD`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Loaded {
@@ -255,19 +272,45 @@ impl Conn {
         Ok(FcallReply(value))
     }
 
-    /// What the server holds under `library`, asking its version function `version_fn`.
+    /// Whether this connection talks to a cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.client.is_clustered()
+    }
+
+    /// Where the function library must live: the server (`None`), or every primary of the
+    /// cluster as the client knows them now.
+    pub(crate) fn library_nodes(&self) -> Vec<Option<Node>> {
+        if !self.is_cluster() {
+            return vec![None];
+        }
+        let mut nodes: Vec<Server> = self.client.active_connections();
+        nodes.sort_by_key(|s| s.to_string());
+        nodes.into_iter().map(|s| Some(Node(s))).collect()
+    }
+
+    /// The client, aimed at `node` (or routed as usual).
+    fn on(&self, node: Option<&Node>) -> fred::clients::WithOptions<Client> {
+        match node {
+            Some(Node(server)) => self.client.with_cluster_node(server.clone()),
+            None => self.client.with_options(&Options::default()),
+        }
+    }
+
+    /// What the server (or cluster `node`) holds under `library`, asking its version
+    /// function `version_fn`.
     pub(crate) async fn installed_library(
         &self,
+        node: Option<&Node>,
         library: &'static str,
         version_fn: &'static str,
     ) -> Result<InstalledLibrary, EngineError> {
-        let listed: Value =
-            self.client.function_list(Some(library), false).await.map_err(self.fail("FUNCTION LIST"))?;
+        let client = self.on(node);
+        let listed: Value = client.function_list(Some(library), false).await.map_err(self.fail("FUNCTION LIST"))?;
         if listed.array_len().unwrap_or(0) == 0 && !listed.is_map() {
             return Ok(InstalledLibrary::Missing);
         }
         let version: Result<Value, Error> =
-            self.client.fcall_ro(version_fn, Vec::<String>::new(), Vec::<String>::new()).await;
+            client.fcall_ro(version_fn, Vec::<String>::new(), Vec::<String>::new()).await;
         match version {
             Ok(v) => match v.as_i64() {
                 Some(n) => Ok(InstalledLibrary::Version(n)),
@@ -280,9 +323,14 @@ impl Conn {
         }
     }
 
-    /// `FUNCTION LOAD [REPLACE] code`.
-    pub(crate) async fn function_load(&self, code: &str, replace: bool) -> Result<Loaded, EngineError> {
-        let result: Result<Value, Error> = self.client.function_load(replace, code).await;
+    /// `FUNCTION LOAD [REPLACE] code` on the server (or cluster `node`).
+    pub(crate) async fn function_load(
+        &self,
+        node: Option<&Node>,
+        code: &str,
+        replace: bool,
+    ) -> Result<Loaded, EngineError> {
+        let result: Result<Value, Error> = self.on(node).function_load(replace, code).await;
         match result {
             Ok(_) => Ok(Loaded::Done),
             Err(e) if e.details().contains("already exists") => Ok(Loaded::AlreadyExists),
@@ -304,6 +352,12 @@ impl Conn {
     /// `HGETALL key` (empty when the key does not exist).
     pub(crate) async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, EngineError> {
         self.client.hgetall(key).await.map_err(self.fail("HGETALL"))
+    }
+
+    /// Notices of cluster topology changes this client saw (slots moved, nodes added or
+    /// removed: fred learns them from `MOVED` replies and reconnects).
+    pub(crate) fn cluster_changes(&self) -> tokio::sync::broadcast::Receiver<Vec<fred::types::ClusterStateChange>> {
+        self.client.cluster_change_rx()
     }
 
     /// Closes the connection (and stops reconnecting).

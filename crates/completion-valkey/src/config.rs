@@ -24,8 +24,13 @@ use serde::{Deserialize, Deserializer};
 pub struct ValkeyConfig {
     /// The server: `redis://`, `rediss://` (TLS, `tls` feature), `valkey://` (same as
     /// `redis://`) or `valkeys://` (same as `rediss://`), `[user[:password]@]host[:port][/db]`.
-    /// Default `redis://127.0.0.1:6379`.
+    /// A cluster: the same schemes with `-cluster` (`redis-cluster://`, `valkey-cluster://`,
+    /// `rediss-cluster://`, `valkeys-cluster://`), `[user[:password]@]host:port` of one seed
+    /// node and more seeds as `?node=host:port&node=host:port`. Default `redis://127.0.0.1:6379`.
     pub url: String,
+    /// Talk to a Valkey/Redis Cluster (the URL names seed nodes) rather than one server.
+    /// A `-cluster` URL scheme turns it on as well. Default false.
+    pub cluster: bool,
     /// ACL user name; overrides the URL's. Default: none (the URL's, else `default`).
     pub username: Option<String>,
     /// Password; overrides the URL's. Default: none (the URL's, if any).
@@ -79,6 +84,7 @@ impl Default for ValkeyConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_string(),
+            cluster: false,
             username: None,
             password: None,
             database: None,
@@ -102,6 +108,7 @@ impl fmt::Debug for ValkeyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValkeyConfig")
             .field("url", &redact_url(&self.url))
+            .field("cluster", &self.cluster)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
@@ -146,6 +153,12 @@ impl ValkeyConfig {
     /// The defaults, with `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self { url: url.into(), ..Self::default() }
+    }
+
+    /// Turns cluster mode on or off (a `-cluster` URL scheme turns it on regardless).
+    pub fn with_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Sets the ACL user and password.
@@ -250,7 +263,47 @@ impl ValkeyConfig {
                 "TLS needs the `tls` cargo feature of completion-valkey",
             ));
         }
-        self.plain_url().map(|_| ())
+        let target = self.target()?;
+        if target.cluster && self.database.is_some_and(|db| db != 0) {
+            return Err(EngineError::invalid(
+                "database",
+                self.database.unwrap_or_default().to_string(),
+                "a cluster has database 0 only",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this config talks to a cluster (the `cluster` field, or a `-cluster` scheme).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster || self.url.split_once("://").is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
+    }
+
+    /// Where to connect: the URL for the client library (`redis://...`, or
+    /// `redis-cluster://...` in cluster mode), whether it asks for TLS, whether it is a
+    /// cluster. The scheme is checked by [`Self::plain_url`], after taking off `-cluster`.
+    pub(crate) fn target(&self) -> Result<Target, EngineError> {
+        let cluster = self.is_cluster();
+        let (url, tls) = match self.url.split_once("://") {
+            Some((scheme, rest)) if scheme.ends_with("-cluster") => {
+                let base = scheme.trim_end_matches("-cluster");
+                let plain = ValkeyConfig { url: format!("{base}://{rest}"), ..ValkeyConfig::default() };
+                plain.plain_url().map_err(|_| {
+                    EngineError::invalid(
+                        "url",
+                        redact_url(&self.url),
+                        "the scheme must be redis-cluster://, rediss-cluster://, valkey-cluster:// or \
+                         valkeys-cluster:// (or one of those without -cluster)",
+                    )
+                })?
+            }
+            _ => self.plain_url()?,
+        };
+        let url = match url.strip_prefix("redis://") {
+            Some(rest) if cluster => format!("redis-cluster://{rest}"),
+            _ => url,
+        };
+        Ok(Target { url, tls, cluster })
     }
 
     /// The URL as `redis://...` (whatever the scheme) and whether it asks for TLS. Refuses
@@ -277,6 +330,17 @@ impl ValkeyConfig {
         }
         Ok((format!("redis://{rest}"), tls))
     }
+}
+
+/// Where and how to connect (see [`ValkeyConfig::target`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// `redis://...` or `redis-cluster://...` (TLS is set up separately).
+    pub url: String,
+    /// Whether the URL asked for TLS.
+    pub tls: bool,
+    /// Whether to talk to a cluster.
+    pub cluster: bool,
 }
 
 /// Reads a duration as milliseconds (a number) or as text with a unit (`ms`, `s`, `m`).
@@ -340,6 +404,29 @@ mod tests {
         }
         let err = ValkeyConfig::new("redis+unix://u:secret@x").plain_url().unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn cluster_urls_and_the_cluster_field_select_cluster_mode() {
+        let target = |c: ValkeyConfig| c.target().unwrap();
+        let seeds = "valkey-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002";
+        assert_eq!(
+            target(ValkeyConfig::new(seeds)),
+            Target { url: "redis-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002".into(), tls: false, cluster: true }
+        );
+        assert!(target(ValkeyConfig::new("redis-cluster://h:1")).cluster);
+        let by_field = target(ValkeyConfig::new("redis://h:1").with_cluster(true));
+        assert_eq!(by_field, Target { url: "redis-cluster://h:1".into(), tls: false, cluster: true });
+        assert!(!target(ValkeyConfig::new("redis://h:1")).cluster);
+        let err = ValkeyConfig::new("http-cluster://h:1").validate().unwrap_err().to_string();
+        assert!(err.contains("-cluster"), "{err}");
+        let err = ValkeyConfig::new("redis-cluster://h:1").with_database(2).validate().unwrap_err().to_string();
+        assert!(err.contains("database") && err.contains("cluster"), "{err}");
+        if !cfg!(feature = "tls") {
+            assert!(ValkeyConfig::new("rediss-cluster://h:1").validate().is_err());
+        }
+        let c: ValkeyConfig = serde_json::from_str(r#"{"url":"redis://h:1","cluster":true}"#).unwrap();
+        assert!(c.is_cluster());
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! | the partition's trimming record | `P:{P:p}:meta` | hash |
 //! | the instance-wide settings guard | `P:config` | string |
 //! | the completion channel | `P:completions` | pub/sub channel |
+//! | on a cluster: the partition's channel | `P:{P:p}:completions` | sharded pub/sub channel |
 //!
 //! Every key of partition `p` carries the hash tag `{P:p}`, so one call only ever touches one
-//! cluster slot. The partition of an execution is `fnv1a64(id bytes) % partitions`: FNV-1a
+//! cluster slot; on a cluster the partition's sharded channel carries it too, so the call's
+//! `SPUBLISH` stays in that slot's shard (a function may only publish to a channel of the
+//! slot of its keys). The partition of an execution is `fnv1a64(id bytes) % partitions`: FNV-1a
 //! (64 bit, offset basis `0xcbf29ce484222325`, prime `0x100000001b3`) over the UTF-8 bytes
 //! of the execution id. This function is part of the storage format and never changes;
 //! changing the number of partitions of an existing prefix is refused at connect.
@@ -79,6 +82,17 @@ impl Keyspace {
     pub(crate) fn channel(&self) -> String {
         format!("{}:completions", self.prefix)
     }
+
+    /// On a cluster: the sharded channel of `partition`, in the partition's slot.
+    pub(crate) fn partition_channel(&self, partition: u16) -> String {
+        format!("{}:completions", self.tag(partition))
+    }
+
+    /// The channels a subscriber listens on: the one channel, or on a cluster every
+    /// partition's sharded channel.
+    pub(crate) fn channels(&self, sharded: bool) -> Vec<String> {
+        if sharded { (0..self.partitions).map(|p| self.partition_channel(p)).collect() } else { vec![self.channel()] }
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +115,9 @@ mod tests {
         assert_eq!(ks.execution("exec-1"), format!("completions:{{completions:{p}}}:x:exec-1"));
         assert_eq!(ks.log(p), format!("completions:{{completions:{p}}}:log"));
         assert_eq!(ks.channel(), "completions:completions");
+        assert_eq!(ks.partition_channel(p), format!("completions:{{completions:{p}}}:completions"));
+        assert_eq!(ks.channels(true).len(), 16);
+        assert_eq!(ks.channels(false), ["completions:completions"]);
         assert_eq!(Keyspace::new("x", 1).partition_of("anything"), 0);
     }
 }

@@ -1,4 +1,4 @@
-//! The Valkey / Redis completion backend (standalone servers, Valkey 7.2+ or Redis 7.0+).
+//! The Valkey / Redis completion backend (Valkey 7.2+ or Redis 7.0+, standalone or cluster).
 //!
 //! Writes go through a server-side function library (`lua/completions.lua`, loaded on
 //! connect): a terminal write checks the execution, marks it terminal, appends the event to
@@ -24,8 +24,8 @@
 //! ```
 //!
 //! Limits:
-//! - Standalone servers only (no cluster, no sentinel) for now; the key layout is ready for
-//!   a cluster (every call touches one hash tag).
+//! - A standalone server or a cluster (`valkey-cluster://` URLs or `cluster = true`: every
+//!   call touches one hash tag, announcements are sharded per partition); no sentinel.
 //! - Executions are kept until deleted by hand; only the completion log is trimmed.
 //! - A write that fails with [`EngineError::Timeout`] may still have taken effect: check
 //!   with `describe`. A write the client retried after a dropped connection takes effect
@@ -150,7 +150,10 @@ impl ValkeyBackend {
     /// compare with [`LIBRARY_VERSION`].
     pub async fn library_version(&self) -> Result<Option<i64>, EngineError> {
         use crate::client::InstalledLibrary;
-        match self.shared.store.conn.installed_library(library::LIBRARY_NAME, library::VERSION_FUNCTION).await? {
+        // On a cluster, the version of the first primary (every primary gets the same at connect).
+        let node = self.shared.store.conn.library_nodes().into_iter().next().flatten();
+        let conn = &self.shared.store.conn;
+        match conn.installed_library(node.as_ref(), library::LIBRARY_NAME, library::VERSION_FUNCTION).await? {
             InstalledLibrary::Missing => Ok(None),
             InstalledLibrary::Version(v) => Ok(Some(v)),
             InstalledLibrary::Foreign(why) => Err(EngineError::Incompatible {

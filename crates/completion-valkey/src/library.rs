@@ -1,7 +1,8 @@
 //! The server-side function library: its source, its version, and loading it safely.
 //!
 //! On connect (and whenever a call finds the library gone, as after a restart of a server
-//! without persistence) [`ensure`] makes the server hold this build's library:
+//! without persistence) [`ensure`] makes the server, or every primary of a cluster (replicas
+//! get it by replication, so a promoted replica holds it), hold this build's library:
 //! - none loaded: `FUNCTION LOAD`; when another process won the race ("already exists"),
 //!   look again;
 //! - an older version: `FUNCTION LOAD REPLACE`;
@@ -14,7 +15,7 @@
 
 use completion_core::EngineError;
 
-use crate::client::{BACKEND, Conn, InstalledLibrary, Loaded};
+use crate::client::{BACKEND, Conn, InstalledLibrary, Loaded, Node};
 
 /// The library's name on the server.
 pub(crate) const LIBRARY_NAME: &str = "completions";
@@ -23,7 +24,7 @@ pub(crate) const LIBRARY_NAME: &str = "completions";
 pub(crate) const LIBRARY_SOURCE: &str = include_str!("../lua/completions.lua");
 
 /// The version of the library this build carries (`VERSION` in the Lua source).
-pub const LIBRARY_VERSION: i64 = 1;
+pub const LIBRARY_VERSION: i64 = 2;
 
 /// The library's function that returns its version.
 pub(crate) const VERSION_FUNCTION: &str = "completions_version";
@@ -39,12 +40,30 @@ pub(crate) enum Ensured {
     Upgraded(i64),
 }
 
-/// Makes the server hold this build's library (see the module docs).
+/// Makes the server, or every primary of a cluster, hold this build's library (see the
+/// module docs). On a cluster, reports the first load or upgrade it did, else `Present`.
 pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
+    let mut result = Ensured::Present;
+    for node in conn.library_nodes() {
+        let ensured = ensure_on(conn, node.as_ref()).await.map_err(|e| match (&node, e) {
+            (Some(node), EngineError::Incompatible { backend, reason }) => {
+                EngineError::Incompatible { backend, reason: format!("cluster node {node}: {reason}") }
+            }
+            (_, e) => e,
+        })?;
+        if result == Ensured::Present {
+            result = ensured;
+        }
+    }
+    Ok(result)
+}
+
+/// [`ensure`] on one server or cluster node.
+async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<Ensured, EngineError> {
     // A few rounds: each lost race ("already exists") means another process just loaded
     // something, which the next round looks at.
     for _ in 0..5 {
-        match conn.installed_library(LIBRARY_NAME, VERSION_FUNCTION).await? {
+        match conn.installed_library(node, LIBRARY_NAME, VERSION_FUNCTION).await? {
             InstalledLibrary::Version(v) if v == LIBRARY_VERSION => return Ok(Ensured::Present),
             InstalledLibrary::Version(v) if v > LIBRARY_VERSION => {
                 return Err(EngineError::Incompatible {
@@ -56,7 +75,7 @@ pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
                 });
             }
             InstalledLibrary::Version(old) => {
-                conn.function_load(LIBRARY_SOURCE, true).await?;
+                conn.function_load(node, LIBRARY_SOURCE, true).await?;
                 tracing::info!(backend = BACKEND, from = old, to = LIBRARY_VERSION, "upgraded the function library");
                 return Ok(Ensured::Upgraded(old));
             }
@@ -69,7 +88,7 @@ pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
                 });
             }
             InstalledLibrary::Missing => {
-                if conn.function_load(LIBRARY_SOURCE, false).await? == Loaded::Done {
+                if conn.function_load(node, LIBRARY_SOURCE, false).await? == Loaded::Done {
                     tracing::info!(backend = BACKEND, version = LIBRARY_VERSION, "loaded the function library");
                     return Ok(Ensured::Loaded);
                 }

@@ -70,7 +70,10 @@ impl Store {
         Ok(ensured)
     }
 
-    /// Calls `function`; when the library is gone, reloads it and calls once more.
+    /// Calls `function`; when the library is gone, reloads it and calls once more. On a
+    /// cluster, retries (within `command_timeout`) while the server answers that the slot
+    /// is being migrated (`TRYAGAIN`) or the cluster is failing over (`CLUSTERDOWN`): every
+    /// write is idempotent per token, so a retry takes effect once.
     async fn call(
         &self,
         op: &'static str,
@@ -80,13 +83,22 @@ impl Store {
         args: Vec<String>,
     ) -> Result<FcallReply, EngineError> {
         let once = || self.conn.fcall(op, function, read_only, keys.clone(), args.clone());
-        match once().await {
-            Err(e) if library::is_missing_function(&e) => {
-                tracing::warn!(backend = BACKEND, function, "the server lost the function library; reloading it");
-                self.ensure_library().await?;
-                once().await
+        let deadline = tokio::time::Instant::now() + self.config.command_timeout;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match once().await {
+                Err(e) if library::is_missing_function(&e) => {
+                    tracing::warn!(backend = BACKEND, function, "the server lost the function library; reloading it");
+                    self.ensure_library().await?;
+                    return once().await;
+                }
+                Err(e) if is_cluster_in_flux(&e) && tokio::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(backend = BACKEND, function, error = %e, "cluster in flux; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -120,18 +132,22 @@ impl Store {
     ) -> Result<String, EngineError> {
         let partition = self.keys.partition_of(id.as_str());
         let keys = vec![self.keys.execution(id.as_str()), self.keys.log(partition), self.keys.meta(partition)];
-        let args = vec![
+        let sharded = self.conn.is_cluster();
+        let mut args = vec![
             id.as_str().to_string(),
             outcome.as_str().to_string(),
             reason.map_or(String::new(), |r| r.as_str().to_string()),
             self.token(),
             partition.to_string(),
-            self.keys.channel(),
+            if sharded { self.keys.partition_channel(partition) } else { self.keys.channel() },
             // Each partition keeps up to the whole count: the newest `max_events` overall may
             // all sit in one partition. `trim_all` cuts to exactly `max_events` overall.
             self.config.retention.max_events.map_or(String::new(), |n| n.to_string()),
             self.max_age_ms(),
         ];
+        if sharded {
+            args.push("sharded".to_string());
+        }
         match self.call("terminal write", "completions_terminal", false, keys, args).await {
             Ok(reply) => Ok(reply.text().unwrap_or_default()),
             Err(e) => Err(match code(&e) {
@@ -264,6 +280,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether the server answered that a slot is moving or the cluster is failing over: a
+/// retry soon succeeds.
+fn is_cluster_in_flux(error: &EngineError) -> bool {
+    matches!(error, EngineError::Server { message, .. }
+        if ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"].iter().any(|code| message.trim_start().starts_with(code)))
 }
 
 /// The code of a library error reply.

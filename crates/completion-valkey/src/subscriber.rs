@@ -14,10 +14,17 @@
 //!   reader falls behind, the oldest are dropped and [`SubEvent::Lagged`] says how many, so
 //!   the caller catches up from the log.
 //! - RESP3, so that `PING` works on the subscribed connection (liveness check).
+//! - On a cluster, fred's clustered client holds one connection per primary, and the
+//!   subscriber `SSUBSCRIBE`s every partition's channel, one per call, each routed to the
+//!   primary that owns the channel's slot. fred does not treat the `SSUBSCRIBE` reply as an
+//!   out-of-band push (it must see a `MOVED` there), so the call returns once the server
+//!   processed it. When a slot moves, the old owner unsubscribes us and fred drops that
+//!   notice silently: the caller re-issues every `SSUBSCRIBE` on topology changes
+//!   ([`SubEvent::TopologyChanged`]) and on a timer; fred follows the `MOVED` to the new owner.
 
 use completion_core::EngineError;
 use fred::prelude::*;
-use fred::types::Message;
+use fred::types::{ClusterStateChange, Message};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::client::{Role, connect_client, map_error};
@@ -32,26 +39,35 @@ pub(crate) enum SubEvent {
     Lagged(u64),
     /// The connection was re-established (the subscription is gone).
     Reconnected,
+    /// On a cluster: the client saw the slot map change (subscriptions may have been moved
+    /// away from under it).
+    TopologyChanged,
     /// The client is gone; nothing more will come.
     Closed,
 }
 
-/// A connection subscribed to one channel.
+/// A connection (on a cluster: one per primary) subscribed to the completion channels.
 pub(crate) struct Subscriber {
     client: Client,
-    channel: String,
+    channels: Vec<String>,
+    /// `SSUBSCRIBE` (a cluster) rather than `SUBSCRIBE`.
+    sharded: bool,
     messages: tokio::sync::broadcast::Receiver<Message>,
     reconnects: tokio::sync::broadcast::Receiver<Server>,
+    topology: tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>,
 }
 
 impl Subscriber {
-    /// Connects and subscribes to `channel`; returns once the server confirmed.
-    pub(crate) async fn connect(config: &ValkeyConfig, channel: String) -> Result<Self, EngineError> {
+    /// Connects and subscribes to `channels` (sharded on a cluster); returns once the server
+    /// confirmed.
+    pub(crate) async fn connect(config: &ValkeyConfig, channels: Vec<String>) -> Result<Self, EngineError> {
         let client = connect_client(config, Role::Subscriber).await?;
         // Receivers taken before SUBSCRIBE: no message after the confirmation is missed.
         let messages = client.message_rx();
         let reconnects = client.reconnect_rx();
-        let subscriber = Self { client, channel, messages, reconnects };
+        let topology = client.cluster_change_rx();
+        let sharded = client.is_clustered();
+        let subscriber = Self { client, channels, sharded, messages, reconnects, topology };
         if let Err(e) = subscriber.subscribe().await {
             subscriber.quit().await;
             return Err(e);
@@ -72,15 +88,62 @@ impl Subscriber {
     /// command before it, so its reply is the confirmation. Without it, a read of the log
     /// on the command connection can overtake the SUBSCRIBE, and a completion committed in
     /// between is neither read nor announced to us.
+    ///
+    /// On a cluster, `SSUBSCRIBE`s each channel in turn (fred resolves each once the server
+    /// answered, following `MOVED`); re-issuing it for a channel already subscribed on the
+    /// right node is harmless.
     pub(crate) async fn subscribe(&self) -> Result<(), EngineError> {
-        self.client.subscribe(self.channel.as_str()).await.map_err(|e| map_error("SUBSCRIBE", e))?;
+        if self.sharded {
+            for channel in &self.channels {
+                self.client.ssubscribe(channel.as_str()).await.map_err(|e| map_error("SSUBSCRIBE", e))?;
+            }
+            return Ok(());
+        }
+        for channel in &self.channels {
+            self.client.subscribe(channel.as_str()).await.map_err(|e| map_error("SUBSCRIBE", e))?;
+        }
         self.ping().await
     }
 
-    /// `PING` on the subscribed connection: fails when it is dead or unresponsive.
+    /// Whether the subscriptions are sharded (a cluster).
+    pub(crate) fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// `PING` on the subscribed connection (on a cluster: on one of them): fails when it is
+    /// dead or unresponsive.
     pub(crate) async fn ping(&self) -> Result<(), EngineError> {
         let _: Value = self.client.ping(None).await.map_err(|e| map_error("PING", e))?;
         Ok(())
+    }
+
+    /// A message already received, if any, without waiting (reconnect and topology notices
+    /// are left for [`Self::next`]).
+    pub(crate) fn try_next(&mut self) -> Option<SubEvent> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match self.messages.try_recv() {
+                Ok(m) => match self.body_of(m) {
+                    Some(body) => return Some(SubEvent::Message(body)),
+                    None => continue,
+                },
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Lagged(n)) => return Some(SubEvent::Lagged(n)),
+                Err(TryRecvError::Closed) => return Some(SubEvent::Closed),
+            }
+        }
+    }
+
+    /// The body of a message on one of our channels.
+    fn body_of(&self, m: Message) -> Option<Vec<u8>> {
+        if !self.channels.iter().any(|c| **c == *m.channel) {
+            return None;
+        }
+        Some(match m.value {
+            Value::String(s) => s.as_bytes().to_vec(),
+            Value::Bytes(b) => b.to_vec(),
+            other => format!("{other:?}").into_bytes(),
+        })
     }
 
     /// The next event. Cancel-safe: nothing is lost when the future is dropped unfinished.
@@ -88,15 +151,10 @@ impl Subscriber {
         loop {
             tokio::select! {
                 message = self.messages.recv() => match message {
-                    Ok(m) if *m.channel == *self.channel => {
-                        let body = match m.value {
-                            Value::String(s) => s.as_bytes().to_vec(),
-                            Value::Bytes(b) => b.to_vec(),
-                            other => format!("{other:?}").into_bytes(),
-                        };
-                        return SubEvent::Message(body);
-                    }
-                    Ok(_) => continue,
+                    Ok(m) => match self.body_of(m) {
+                        Some(body) => return SubEvent::Message(body),
+                        None => continue,
+                    },
                     Err(RecvError::Lagged(n)) => return SubEvent::Lagged(n),
                     Err(RecvError::Closed) => return SubEvent::Closed,
                 },
@@ -104,6 +162,10 @@ impl Subscriber {
                     Ok(_) => return SubEvent::Reconnected,
                     // Lost reconnect notices still mean "reconnected".
                     Err(RecvError::Lagged(_)) => return SubEvent::Reconnected,
+                    Err(RecvError::Closed) => return SubEvent::Closed,
+                },
+                change = self.topology.recv(), if self.sharded => match change {
+                    Ok(_) | Err(RecvError::Lagged(_)) => return SubEvent::TopologyChanged,
                     Err(RecvError::Closed) => return SubEvent::Closed,
                 },
             }
