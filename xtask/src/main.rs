@@ -4,7 +4,8 @@
 //!   table read from that same test run.
 //! - `conformance`: only the conformance suite, against every backend crate that registers
 //!   it (a crate under `crates/` with `tests/conformance.rs`), as a backend-by-test table.
-//! - `demo`: a small engine on the in-process backend.
+//! - `demo`: a small DAG engine on the public traits, on throwaway Valkey and PostgreSQL
+//!   servers and in-process, surviving killed connections and a server restart midway.
 //! - `bench`: the benchmarks (`crates/completion-bench`), in a release build.
 
 mod cargo;
@@ -36,15 +37,10 @@ enum Command {
     Test,
     /// Runs only the conformance tests of every backend and prints a test-by-backend table.
     Conformance,
-    /// A small flow on the in-process backend, printing each completion as it arrives.
-    Demo {
-        /// Standalone executions to run besides the 4-step flow.
-        #[arg(long, default_value_t = 6)]
-        tasks: usize,
-        /// Seed for the workers' outcomes and timings (default: from the clock, printed).
-        #[arg(long)]
-        seed: Option<u64>,
-    },
+    /// A DAG engine of 240 tasks on every backend (throwaway servers, or VALKEY_URL /
+    /// DATABASE_URL), killing connections and restarting the server midway; ends with a
+    /// summary and exits non-zero unless every task was promoted exactly once.
+    Demo(demo::DemoArgs),
     /// Latency and write throughput of each backend against the raw protocols, on
     /// throwaway servers (release build). Prints a table; JSON in target/bench/results.json.
     Bench {
@@ -62,7 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Test => test(),
         Command::Conformance => conformance(),
-        Command::Demo { tasks, seed } => demo::run(tasks, seed),
+        Command::Demo(args) => demo::run(args),
         Command::Bench { quick, args } => bench(quick, &args),
     };
     match result {

@@ -19,7 +19,7 @@ use completion_core::{
     CompletionPayload, Counters, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace,
     NewExecution, Outcome, Reason, Retention, ScannerFilter, Tags,
 };
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -139,6 +139,19 @@ pub(crate) fn pool(
     let manager = Manager::from_config(pg.clone(), tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
+        // Generic plans for every statement of these connections. PostgreSQL re-planned the
+        // log read on every call: its generic plan is estimated dearer than a custom one
+        // (unknown LIMIT), so the plan cache kept choosing custom plans, each planned anew:
+        // 0.25-0.5 ms of planning per read against 0.15 ms of execution (EXPLAIN ANALYZE on
+        // a 170 000-event log; `cargo xtask bench`, docs/benchmarks.md). The generic plans of
+        // our statements are the custom ones (same index walks; their parameters are a
+        // cursor, a limit and ids). A session setting: behind a transaction-mode pooler it
+        // would leak to other clients, as any SET does; LISTEN does not work there anyway.
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                client.batch_execute("SET plan_cache_mode = force_generic_plan").await.map_err(HookError::Backend)
+            })
+        }))
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(connect_timeout))
         .recycle_timeout(Some(connect_timeout))
@@ -484,6 +497,32 @@ impl Db {
             Err(f) if matches!(f.sqlstate(), Some("42P01" | "3F000")) => Ok(None), // no table / schema
             Err(f) => Err(f.into_engine(OP)),
         }
+    }
+}
+
+impl Db {
+    /// Events in the log, events committed but held back above the horizon (capped at
+    /// 1000, as in log reads), the log table's size on disk, and events pruned so far.
+    pub async fn log_size(&self) -> Result<crate::LogSize, EngineError> {
+        const OP: &str = "log size";
+        let s = self.schema.quoted();
+        // The held-back count walks the position index down and stops at the horizon, like
+        // the log read does (see `Sql::new`): never a scan of the whole log.
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM {s}.completion_log),
+                    (SELECT count(*) FROM (SELECT 1 FROM {s}.completion_log h
+                                           WHERE h.xid >= pg_snapshot_xmin(pg_current_snapshot())
+                                             AND h.xid < pg_snapshot_xmax(pg_current_snapshot())
+                                           ORDER BY h.xid DESC, h.id DESC LIMIT 1000) held),
+                    pg_total_relation_size('{s}.completion_log'::regclass),
+                    (SELECT pruned FROM {s}.pruned_to LIMIT 1)"
+        );
+        let rows = self.query(OP, &sql, &[]).await.map_err(|f| f.into_engine(OP))?;
+        let row =
+            rows.first().ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no log size".into() })?;
+        let count =
+            |i: usize| -> Result<u64, EngineError> { Ok(column::<Option<i64>>(row, i)?.unwrap_or(0).max(0) as u64) };
+        Ok(crate::LogSize { events: count(0)?, held_back: count(1)?, bytes: count(2)?, pruned: count(3)? })
     }
 }
 

@@ -65,6 +65,9 @@ pub use migrate::MigrationReport;
 pub use position::PgPosition;
 pub use stats::PostgresStats;
 
+/// The schema version this build needs and installs (its highest migration).
+pub const SCHEMA_VERSION: i32 = migrate::LATEST;
+
 use crate::db::Db;
 use crate::feed::{PgFeed, PgReader};
 use crate::schema::Schema;
@@ -87,6 +90,21 @@ pub struct PruneReport {
     /// The retention watermark after the run: every event at or before it is gone. `None`
     /// when nothing was ever pruned.
     pub watermark: Option<PgPosition>,
+}
+
+/// The completion log's size, from [`PostgresBackend::log_size`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogSize {
+    /// Events the log holds now.
+    pub events: u64,
+    /// Committed events above the horizon, waiting for an older transaction that is still
+    /// running (capped at 1000); not yet deliverable.
+    pub held_back: u64,
+    /// The log table's size on disk with its indexes, in bytes.
+    pub bytes: u64,
+    /// Events pruned from the log so far, by every instance.
+    pub pruned: u64,
 }
 
 /// Applies the bundled migrations to the configured schema (creating it if needed), on a
@@ -259,6 +277,17 @@ impl PostgresBackend {
     /// look for a listener that stopped reading.
     pub async fn notification_queue_usage(&self) -> Result<f64, EngineError> {
         self.shared.db.notification_queue_usage().await
+    }
+
+    /// The schema's applied migration version (`None`: not migrated), to compare with
+    /// [`SCHEMA_VERSION`].
+    pub async fn schema_version(&self) -> Result<Option<i32>, EngineError> {
+        self.shared.db.schema_version().await
+    }
+
+    /// How big the completion log is now, and how much of it is held back (one query).
+    pub async fn log_size(&self) -> Result<LogSize, EngineError> {
+        self.shared.db.log_size().await
     }
 
     /// PostgreSQL-specific counters (the shared ones are in

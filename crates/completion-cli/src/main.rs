@@ -1,0 +1,241 @@
+//! `completions`: tail, migrate and inspect a completion backend from the shell.
+//!
+//! ```text
+//! completions tail URL [--namespace N] [--tag k=v]... [--from now|earliest|CURSOR] [--json]
+//! completions migrate URL
+//! completions stats URL [--json]
+//! ```
+//!
+//! The URL picks the backend (see [`url`]). Every failure prints one line on stderr and
+//! exits non-zero with a code that tells its kind (see [`error`]); passwords in URLs are
+//! never printed. Logs go to stderr, off unless `RUST_LOG` asks for them
+//! (`RUST_LOG=completion_valkey=debug`). Full usage: `docs/cli.md`.
+
+mod connect;
+mod error;
+mod migrate;
+mod output;
+mod stats;
+mod tail;
+mod url;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::connect::Options;
+use crate::error::{CliError, Kind};
+
+/// Tail, migrate and inspect a completion backend (Valkey/Redis, PostgreSQL, in-process).
+#[derive(Parser, Debug)]
+#[command(name = "completions", version, about, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 done, 1 operation failed, 2 usage, 3 server unreachable, 4 incompatible server \
+                        state.\nLogs: RUST_LOG=debug (stderr).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print completions as they arrive (and gaps), until Ctrl-C; then print the cursor to
+    /// resume from.
+    Tail {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only completions of this namespace.
+        #[arg(long, value_name = "N")]
+        namespace: Option<String>,
+        /// Only completions tagged key=value (repeat for several; all must match).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Where to start: `now`, `earliest` (the oldest retained), or after a cursor.
+        #[arg(long, value_name = "now|earliest|CURSOR", default_value = "now")]
+        from: String,
+        /// One JSON object per line (`"type": "completion"` or `"gap"`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install or upgrade the PostgreSQL schema or the Valkey function library, and report
+    /// versions. Running it again is a no-op.
+    Migrate {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show the server's log and queue usage and the backend's counters.
+    Stats {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which backend, and how to reach it.
+#[derive(Args, Debug, Clone)]
+struct TargetArgs {
+    /// redis://, rediss://, valkey://, valkeys:// (TLS), postgres://, postgresql:// or memory:
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Valkey/Redis key prefix [default: completions]
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Valkey/Redis partition count of the prefix [default: 16]
+    #[arg(long)]
+    partitions: Option<u16>,
+    /// PostgreSQL schema [default: completions]
+    #[arg(long)]
+    schema: Option<String>,
+    /// Limit on connecting, e.g. 500ms, 2s [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
+}
+
+impl TargetArgs {
+    fn options(&self) -> Options {
+        Options {
+            prefix: self.prefix.clone(),
+            schema: self.schema.clone(),
+            partitions: self.partitions,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// The arguments that reach the same backend again, quoted for a shell, with the URL's
+    /// password redacted.
+    fn shell_words(&self) -> Vec<String> {
+        let mut words = vec![url::redact(&self.url)];
+        let mut option = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                words.push(name.to_string());
+                words.push(value);
+            }
+        };
+        option("--prefix", self.prefix.clone());
+        option("--partitions", self.partitions.map(|p| p.to_string()));
+        option("--schema", self.schema.clone());
+        option("--connect-timeout", self.connect_timeout.map(|t| humantime::format_duration(t).to_string()));
+        words
+    }
+}
+
+fn quote(words: impl IntoIterator<Item = String>) -> String {
+    words
+        .into_iter()
+        .map(|w| shlex::try_quote(&w).map(|q| q.into_owned()).unwrap_or_else(|_| format!("{w:?}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    // One line, never a backtrace, should a bug ever panic.
+    std::panic::set_hook(Box::new(|info| eprintln!("completions: internal error: {info}")));
+    let target = match &cli.command {
+        Command::Tail { target, .. } | Command::Migrate { target } | Command::Stats { target, .. } => target.clone(),
+    };
+    let secret = url::password(&target.url).map(str::to_string);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("completions: cannot start the async runtime: {e}");
+            return ExitCode::from(Kind::Failed.code());
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Background tasks of the backend (feeds, reconnects) end with the runtime.
+    drop(runtime);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("completions: {}", e.line(secret.as_deref()));
+            e.exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Tail { target, namespace, tags, from, json } => {
+            let url_target = url::parse(&target.url)?;
+            let options = target.options();
+            options.check_for(&url_target)?;
+            let plan = tail::Plan::new(namespace.as_deref(), &tags, &from, json, url_target.backend())?;
+            let backend = connect::open(&url_target, &options).await?;
+            let resume = |from: &str| {
+                let mut words = vec!["completions".to_string(), "tail".to_string()];
+                words.extend(target.shell_words());
+                if let Some(namespace) = &namespace {
+                    words.extend(["--namespace".to_string(), namespace.clone()]);
+                }
+                for tag in &tags {
+                    words.extend(["--tag".to_string(), tag.clone()]);
+                }
+                words.extend(["--from".to_string(), from.to_string()]);
+                if json {
+                    words.push("--json".to_string());
+                }
+                let mut command = quote(words);
+                if url::password(&target.url).is_some() {
+                    command.push_str("   (put the password back into the URL)");
+                }
+                command
+            };
+            tail::run(&backend, plan, &url::redact(&target.url), resume).await
+        }
+        Command::Migrate { target } => {
+            let url_target = url::parse(&target.url)?;
+            let options = target.options();
+            options.check_for(&url_target)?;
+            for line in migrate::run(&url_target, &options).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Stats { target, json } => {
+            let url_target = url::parse(&target.url)?;
+            let options = target.options();
+            options.check_for(&url_target)?;
+            let backend = connect::open(&url_target, &options).await?;
+            let stats = stats::gather(&backend, &url::redact(&target.url)).await?;
+            if json {
+                println!("{}", stats.to_json());
+            } else {
+                for line in stats.to_lines() {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Logs to stderr as `RUST_LOG` says; nothing without it, so that output stays clean.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn resume_words_are_quoted_and_redacted() {
+        let cli =
+            Cli::parse_from(["completions", "tail", "redis://u:pw@h:1", "--prefix", "a b", "--connect-timeout", "2s"]);
+        let Command::Tail { target, .. } = cli.command else { panic!("parsed as another command") };
+        assert_eq!(quote(target.shell_words()), "'redis://u:***@h:1' --prefix 'a b' --connect-timeout 2s");
+    }
+}

@@ -1,0 +1,70 @@
+//! `completions migrate`: installs or upgrades what the server needs, and says which
+//! version it found and which it left.
+//!
+//! - PostgreSQL: applies the pending migrations to the schema (creating it), with
+//!   `completion_postgres::migrate` (serialized across processes by an advisory lock).
+//! - Valkey/Redis: loads or upgrades the function library (what every connect does), and
+//!   records the key prefix's partition count when the prefix is new.
+//! - memory: nothing to do.
+//!
+//! Idempotent: a second run changes nothing and says "already at version N".
+//!
+//! Limit (Valkey): the library cannot tell which older version it replaced, only that it
+//! loaded one; with version 1 the only possible "before" is none.
+
+use completion_postgres::PostgresBackend;
+use completion_valkey::{LIBRARY_VERSION, ValkeyBackend};
+
+use crate::connect::{self, Options};
+use crate::error::{CliError, Kind};
+use crate::url::Target;
+
+/// Runs the migration for `target`; returns the lines to print.
+pub async fn run(target: &Target, options: &Options) -> Result<Vec<String>, CliError> {
+    match target {
+        Target::Memory => Ok(vec!["memory: nothing to migrate (the in-process backend keeps no schema)".into()]),
+        Target::Postgres { url } => postgres(url, options).await,
+        Target::Valkey { url } => valkey(url, options).await,
+    }
+}
+
+async fn postgres(url: &str, options: &Options) -> Result<Vec<String>, CliError> {
+    let config = connect::postgres_config(url, options);
+    let report = connect::guarded(options, url, completion_postgres::migrate(&config)).await?;
+    let schema = &report.schema;
+    let line = match (report.applied.first(), report.applied.last()) {
+        (Some((first, _)), Some((last, _))) => {
+            let before = if *first <= 1 { "none".to_string() } else { format!("version {}", first - 1) };
+            let names: Vec<String> = report.applied.iter().map(|(v, name)| format!("V{v} {name}")).collect();
+            format!("postgres schema \"{schema}\": {before} -> version {last} (applied {})", names.join(", "))
+        }
+        _ => {
+            // Nothing applied: read the version the schema is at (it may be newer than this
+            // build's, which the library accepts with a warning).
+            let backend = connect::guarded(options, url, PostgresBackend::connect(config)).await?;
+            let version = backend.schema_version().await.map_err(CliError::from)?;
+            let version = version.ok_or_else(|| {
+                CliError::new(Kind::Failed, format!("schema \"{schema}\" holds no migration history after migrating"))
+            })?;
+            format!("postgres schema \"{schema}\": already at version {version}, nothing to do")
+        }
+    };
+    Ok(vec![line])
+}
+
+async fn valkey(url: &str, options: &Options) -> Result<Vec<String>, CliError> {
+    let config = connect::valkey_config(url, options);
+    let (prefix, partitions) = (config.key_prefix.clone(), config.partitions);
+    let backend = connect::guarded(options, url, ValkeyBackend::connect(config)).await?;
+    let loaded = backend.stats().library_loads > 0;
+    let version = backend.library_version().await.map_err(CliError::from)?;
+    let version =
+        version.ok_or_else(|| CliError::new(Kind::Failed, "the function library is missing after loading it"))?;
+    let library = if loaded {
+        let before = if LIBRARY_VERSION == 1 { "none" } else { "none or an older version" };
+        format!("valkey function library \"completions\": {before} -> version {version}")
+    } else {
+        format!("valkey function library \"completions\": already at version {version}, nothing to do")
+    };
+    Ok(vec![library, format!("valkey key prefix \"{prefix}\": {partitions} partitions")])
+}

@@ -1,0 +1,95 @@
+//! The binary against a throwaway Valkey server (or `$VALKEY_URL`): tail, filters, Ctrl-C
+//! and resume, migrate, stats. One shared server; each test works in a key prefix of its own.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{run, runtime, unique};
+use completion_testserver::{ValkeyOptions, ValkeyServer};
+use completion_valkey::{LIBRARY_VERSION, ValkeyBackend, ValkeyConfig};
+
+fn server() -> &'static ValkeyServer {
+    static SERVER: OnceLock<ValkeyServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        ValkeyServer::from_env_or_start(ValkeyOptions::default().persistence(false))
+            .unwrap_or_else(|e| panic!("could not start valkey-server: {e}"))
+    })
+}
+
+/// The URL and `--prefix` of a fresh prefix, and a library backend writing to it.
+fn fresh() -> (Vec<String>, ValkeyBackend) {
+    let prefix = unique("cli");
+    let config = ValkeyConfig::new(server().url()).with_key_prefix(&prefix);
+    let writer = runtime().block_on(ValkeyBackend::connect(config)).expect("writer connects");
+    (vec![server().url(), "--prefix".into(), prefix], writer)
+}
+
+#[test]
+fn tail_sees_completions_of_another_process_through_its_filters() {
+    let (target, writer) = fresh();
+    common::tail_sees_completions_and_filters(&target, &writer, "valkey");
+}
+
+#[test]
+fn interrupt_prints_the_last_cursor_and_from_resumes_after_it() {
+    let (target, writer) = fresh();
+    common::interrupt_then_resume(&target, &writer);
+}
+
+#[test]
+fn interrupt_before_any_completion_says_so() {
+    let (target, _writer) = fresh();
+    common::interrupt_without_completions(&target);
+}
+
+#[test]
+fn the_valkey_scheme_alias_reaches_the_same_server() {
+    let (mut target, writer) = fresh();
+    target[0] = target[0].replacen("redis://", "valkey://", 1);
+    assert!(target[0].starts_with("valkey://"), "{target:?}");
+    common::interrupt_then_resume(&target, &writer);
+}
+
+#[test]
+fn migrate_loads_the_library_once_then_is_a_no_op() {
+    // A server of its own: the library is server-wide, and the shared server has it.
+    let own = ValkeyServer::start(ValkeyOptions::default().persistence(false)).expect("a dedicated server");
+    let url = own.url();
+    let prefix = unique("migrate");
+    let first = run(&["migrate", &url, "--prefix", &prefix]);
+    assert_eq!(first.status.code(), Some(0), "{first:#?}");
+    let loaded = &first.stdout[0];
+    assert!(loaded.starts_with("valkey function library \"completions\": none"), "{first:#?}");
+    assert!(loaded.ends_with(&format!(" -> version {LIBRARY_VERSION}")), "{first:#?}");
+    assert_eq!(first.stdout[1], format!("valkey key prefix \"{prefix}\": 16 partitions"));
+    let second = run(&["migrate", &url, "--prefix", &prefix]);
+    assert_eq!(second.status.code(), Some(0), "{second:#?}");
+    assert_eq!(
+        second.stdout[0],
+        format!("valkey function library \"completions\": already at version {LIBRARY_VERSION}, nothing to do")
+    );
+}
+
+#[test]
+fn stats_reports_the_library_and_counters_as_json() {
+    let (target, _writer) = fresh();
+    let mut args = vec!["stats", "--json"];
+    args.extend(target.iter().map(String::as_str));
+    let done = run(&args);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
+    let stats: serde_json::Value = serde_json::from_str(&done.stdout[0]).expect("one JSON object");
+    assert_eq!(stats["server"]["backend"], "valkey");
+    assert_eq!(stats["server"]["library_version"], LIBRARY_VERSION);
+    assert_eq!(stats["server"]["key_prefix"], target[2].as_str());
+    assert_eq!(stats["counters"]["gaps"], 0);
+    assert!(stats["valkey_counters"]["library_loads"].is_u64(), "{stats}");
+}
+
+#[test]
+fn a_prefix_with_another_partition_count_is_refused_in_one_line() {
+    let (target, _writer) = fresh();
+    let done = run(&["stats", &target[0], "--prefix", &target[2], "--partitions", "4"]);
+    let line = done.assert_one_line_failure(4);
+    assert!(line.contains("partitions"), "{line}");
+}

@@ -1,0 +1,315 @@
+//! The servers behind each backend of the demo: start (or find) them, connect a backend,
+//! and the faults the demo injects (kill the backend's connections, restart the server).
+//!
+//! - Started servers are throwaway (`completion-testserver`): free loopback ports, temporary
+//!   directories, stopped when the demo ends. Valkey/Redis run with persistence on (an
+//!   fsync-always append-only file), so a restart keeps executions, the log and the
+//!   function library; PostgreSQL restarts with a fast shutdown, which keeps its data.
+//! - `VALKEY_URL` / `DATABASE_URL` select servers of your own instead. Those are never
+//!   restarted: the demo kills its own connections twice instead, says so, and removes
+//!   what it wrote (its key prefix, its schema) at the end.
+//! - Every run uses a fresh key prefix / schema, so runs never see each other's data.
+//!
+//! Limits: killing connections needs `CLIENT LIST`/`CLIENT KILL` (Valkey) or
+//! `pg_terminate_backend` (a superuser or a member of `pg_signal_backend`) on the server;
+//! the PostgreSQL admin connection does not use TLS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use completion_core::{CompletionBackend, EngineBackend};
+use completion_memory::MemoryBackend;
+use completion_postgres::{PostgresBackend, PostgresConfig};
+use completion_testserver::{
+    PostgresOptions, PostgresServer, Reply, ServerError, ValkeyFlavor, ValkeyOptions, ValkeyServer,
+};
+use completion_valkey::{ValkeyBackend, ValkeyConfig};
+
+use super::engine::{Fault, FaultFuture};
+
+/// Where the demo kills connections, and where it restarts the server: fractions of the
+/// tasks finished.
+pub const KILL_AT: f64 = 0.40;
+/// See [`KILL_AT`].
+pub const RESTART_AT: f64 = 0.65;
+
+/// A backend the demo can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// In-process: no server.
+    Memory,
+    /// Valkey or Redis.
+    Valkey(ValkeyFlavor),
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Kind {
+    /// The name printed in the summary and used in `--backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::Valkey(ValkeyFlavor::Redis) => "redis",
+            Kind::Valkey(_) => "valkey",
+            Kind::Postgres => "postgres",
+        }
+    }
+}
+
+/// A server ready for a backend to connect to (none for the in-process backend).
+pub enum Server {
+    /// No server.
+    Memory,
+    /// A Valkey or Redis server.
+    Valkey(Arc<ValkeyServer>),
+    /// A PostgreSQL server.
+    Postgres(Arc<PostgresServer>),
+}
+
+/// A connected backend, seen through the two traits the engine takes, and its faults.
+pub struct Connected {
+    /// The subscribe side.
+    pub completions: Arc<dyn CompletionBackend>,
+    /// The write side (the same object).
+    pub engine: Arc<dyn EngineBackend>,
+    /// What to do to the server midway.
+    pub faults: Vec<Fault>,
+    /// Removes what the run wrote, on servers that outlive the demo.
+    pub cleanup: Option<FaultFuture>,
+}
+
+impl Server {
+    /// Starts the server of `kind` (or takes `VALKEY_URL` / `DATABASE_URL`). Blocking: it
+    /// waits until the server accepts connections. `valkey_binary` overrides the lookup
+    /// of `valkey-server` / `redis-server`.
+    pub fn start(kind: Kind, valkey_binary: Option<std::path::PathBuf>) -> Result<Self, ServerError> {
+        match kind {
+            Kind::Memory => Ok(Server::Memory),
+            Kind::Valkey(flavor) => {
+                let mut options = ValkeyOptions::default().flavor(flavor).persistence(true);
+                if let Some(binary) = valkey_binary {
+                    options = options.binary(binary);
+                }
+                Ok(Server::Valkey(Arc::new(ValkeyServer::from_env_or_start(options)?)))
+            }
+            Kind::Postgres => {
+                Ok(Server::Postgres(Arc::new(PostgresServer::from_env_or_start(PostgresOptions::default())?)))
+            }
+        }
+    }
+
+    /// Whether this is a server of the user's own (`VALKEY_URL` / `DATABASE_URL`).
+    pub fn is_external(&self) -> bool {
+        match self {
+            Server::Memory => false,
+            Server::Valkey(s) => s.is_external(),
+            Server::Postgres(s) => s.is_external(),
+        }
+    }
+
+    /// One line: what runs where.
+    pub fn describe(&self) -> String {
+        let version = |v: Result<String, ServerError>| v.unwrap_or_else(|e| format!("(version unknown: {e})"));
+        match self {
+            Server::Memory => "in-process, no server".to_string(),
+            Server::Valkey(s) if s.is_external() => {
+                format!("{} at $VALKEY_URL: kills connections, cannot restart it", version(s.version()))
+            }
+            Server::Valkey(s) => format!(
+                "{} {} on 127.0.0.1:{} (throwaway, append-only file on)",
+                s.flavor().binary_name(),
+                version(s.version()),
+                s.port()
+            ),
+            Server::Postgres(s) if s.is_external() => {
+                format!("PostgreSQL {} at $DATABASE_URL: kills connections, cannot restart it", version(s.version()))
+            }
+            Server::Postgres(s) => format!("PostgreSQL {} on 127.0.0.1:{} (throwaway)", version(s.version()), s.port()),
+        }
+    }
+
+    /// Connects a fresh backend instance (its own key prefix or schema) and prepares the
+    /// faults: kill its connections at [`KILL_AT`], restart the server at [`RESTART_AT`]
+    /// (an external server: kill again instead).
+    pub async fn connect(&self) -> Result<Connected, String> {
+        let run = run_tag();
+        match self {
+            Server::Memory => {
+                let backend = Arc::new(MemoryBackend::new());
+                Ok(Connected { completions: backend.clone(), engine: backend, faults: Vec::new(), cleanup: None })
+            }
+            Server::Valkey(server) => {
+                let prefix = format!("demo-{run}");
+                let config = ValkeyConfig::new(server.url())
+                    .with_key_prefix(prefix.clone())
+                    .with_reconnect_max_delay(Duration::from_millis(500));
+                let backend = ValkeyBackend::connect(config)
+                    .await
+                    .map_err(|e| format!("connecting to {} failed: {e}", server.url()))?;
+                let faults = vec![
+                    Fault { at: KILL_AT, action: valkey_kill(server.clone(), backend.clone()) },
+                    Fault {
+                        at: RESTART_AT,
+                        action: if server.is_external() {
+                            valkey_kill(server.clone(), backend.clone())
+                        } else {
+                            restart(server.flavor().binary_name(), {
+                                let server = server.clone();
+                                move || server.restart()
+                            })
+                        },
+                    },
+                ];
+                let cleanup = server.is_external().then(|| valkey_cleanup(server.clone(), prefix));
+                let backend = Arc::new(backend);
+                Ok(Connected { completions: backend.clone(), engine: backend, faults, cleanup })
+            }
+            Server::Postgres(server) => {
+                let schema = format!("demo_{run}");
+                let config = PostgresConfig::from_url(server.url())
+                    .with_schema(schema.clone())
+                    .with_reconnect_max_backoff(Duration::from_millis(500));
+                let backend = PostgresBackend::connect(config)
+                    .await
+                    .map_err(|e| format!("connecting to PostgreSQL failed: {e}"))?;
+                let names = vec![backend.listener_application_name(), backend.pool_application_name()];
+                let faults = vec![
+                    Fault { at: KILL_AT, action: postgres_kill(server.url(), names.clone()) },
+                    Fault {
+                        at: RESTART_AT,
+                        action: if server.is_external() {
+                            postgres_kill(server.url(), names)
+                        } else {
+                            restart("postgres", {
+                                let server = server.clone();
+                                move || server.restart()
+                            })
+                        },
+                    },
+                ];
+                let cleanup = server.is_external().then(|| postgres_cleanup(server.url(), schema));
+                let backend = Arc::new(backend);
+                Ok(Connected { completions: backend.clone(), engine: backend, faults, cleanup })
+            }
+        }
+    }
+}
+
+/// Unique per process and moment, so runs on one external server never share data.
+fn run_tag() -> String {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("{:x}{:x}", std::process::id(), micros)
+}
+
+/// Kills every connection of `backend` (commands and subscriber) with `CLIENT KILL ID`.
+fn valkey_kill(server: Arc<ValkeyServer>, backend: ValkeyBackend) -> Box<dyn FnOnce() -> FaultFuture + Send> {
+    Box::new(move || {
+        Box::pin(async move {
+            let names = backend.client_names();
+            let names: Vec<String> = std::iter::once(names.commands).chain(names.subscriber).collect();
+            tokio::task::spawn_blocking(move || {
+                let list = server.command(&["CLIENT", "LIST"]).map_err(|e| format!("CLIENT LIST failed: {e}"))?;
+                let mut killed = 0;
+                for line in list.lines() {
+                    let field = |key: &str| line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
+                    if let (Some(id), Some(name)) = (field("id"), field("name"))
+                        && names.iter().any(|n| n == name)
+                        // A connection may close by itself meanwhile: an error here is fine.
+                        && server.command(&["CLIENT", "KILL", "ID", id]).is_ok()
+                    {
+                        killed += 1;
+                    }
+                }
+                Ok(format!("killed {killed} connections of the backend (CLIENT KILL)"))
+            })
+            .await
+            .map_err(|e| format!("killing connections panicked: {e}"))?
+        })
+    })
+}
+
+/// Terminates every session of the backend (LISTEN connection and pool) by `application_name`.
+fn postgres_kill(url: String, names: Vec<String>) -> Box<dyn FnOnce() -> FaultFuture + Send> {
+    Box::new(move || {
+        Box::pin(async move {
+            let admin = admin(&url).await?;
+            let row = admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = ANY($1)",
+                    &[&names],
+                )
+                .await
+                .map_err(|e| format!("pg_terminate_backend failed: {e}"))?;
+            Ok(format!("killed {} sessions of the backend (pg_terminate_backend)", row.get::<_, i64>(0)))
+        })
+    })
+}
+
+/// Restarts a throwaway server (blocking call, run off the runtime).
+fn restart(
+    what: &'static str,
+    call: impl FnOnce() -> Result<(), ServerError> + Send + 'static,
+) -> Box<dyn FnOnce() -> FaultFuture + Send> {
+    Box::new(move || {
+        Box::pin(async move {
+            let started = Instant::now();
+            tokio::task::spawn_blocking(call)
+                .await
+                .map_err(|e| format!("restarting {what} panicked: {e}"))?
+                .map_err(|e| format!("restarting {what} failed: {e}"))?;
+            Ok(format!("restarted {what} (stopped and started again in {} ms)", started.elapsed().as_millis()))
+        })
+    })
+}
+
+/// An admin session that does not count as one of the backend's.
+async fn admin(url: &str) -> Result<tokio_postgres::Client, String> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("the PostgreSQL URL: {e}"))?;
+    config.application_name("completions-demo-admin");
+    let (client, connection) =
+        config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("admin connection failed: {e}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn postgres_cleanup(url: String, schema: String) -> FaultFuture {
+    Box::pin(async move {
+        let admin = admin(&url).await?;
+        admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await
+            .map_err(|e| format!("dropping schema {schema} failed: {e}"))?;
+        Ok(format!("dropped schema {schema}"))
+    })
+}
+
+fn valkey_cleanup(server: Arc<ValkeyServer>, prefix: String) -> FaultFuture {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || {
+            let pattern = format!("{prefix}:*");
+            let (mut cursor, mut removed) = ("0".to_string(), 0usize);
+            loop {
+                let reply = server
+                    .command_reply(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+                    .map_err(|e| format!("SCAN failed: {e}"))?;
+                let Reply::Array(parts) = reply else { return Err(format!("SCAN replied {reply:?}")) };
+                let [next, Reply::Array(keys)] = parts.as_slice() else {
+                    return Err(format!("SCAN replied {parts:?}"));
+                };
+                let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                if !keys.is_empty() {
+                    let mut args = vec!["UNLINK"];
+                    args.extend(keys.iter().map(String::as_str));
+                    server.command(&args).map_err(|e| format!("UNLINK failed: {e}"))?;
+                    removed += keys.len();
+                }
+                cursor = next.to_string();
+                if cursor == "0" {
+                    return Ok(format!("removed the run's {removed} keys (prefix {prefix})"));
+                }
+            }
+        })
+        .await
+        .map_err(|e| format!("removing the run's keys panicked: {e}"))?
+    })
+}
