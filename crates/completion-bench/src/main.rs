@@ -9,14 +9,17 @@
 //! Each figure is measured `--repeat` times, ours and its baseline alternating within each
 //! repetition; the table quotes medians and the p50 / rate range, the JSON keeps every run.
 //!
+//! Figures 3 to 5 (fan-out, filtering, catch-up) are defined in [`scale`].
+//!
 //! Limits: latency is measured one completion at a time (no load behind it); the writers of
-//! the throughput figures run in this process, on the same cores as the server; no fan-out,
-//! filtering or catch-up figures yet.
+//! every figure run in this process, on the same cores as the server.
 
+mod heap;
 mod machine;
 mod ours;
 mod raw_postgres;
 mod raw_valkey;
+mod scale;
 mod stats;
 
 use std::path::PathBuf;
@@ -25,13 +28,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use completion_memory::MemoryBackend;
+use completion_core::{CompletionBackend, EngineBackend, Retention};
+use completion_memory::{MemoryBackend, MemoryConfig};
 use completion_postgres::{PostgresBackend, PostgresConfig};
 use completion_testserver::{PostgresOptions, PostgresServer, ValkeyFlavor, ValkeyOptions, ValkeyServer};
 use completion_valkey::{ValkeyBackend, ValkeyConfig};
 use serde::Serialize;
 
 use crate::machine::Machine;
+use crate::scale::ServerProbe;
 use crate::stats::{Latency, Repeated, ratio};
 
 #[derive(Parser)]
@@ -50,6 +55,9 @@ struct Args {
     /// --quick, 5 otherwise).
     #[arg(long)]
     repeat: Option<usize>,
+    /// Events behind the catch-up subscriber (default: 10 000 with --quick, 100 000 otherwise).
+    #[arg(long)]
+    catch_up: Option<usize>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -65,6 +73,22 @@ enum Which {
 
 /// Concurrent writers of the throughput figures.
 const WRITERS: [usize; 2] = [1, 8];
+/// Streams of the fan-out figures.
+const SUBSCRIBERS: [usize; 3] = [1, 100, 1000];
+/// Enough retention that no figure's events are trimmed before it reads them (the default,
+/// 100 000, is about what a full run writes before the catch-up backlog).
+const RETENTION: u64 = 2_000_000;
+
+/// Sizes of figures 3 to 5.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    /// Completions per fan-out measurement.
+    fan_out: usize,
+    /// Completions per filtering phase.
+    filtering: usize,
+    /// Events behind a catch-up subscriber.
+    catch_up: usize,
+}
 
 /// One backend's figures.
 #[derive(Debug, Serialize)]
@@ -72,6 +96,8 @@ struct BackendResult {
     backend: Which,
     /// Ours, terminal write → subscriber.
     latency: Repeated<Latency>,
+    /// Ours, the terminal write call alone (until its reply); the event may arrive before.
+    write_call: Repeated<Latency>,
     /// The raw protocol (none for memory).
     raw_latency: Option<Repeated<Latency>>,
     /// What the raw baseline is.
@@ -81,6 +107,33 @@ struct BackendResult {
     /// empty: a raw user would put the event in it).
     payload_bytes: usize,
     throughput: Vec<Throughput>,
+    /// Figures 3 to 5.
+    scale: Scale,
+}
+
+/// Fan-out with each of [`SUBSCRIBERS`].
+#[derive(Debug, Default, Serialize)]
+struct FanOutFigure {
+    subscribers: usize,
+    /// Median of the runs' delivered events per second.
+    delivered_per_s: f64,
+    /// Median of the runs' RSS growth per subscriber after delivery, bytes.
+    rss_per_subscriber: f64,
+    /// Median of the runs' live heap growth per subscriber with the streams open and idle, bytes.
+    heap_per_subscriber_open: f64,
+    /// Median of the runs' live heap growth per subscriber after delivery, bytes.
+    heap_per_subscriber: f64,
+    runs: Vec<scale::FanOut>,
+}
+
+/// Figures 3 to 5 of one backend, every run kept.
+#[derive(Debug, Default, Serialize)]
+struct Scale {
+    fan_out: Vec<FanOutFigure>,
+    filtering: Vec<scale::Filtering>,
+    catch_up: Vec<scale::CatchUp>,
+    /// Seconds spent writing the catch-up backlog (context, not a figure).
+    backlog_write_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,6 +186,11 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--repeat must be at least 1".to_string());
     }
     let warmup = (n / 20).clamp(1, 200);
+    let sizes = Sizes {
+        fan_out: (n / 10).max(10),
+        filtering: n.max(scale::NAMESPACES),
+        catch_up: args.catch_up.unwrap_or(if args.quick { 10_000 } else { 100_000 }).max(1),
+    };
     let which =
         if args.backends.is_empty() { vec![Which::Memory, Which::Valkey, Which::Postgres] } else { args.backends };
     // Unique per run, so that a re-run on an external server never collides with old ids.
@@ -146,9 +204,9 @@ async fn run(args: Args) -> Result<(), String> {
     for backend in which {
         eprintln!("== {backend:?}: {n} completions per figure (+{warmup} warm-up), {repeat} runs");
         let outcome = match backend {
-            Which::Memory => bench_memory(&run_id, n, warmup, repeat).await,
-            Which::Valkey => bench_valkey(&run_id, n, warmup, repeat, &mut machine).await,
-            Which::Postgres => bench_postgres(&run_id, n, warmup, repeat, &mut machine).await,
+            Which::Memory => bench_memory(&run_id, n, warmup, repeat, sizes).await,
+            Which::Valkey => bench_valkey(&run_id, n, warmup, repeat, sizes, &mut machine).await,
+            Which::Postgres => bench_postgres(&run_id, n, warmup, repeat, sizes, &mut machine).await,
         };
         match outcome {
             Ok(result) => results.push(result),
@@ -186,11 +244,13 @@ fn write_json(path: &PathBuf, report: &Report) -> Result<(), String> {
 #[derive(Default)]
 struct Runs {
     latency: Vec<Latency>,
+    write_call: Vec<Latency>,
     raw_latency: Vec<Latency>,
     payload_bytes: usize,
     /// Per entry of [`WRITERS`].
     ours: [Vec<f64>; WRITERS.len()],
     bare: [Vec<f64>; WRITERS.len()],
+    scale: Scale,
 }
 
 impl Runs {
@@ -200,7 +260,16 @@ impl Runs {
         raw_label: Option<&'static str>,
         bare_label: Option<&'static str>,
     ) -> BackendResult {
-        let Runs { latency, raw_latency, payload_bytes, ours, bare } = self;
+        let Runs { latency, write_call, raw_latency, payload_bytes, ours, bare, mut scale } = self;
+        for figure in &mut scale.fan_out {
+            figure.delivered_per_s = stats::median(&figure.runs.iter().map(|r| r.delivered_per_s).collect::<Vec<_>>());
+            figure.rss_per_subscriber =
+                stats::median(&figure.runs.iter().map(|r| r.rss_per_subscriber_after).collect::<Vec<_>>());
+            figure.heap_per_subscriber_open =
+                stats::median(&figure.runs.iter().map(|r| r.heap_per_subscriber_open).collect::<Vec<_>>());
+            figure.heap_per_subscriber =
+                stats::median(&figure.runs.iter().map(|r| r.heap_per_subscriber_after).collect::<Vec<_>>());
+        }
         let throughput = WRITERS
             .iter()
             .zip(ours)
@@ -215,26 +284,37 @@ impl Runs {
         BackendResult {
             backend,
             latency: Repeated::of_latencies(latency),
+            write_call: Repeated::of_latencies(write_call),
             raw_latency: (!raw_latency.is_empty()).then(|| Repeated::of_latencies(raw_latency)),
             raw_label,
             payload_bytes,
             throughput,
+            scale,
         }
     }
 }
 
-async fn bench_memory(run: &str, n: usize, warmup: usize, repeat: usize) -> Result<BackendResult, String> {
-    let backend = Arc::new(MemoryBackend::new());
+async fn bench_memory(
+    run: &str,
+    n: usize,
+    warmup: usize,
+    repeat: usize,
+    sizes: Sizes,
+) -> Result<BackendResult, String> {
+    let backend =
+        Arc::new(MemoryBackend::with_config(MemoryConfig::default().with_retention(Retention::events(RETENTION))));
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let (latency, payload_bytes) = ours::latency(&*backend, &run, n, warmup).await?;
+        let (latency, payload_bytes, write) = ours::latency(&*backend, &run, n, warmup).await?;
         runs.latency.push(latency);
+        runs.write_call.push(write);
         runs.payload_bytes = payload_bytes;
         for (i, writers) in WRITERS.into_iter().enumerate() {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
         }
     }
+    bench_scale(backend, &ServerProbe::None, run, repeat, sizes, &mut runs.scale).await?;
     Ok(runs.finish(Which::Memory, None, None))
 }
 
@@ -243,6 +323,7 @@ async fn bench_valkey(
     n: usize,
     warmup: usize,
     repeat: usize,
+    sizes: Sizes,
     machine: &mut Machine,
 ) -> Result<BackendResult, String> {
     // No persistence: an fsync per write would measure the disk, the same for ours and raw.
@@ -259,9 +340,11 @@ async fn bench_valkey(
     let url = server.url();
     let prefix = format!("bench-{run}");
     let backend = Arc::new(
-        ValkeyBackend::connect(ValkeyConfig::new(url.clone()).with_key_prefix(prefix.clone()))
-            .await
-            .map_err(|e| format!("connect: {e}"))?,
+        ValkeyBackend::connect(
+            ValkeyConfig::new(url.clone()).with_key_prefix(prefix.clone()).with_retention(Retention::events(RETENTION)),
+        )
+        .await
+        .map_err(|e| format!("connect: {e}"))?,
     );
     // The raw PUBLISH sends as many bytes as our function's PUBLISH does (the channel name
     // is documented in docs/valkey.md), not the size of the decoded payload.
@@ -274,8 +357,9 @@ async fn bench_valkey(
     // machine hits both sides of a ratio alike.
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let (latency, _) = ours::latency(&*backend, &run, n, warmup).await?;
+        let (latency, _, write) = ours::latency(&*backend, &run, n, warmup).await?;
         runs.latency.push(latency);
+        runs.write_call.push(write);
         runs.payload_bytes = payload_bytes;
         runs.raw_latency.push(raw_valkey::latency(&url, n, warmup, payload_bytes).await?);
         for (i, writers) in WRITERS.into_iter().enumerate() {
@@ -283,6 +367,7 @@ async fn bench_valkey(
             runs.bare[i].push(raw_valkey::bare_writes(&url, &run, n, writers).await?);
         }
     }
+    bench_scale(backend, &ServerProbe::Valkey(url.clone()), run, repeat, sizes, &mut runs.scale).await?;
     Ok(runs.finish(Which::Valkey, Some("fred PUBLISH -> SUBSCRIBE, our PUBLISH body size"), Some("HSET alone")))
 }
 
@@ -291,6 +376,7 @@ async fn bench_postgres(
     n: usize,
     warmup: usize,
     repeat: usize,
+    sizes: Sizes,
     machine: &mut Machine,
 ) -> Result<BackendResult, String> {
     // The helper's default: fsync and synchronous_commit off, the same for ours and raw.
@@ -299,13 +385,16 @@ async fn bench_postgres(
     machine.postgres = Some(version);
     let url = server.url();
     // As many pooled connections as the bare baseline's writers use.
-    let config = PostgresConfig::from_url(url.clone()).with_pool_size(WRITERS[WRITERS.len() - 1]);
+    let config = PostgresConfig::from_url(url.clone())
+        .with_pool_size(WRITERS[WRITERS.len() - 1])
+        .with_retention(Retention::events(RETENTION));
     let backend = Arc::new(PostgresBackend::connect(config).await.map_err(|e| format!("connect: {e}"))?);
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let (latency, payload_bytes) = ours::latency(&*backend, &run, n, warmup).await?;
+        let (latency, payload_bytes, write) = ours::latency(&*backend, &run, n, warmup).await?;
         runs.latency.push(latency);
+        runs.write_call.push(write);
         runs.payload_bytes = payload_bytes;
         runs.raw_latency.push(raw_postgres::latency(&url, n, warmup, payload_bytes).await?);
         for (i, writers) in WRITERS.into_iter().enumerate() {
@@ -313,12 +402,50 @@ async fn bench_postgres(
             runs.bare[i].push(raw_postgres::bare_writes(&url, n, writers).await?);
         }
     }
+    let probe = ServerProbe::Postgres {
+        url: url.clone(),
+        listen: backend.listener_application_name(),
+        pool: backend.pool_application_name(),
+    };
+    bench_scale(backend.clone(), &probe, run, repeat, sizes, &mut runs.scale).await?;
     backend.close();
     Ok(runs.finish(
         Which::Postgres,
         Some("tokio-postgres BEGIN;UPDATE;NOTIFY;COMMIT -> LISTEN, our payload's JSON size"),
         Some("UPDATE alone"),
     ))
+}
+
+/// Figures 3 to 5 on one backend instance, `repeat` times each.
+async fn bench_scale<B>(
+    backend: Arc<B>,
+    probe: &ServerProbe,
+    run: &str,
+    repeat: usize,
+    sizes: Sizes,
+    into: &mut Scale,
+) -> Result<(), String>
+where
+    B: CompletionBackend + EngineBackend,
+{
+    into.fan_out = SUBSCRIBERS.iter().map(|&subscribers| FanOutFigure { subscribers, ..Default::default() }).collect();
+    for rep in 0..repeat {
+        let run = format!("{run}-s{rep}");
+        for figure in &mut into.fan_out {
+            eprintln!("   fan-out to {} (run {})", figure.subscribers, rep + 1);
+            figure.runs.push(scale::fan_out(backend.clone(), probe, &run, figure.subscribers, sizes.fan_out).await?);
+        }
+        eprintln!("   filtering (run {})", rep + 1);
+        into.filtering.push(scale::filtering(backend.clone(), &run, sizes.filtering).await?);
+    }
+    eprintln!("   catch-up: writing {} events", sizes.catch_up);
+    // Written once: resuming does not consume the log, so every run reads the same backlog.
+    let backlog = scale::backlog(backend.clone(), &format!("{run}-cu"), sizes.catch_up).await?;
+    into.backlog_write_seconds = backlog.write_seconds;
+    for _ in 0..repeat {
+        into.catch_up.push(scale::catch_up(&*backend, &backlog).await?);
+    }
+    Ok(())
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
@@ -343,11 +470,25 @@ fn render(report: &Report) -> String {
         m.valkey.as_deref().unwrap_or("valkey not run"),
         m.postgres.as_deref().unwrap_or("not run")
     );
-    let _ = writeln!(out, "\nend-to-end latency, terminal write call -> event on a subscriber stream (us)");
     let _ = writeln!(
         out,
-        "{:<9} {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  raw baseline",
-        "backend", "p50", "p99", "p99.9", "p50 range", "raw50", "raw99", "raw999", "p50 range", "p50 x", "p99 x"
+        "\nend-to-end latency, terminal write call -> event on a subscriber stream (us); call50: p50 of the write call's own reply"
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:>6} {:>6} {:>6} {:>11} {:>6} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  raw baseline",
+        "backend",
+        "p50",
+        "p99",
+        "p99.9",
+        "p50 range",
+        "call50",
+        "raw50",
+        "raw99",
+        "raw999",
+        "p50 range",
+        "p50 x",
+        "p99 x"
     );
     for r in &report.results {
         let ours = &r.latency.median;
@@ -355,12 +496,13 @@ fn render(report: &Report) -> String {
         let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".to_string());
         let _ = writeln!(
             out,
-            "{:<9} {:>6.0} {:>6.0} {:>6.0} {:>11} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  {}",
+            "{:<9} {:>6.0} {:>6.0} {:>6.0} {:>11} {:>6.0} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  {}",
             name(r.backend),
             ours.p50_us,
             ours.p99_us,
             ours.p999_us,
             r.latency.p50_range(),
+            r.write_call.median.p50_us,
             cell(raw.map(|l| l.median.p50_us)),
             cell(raw.map(|l| l.median.p99_us)),
             cell(raw.map(|l| l.median.p999_us)),
@@ -391,6 +533,96 @@ fn render(report: &Report) -> String {
                 t.bare_label.unwrap_or("none (in-process)"),
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "\nfan-out: {} writers, one backend instance; delivered = subscribers x events / (first write -> last delivery)",
+        scale::WRITERS
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:>5} {:>6} {:>11} {:>19} | {:>11} {:>11} | {:>10} {:>10} {:>10}",
+        "backend",
+        "subs",
+        "events",
+        "delivered/s",
+        "range",
+        "server conns",
+        "of them sub",
+        "RSS/sub",
+        "heap idle",
+        "heap used"
+    );
+    for r in &report.results {
+        for f in &r.scale.fan_out {
+            let conns = f.runs.last().and_then(|run| run.connections);
+            let cell = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string());
+            let _ = writeln!(
+                out,
+                "{:<9} {:>5} {:>6} {:>11.0} {:>19} | {:>11} {:>11} | {:>8.1} K {:>8.1} K {:>8.1} K",
+                name(r.backend),
+                f.subscribers,
+                f.runs.first().map(|run| run.events).unwrap_or(0),
+                f.delivered_per_s,
+                Repeated::of(f.runs.iter().map(|run| run.delivered_per_s).collect()).range(),
+                cell(conns.map(|c| c.total)),
+                cell(conns.map(|c| c.subscriber)),
+                f.rss_per_subscriber / 1024.0,
+                f.heap_per_subscriber_open / 1024.0,
+                f.heap_per_subscriber / 1024.0,
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nfiltering: {} namespaces, {} writers; one subscriber filtered to one namespace vs one unfiltered",
+        scale::NAMESPACES,
+        scale::WRITERS
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
+        "backend", "events", "flt p50", "all p50", "x", "flt CPU", "all CPU", "x"
+    );
+    for r in &report.results {
+        let runs = &r.scale.filtering;
+        if runs.is_empty() {
+            continue;
+        }
+        let med = |f: fn(&scale::Filtering) -> f64| stats::median(&runs.iter().map(f).collect::<Vec<_>>());
+        let (fp50, up50) = (med(|f| f.filtered.latency.p50_us), med(|f| f.unfiltered.latency.p50_us));
+        let (fcpu, ucpu) = (med(|f| f.filtered.cpu_ms_per_1000), med(|f| f.unfiltered.cpu_ms_per_1000));
+        let _ = writeln!(
+            out,
+            "{:<9} {:>6} | {:>6.0}us {:>6.0}us {:>6} | {:>6.0}ms {:>6.0}ms {:>6}  (p50 of the one namespace's events; process CPU per 1000 written)",
+            name(r.backend),
+            runs[0].events,
+            fp50,
+            up50,
+            fmt_ratio(ratio(fp50, Some(up50))),
+            fcpu,
+            ucpu,
+            fmt_ratio(ratio(fcpu, Some(ucpu))),
+        );
+    }
+    let _ =
+        writeln!(out, "\ncatch-up: StartFrom::After(cursor) with the events behind it, subscribe call -> last of them");
+    let _ = writeln!(out, "{:<9} {:>7} {:>10} {:>17} {:>5}", "backend", "events", "events/s", "range", "gaps");
+    for r in &report.results {
+        let runs = &r.scale.catch_up;
+        if runs.is_empty() {
+            continue;
+        }
+        let rates = Repeated::of(runs.iter().map(|c| c.events_per_s).collect());
+        let _ = writeln!(
+            out,
+            "{:<9} {:>7} {:>10.0} {:>17} {:>5}",
+            name(r.backend),
+            runs[0].events,
+            rates.median,
+            rates.range(),
+            runs.iter().map(|c| c.gaps).sum::<usize>(),
+        );
     }
     for e in &report.errors {
         let _ = writeln!(out, "not measured: {e}");

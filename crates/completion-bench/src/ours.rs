@@ -22,14 +22,17 @@ fn id(run: &str, what: &str, i: usize) -> Result<ExecutionId, String> {
 
 /// End-to-end latency: from the call of `complete` to the event arriving on a stream opened
 /// beforehand, one completion at a time. The first `warmup` are not counted. Also returns
-/// the JSON size of a delivered payload, so that the raw baselines can send as many bytes.
-pub async fn latency<B>(backend: &B, run: &str, n: usize, warmup: usize) -> Result<(Latency, usize), String>
+/// the JSON size of a delivered payload, so that the raw baselines can send as many bytes,
+/// and how long the `complete` call itself took (its reply; to split the latency between
+/// the write and the delivery).
+pub async fn latency<B>(backend: &B, run: &str, n: usize, warmup: usize) -> Result<(Latency, usize, Latency), String>
 where
     B: CompletionBackend + EngineBackend,
 {
     let namespace = Namespace::new("bench").map_err(|e| err("namespace", e))?;
     let mut stream = backend.subscribe_completions().await.map_err(|e| err("subscribe", e))?;
     let mut samples = Vec::with_capacity(n);
+    let mut writes = Vec::with_capacity(n);
     let mut payload_bytes = 0;
     for i in 0..n + warmup {
         let id = id(run, "lat", i)?;
@@ -39,6 +42,9 @@ where
             .map_err(|e| err("create", e))?;
         let started = Instant::now();
         backend.complete(&id).await.map_err(|e| err("complete", e))?;
+        if i >= warmup {
+            writes.push(started.elapsed());
+        }
         loop {
             let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
                 .await
@@ -55,7 +61,7 @@ where
             }
         }
     }
-    Ok((Latency::from_samples(&mut samples), payload_bytes))
+    Ok((Latency::from_samples(&mut samples), payload_bytes, Latency::from_samples(&mut writes)))
 }
 
 /// Creates and completes one execution, unmeasured (to see what the backend sends).

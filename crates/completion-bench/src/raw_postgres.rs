@@ -116,3 +116,19 @@ pub async fn bare_writes(url: &str, n: usize, writers: usize) -> Result<f64, Str
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
+
+/// The backend instance's sessions in `pg_stat_activity`, by its `application_name`s.
+pub async fn connections(url: &str, listen: &str, pool: &str) -> Result<crate::scale::Connections, String> {
+    let (client, _) = connect(url).await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE application_name = $1),
+                    count(*) FILTER (WHERE application_name IN ($1, $2))
+             FROM pg_stat_activity",
+            &[&listen, &pool],
+        )
+        .await
+        .map_err(|e| err("pg_stat_activity", e))?;
+    let count = |i: usize| row.get::<_, i64>(i).max(0) as usize;
+    Ok(crate::scale::Connections { total: count(1), subscriber: count(0) })
+}

@@ -115,3 +115,54 @@ impl Sniffer {
         }
     }
 }
+
+/// Clients on the server (`CLIENT LIST`), but the counting one; subscribers are those with
+/// a channel, shard-channel or pattern subscription.
+pub async fn connections(url: &str) -> Result<crate::scale::Connections, String> {
+    let probe = client(url, 64).await?;
+    let list: String = probe
+        .custom(
+            fred::types::CustomCommand::new_static("CLIENT", fred::types::ClusterHash::FirstKey, false),
+            vec!["LIST"],
+        )
+        .await
+        .map_err(|e| err("CLIENT LIST", e))?;
+    let _ = probe.quit().await;
+    Ok(count_clients(&list))
+}
+
+/// Counts a `CLIENT LIST` reply's clients, but the one that ran it.
+fn count_clients(list: &str) -> crate::scale::Connections {
+    let mut counted = crate::scale::Connections::default();
+    for line in list.lines().filter(|l| !l.trim().is_empty()) {
+        let field = |name: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(name));
+        // The counting connection is the one running CLIENT LIST right now.
+        if matches!(field("cmd="), Some("client|list" | "client")) {
+            continue;
+        }
+        counted.total += 1;
+        let subscribed = ["sub=", "psub=", "ssub="]
+            .iter()
+            .any(|name| field(name).and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v > 0));
+        if subscribed {
+            counted.subscriber += 1;
+        }
+    }
+    counted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_clients;
+
+    #[test]
+    fn counts_subscribers_and_skips_the_counting_client() {
+        let list = "id=3 addr=127.0.0.1:1 name= db=0 sub=0 psub=0 ssub=0 flags=N cmd=fcall\n\
+                    id=4 addr=127.0.0.1:2 name= db=0 sub=1 psub=0 ssub=0 flags=P cmd=subscribe\n\
+                    id=5 addr=127.0.0.1:3 name= db=0 sub=0 psub=0 ssub=2 flags=P cmd=ssubscribe\n\
+                    id=6 addr=127.0.0.1:4 name= db=0 sub=0 psub=0 ssub=0 flags=N cmd=client|list\n";
+        let counted = count_clients(list);
+        assert_eq!((counted.total, counted.subscriber), (3, 2));
+        assert_eq!(count_clients("").total, 0);
+    }
+}
