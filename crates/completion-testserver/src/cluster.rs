@@ -15,8 +15,9 @@
 //! TAKEOVER`, no waiting for the node timeout), [`ValkeyCluster::restart_all`],
 //! [`ValkeyCluster::kill_clients_named`].
 //!
-//! Limits: loopback only; no TLS; a node's cluster bus port is picked once when it starts
-//! (if another process takes it in the meantime, starting that node fails).
+//! Limits: loopback only; no TLS; a node's cluster bus port is picked when it first starts
+//! (taken meanwhile: picked again, up to 4 tries) and kept across restarts (taken by then:
+//! starting that node again fails).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ use crate::{Reply, ServerError, ValkeyFlavor, ValkeyOptions, ValkeyServer};
 pub const CLUSTER_SLOTS: u16 = 16384;
 /// How often readiness is polled.
 const POLL: Duration = Duration::from_millis(20);
+/// Tries to start a node when its cluster bus port was taken meanwhile.
+const BUS_PORT_ATTEMPTS: usize = 4;
 
 /// How to start a [`ValkeyCluster`]; build it with the setters from `default()`.
 #[derive(Debug, Clone)]
@@ -147,15 +150,14 @@ impl ValkeyCluster {
         }
         let total = opts.primaries * (1 + opts.replicas_per_primary);
         let timeout = opts.startup_timeout;
-        let bus_ports = (0..total).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
-        let node_options = |i: usize| -> Result<ValkeyOptions, ServerError> {
+        let node_options = |bus_port: u16| -> ValkeyOptions {
             let mut o = ValkeyOptions::default()
                 .flavor(opts.flavor)
                 .persistence(opts.persistence)
                 .startup_timeout(timeout)
                 .config("cluster-enabled", "yes")
                 .config("cluster-config-file", "nodes.conf")
-                .config("cluster-port", bus_ports[i].to_string())
+                .config("cluster-port", bus_port.to_string())
                 .config("cluster-node-timeout", opts.node_timeout.as_millis().max(100).to_string())
                 // Other shards keep serving while one is down (tests kill primaries).
                 .config("cluster-require-full-coverage", "no")
@@ -167,15 +169,30 @@ impl ValkeyCluster {
             for (name, value) in &opts.config {
                 o = o.config(name.clone(), value.clone());
             }
-            Ok(o)
+            o
         };
-        let options = (0..total).map(node_options).collect::<Result<Vec<_>, _>>()?;
+        // The client port is retried by `ValkeyServer::start`, the bus port here: it was free
+        // when picked, but another process (or a node starting alongside) may take it first.
+        let start_node = || -> Result<(ValkeyServer, u16), ServerError> {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let bus_port = free_port()?;
+                match ValkeyServer::start(node_options(bus_port)) {
+                    Ok(node) => return Ok((node, bus_port)),
+                    Err(ServerError::Exited { log, .. })
+                        if attempt < BUS_PORT_ATTEMPTS && log.contains("Address already in use") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         // Start them side by side: each start waits for its own readiness.
-        let started: Vec<Result<ValkeyServer, ServerError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = options.into_iter().map(|o| scope.spawn(move || ValkeyServer::start(o))).collect();
+        let started: Vec<Result<(ValkeyServer, u16), ServerError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..total).map(|_| scope.spawn(start_node)).collect();
             handles.into_iter().map(|h| h.join().expect("starting a node panicked")).collect()
         });
-        let nodes = started.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (nodes, bus_ports): (Vec<ValkeyServer>, Vec<u16>) =
+            started.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
         let ids = nodes.iter().map(|n| n.command(&["CLUSTER", "MYID"])).collect::<Result<Vec<_>, _>>()?;
         let cluster = Self { nodes, ids, timeout };
         let share = usize::from(CLUSTER_SLOTS) / opts.primaries;
@@ -298,16 +315,38 @@ impl ValkeyCluster {
 
     /// Moves `slot`, and every key in it, to primary `to`; returns the keys moved. Returns
     /// once every live node agrees on the new owner. Writes to the slot meanwhile may be
-    /// answered `ASK` (clients follow it) or `TRYAGAIN` (clients retry).
+    /// answered `ASK` (clients follow it) or `TRYAGAIN` (clients retry). The steps are
+    /// [`Self::begin_slot_migration`] then [`Self::finish_slot_migration`].
     pub fn migrate_slot(&self, slot: u16, to: usize) -> Result<usize, ServerError> {
+        match self.begin_slot_migration(slot, to)? {
+            Some(from) => self.finish_slot_migration(slot, from, to),
+            None => Ok(0),
+        }
+    }
+
+    /// Starts moving `slot` to primary `to` and leaves it half way: `to` imports it (`CLUSTER
+    /// SETSLOT IMPORTING`, first), its owner migrates it (`MIGRATING`), no key has moved yet.
+    /// The owner then answers `ASK` for a key it does not hold, and `TRYAGAIN` for a call on
+    /// several keys of which it holds some. Returns the owner, or `None` when `to` owns the
+    /// slot already (nothing to do).
+    pub fn begin_slot_migration(&self, slot: u16, to: usize) -> Result<Option<usize>, ServerError> {
         let from = self.owner_of(slot)?;
         if from == to {
-            return Ok(0);
+            return Ok(None);
         }
+        let s = slot.to_string();
+        self.command(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &self.ids[from]])?;
+        self.command(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &self.ids[to]])?;
+        Ok(Some(from))
+    }
+
+    /// Finishes what [`Self::begin_slot_migration`] started: `MIGRATE`s the keys of `slot`
+    /// from `from` to `to` in batches until `from` holds none, then assigns the slot to `to`
+    /// (`SETSLOT NODE` on `to` first, then `from`, then the others: the documented order);
+    /// returns the keys moved, once every live node agrees on the new owner.
+    pub fn finish_slot_migration(&self, slot: u16, from: usize, to: usize) -> Result<usize, ServerError> {
         let slot_text = slot.to_string();
         let s = slot_text.as_str();
-        self.command(to, &["CLUSTER", "SETSLOT", s, "IMPORTING", &self.ids[from]])?;
-        self.command(from, &["CLUSTER", "SETSLOT", s, "MIGRATING", &self.ids[to]])?;
         let port = self.nodes[to].port().to_string();
         let mut moved = 0;
         loop {

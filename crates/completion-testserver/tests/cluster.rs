@@ -1,5 +1,5 @@
 //! The throwaway cluster, on real servers: formed and ready, keys land where the slot map
-//! says, a slot migrates with its keys, a primary fails over to its replica, clients are
+//! says, a slot migrates with its keys (and answers `ASK` half way), a primary fails over to its replica, clients are
 //! killed by name on every node, and nothing is left running after drop.
 
 use completion_testserver::{CLUSTER_SLOTS, ValkeyCluster, ValkeyClusterOptions, ValkeyFlavor};
@@ -26,8 +26,17 @@ fn exercise(flavor: ValkeyFlavor) {
     let err = cluster.command(other, &["GET", "{k}a"]).unwrap_err().to_string();
     assert!(err.contains("MOVED"), "{err}");
 
+    // Half way through a migration, the owner still serves the keys it holds and sends a
+    // client `ASK`ing the importing node for a key it does not hold.
+    assert_eq!(cluster.begin_slot_migration(slot, other).unwrap(), Some(owner));
+    assert_eq!(cluster.command(owner, &["GET", "{k}a"]).unwrap(), "1");
+    let err = cluster.command(owner, &["SET", "{k}new", "3"]).unwrap_err().to_string();
+    assert!(err.contains("ASK"), "{err}");
+    assert_eq!(cluster.owner_of(slot).unwrap(), owner, "the slot map has not changed yet");
     // Migration moves the keys and the ownership, on every node's map.
-    assert_eq!(cluster.migrate_slot(slot, other).unwrap(), 2);
+    assert_eq!(cluster.finish_slot_migration(slot, owner, other).unwrap(), 2);
+    assert_eq!(cluster.begin_slot_migration(slot, other).unwrap(), None, "moved already");
+    assert_eq!(cluster.migrate_slot(slot, other).unwrap(), 0);
     assert_eq!(cluster.owner_of(slot).unwrap(), other);
     assert_eq!(cluster.command(other, &["GET", "{k}b"]).unwrap(), "2");
     assert!(cluster.command(owner, &["GET", "{k}a"]).unwrap_err().to_string().contains("MOVED"));

@@ -12,9 +12,28 @@
 //!   function is therefore idempotent per write token (see `lua/completions.lua`).
 //!
 //! - on a cluster (fred's clustered client: one connection per primary, commands routed by
-//!   the slot of their first key, `MOVED`/`ASK` followed), library management runs on every
-//!   primary ([`Conn::library_nodes`]); the server's `TRYAGAIN` and `CLUSTERDOWN` answers
-//!   (a slot being migrated, a failover under way) are left to the caller to retry.
+//!   the slot of their first key), library management runs on every primary
+//!   ([`Conn::library_nodes`]); the server's `TRYAGAIN` and `CLUSTERDOWN` answers (a slot
+//!   being migrated, a failover under way) are left to the caller to retry;
+//! - on a cluster, fred follows no redirection of a command: a keyed command answered `MOVED`
+//!   or `ASK` is tried again here, at once and then with a growing pause (up to 200 ms),
+//!   within `command_timeout`. A `MOVED` has made fred re-read the slot map first, so the
+//!   retry goes to the new owner; an `ASK` (a slot half migrated) is retried until the
+//!   migration ends. A redirected command was not executed, so retrying it is safe.
+//!
+//! Why fred must not follow redirections itself (fred 10.1.0, `router/commands.rs`
+//! `process_ask`, `router/utils.rs` `send_asking_with_policy`; seen in
+//! `tests/cluster.rs::slots_migrated_mid_stream_lose_nothing` one run in three, forced by
+//! `a_write_to_a_half_migrated_slot_waits_and_the_client_survives`): on `ASK`
+//! it sends `ASKING` to the importing node but re-sends the command by slot, to the
+//! migrating node, which answers `ASK` again. Each round spends one of the command's write
+//! attempts; once they are gone (`max_command_attempts` 3 < `max_redirections` 5),
+//! `send_asking_with_policy` fails with "Max attempts reached", `process_ask` returns that
+//! error, and the error ends fred's routing task: every connection is closed, nothing
+//! reconnects, and every later command waits out its timeout, forever. (It also reads the
+//! `ASKING` reply without draining the replies in flight on that connection.) With
+//! `max_redirections` 0 fred answers the caller "Too many redirections." before any of that,
+//! after it has re-read the slot map on a `MOVED`.
 //!
 //! Errors come back as [`EngineError`]: transport trouble as `Transport`, time-outs as
 //! `Timeout`, and error replies as `Server` with the server's message.
@@ -30,6 +49,11 @@ use fred::types::{ClusterHash, CustomCommand, RespVersion};
 use crate::config::{ValkeyConfig, redact_url};
 
 pub(crate) const BACKEND: &str = crate::position::BACKEND;
+
+/// fred's write attempts per command (a connection dropped under it is retried).
+pub(crate) const MAX_COMMAND_ATTEMPTS: u32 = 3;
+/// On a cluster: the longest pause between two tries of a redirected command.
+const MAX_REDIRECT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Maps a fred error to the engine error of `op`.
 pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
@@ -49,6 +73,12 @@ pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
         }
         _ => EngineError::Server { backend: BACKEND, op, message: error.details().to_string() },
     }
+}
+
+/// Whether fred gave up on a command because the cluster redirected it (`MOVED`/`ASK`) more
+/// often than allowed: on the command connection of a cluster, at the first redirection.
+fn is_redirection(error: &Error) -> bool {
+    *error.kind() == ErrorKind::Routing && error.details().starts_with("Too many redirections")
 }
 
 /// Fills in the limit of a time-out error (fred does not say which limit passed).
@@ -105,12 +135,24 @@ pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<
         Role::Commands => 64,
     };
     let max_delay = u32::try_from(config.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX).max(50);
+    let cluster = target.cluster;
     let client = Builder::from_config(fred_config)
         .with_connection_config(|c| {
             c.connection_timeout = connect_timeout;
             c.internal_command_timeout = connect_timeout;
             c.auto_client_setname = true;
-            c.max_command_attempts = 3;
+            c.max_command_attempts = MAX_COMMAND_ATTEMPTS;
+            if cluster {
+                // fred 10.1 cannot follow `ASK` safely (see the module docs): the command
+                // connection follows no redirection itself, [`Conn`] retries instead. The
+                // subscriber only meets `MOVED` (sharded channels are never answered `ASK`),
+                // which fred follows; fewer redirections than attempts keeps even an
+                // unexpected `ASK` from ending its connection task.
+                c.max_redirections = match role {
+                    Role::Commands => 0,
+                    Role::Subscriber => MAX_COMMAND_ATTEMPTS - 1,
+                };
+            }
             c.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
             // A connection that stops answering is closed and reconnected, instead of
             // timing out every command forever (a half-open TCP connection).
@@ -253,6 +295,45 @@ impl Conn {
         move |e| with_limit(map_error(op, e), self.command_timeout)
     }
 
+    /// Runs a keyed command, trying it again while a cluster redirects it (see the module
+    /// docs); outside a cluster fred follows nothing and this is one try.
+    async fn keyed<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::ZERO;
+        let mut retries = 0u32;
+        loop {
+            match attempt().await {
+                Err(e) if is_redirection(&e) => {
+                    if started.elapsed() + pause >= self.command_timeout {
+                        tracing::warn!(backend = BACKEND, op, retries, "the cluster kept redirecting a command");
+                        return Err(EngineError::transport(
+                            BACKEND,
+                            op,
+                            format!(
+                                "the cluster still redirected the command (MOVED/ASK) after {retries} retries over \
+                                 {:?}: a slot migration under way for longer than that?",
+                                self.command_timeout
+                            ),
+                        ));
+                    }
+                    tracing::debug!(backend = BACKEND, op, retries, ?pause, "redirected by the cluster; trying again");
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    // At once after the first (fred re-read the slot map on a `MOVED`), then
+                    // growing: an `ASK` lasts until the slot's migration ends.
+                    pause = (pause * 2).clamp(Duration::from_millis(5), MAX_REDIRECT_PAUSE);
+                    retries += 1;
+                }
+                other => return other.map_err(self.fail(op)),
+            }
+        }
+    }
+
     /// Calls a library function: `FCALL_RO` when `read_only` (so replicas may serve it),
     /// else `FCALL`.
     pub(crate) async fn fcall(
@@ -263,12 +344,18 @@ impl Conn {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<FcallReply, EngineError> {
-        let value: Value = if read_only {
-            self.client.fcall_ro(function, keys, args).await
-        } else {
-            self.client.fcall(function, keys, args).await
-        }
-        .map_err(self.fail(op))?;
+        let value: Value = self
+            .keyed(op, || {
+                let (keys, args) = (keys.clone(), args.clone());
+                async move {
+                    if read_only {
+                        self.client.fcall_ro(function, keys, args).await
+                    } else {
+                        self.client.fcall(function, keys, args).await
+                    }
+                }
+            })
+            .await?;
         Ok(FcallReply(value))
     }
 
@@ -340,18 +427,18 @@ impl Conn {
 
     /// `SET key value NX GET`: stores `value` unless the key exists; returns the old value.
     pub(crate) async fn set_nx_get(&self, key: &str, value: &str) -> Result<Option<String>, EngineError> {
-        let command = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
         let reply: Value = self
-            .client
-            .custom(command, vec![key.to_string(), value.to_string(), "NX".into(), "GET".into()])
-            .await
-            .map_err(self.fail("SET NX GET"))?;
+            .keyed("SET NX GET", || {
+                let command = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
+                self.client.custom(command, vec![key.to_string(), value.to_string(), "NX".into(), "GET".into()])
+            })
+            .await?;
         Ok(reply.as_string())
     }
 
     /// `HGETALL key` (empty when the key does not exist).
     pub(crate) async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, EngineError> {
-        self.client.hgetall(key).await.map_err(self.fail("HGETALL"))
+        self.keyed("HGETALL", || self.client.hgetall(key)).await
     }
 
     /// Notices of cluster topology changes this client saw (slots moved, nodes added or

@@ -20,15 +20,20 @@
 //!   out-of-band push (it must see a `MOVED` there), so the call returns once the server
 //!   processed it. When a slot moves, the old owner unsubscribes us and fred drops that
 //!   notice silently: the caller re-issues every `SSUBSCRIBE` on topology changes
-//!   ([`SubEvent::TopologyChanged`]) and on a timer; fred follows the `MOVED` to the new owner.
+//!   ([`SubEvent::TopologyChanged`]) and on a timer; fred follows the `MOVED` to the new owner
+//!   (given the attempts to do so: see [`Subscriber::subscribe`]), and a channel that still
+//!   fails is tried once more, without keeping the others from being re-issued.
 
 use completion_core::EngineError;
 use fred::prelude::*;
 use fred::types::{ClusterStateChange, Message};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::client::{Role, connect_client, map_error};
+use crate::client::{MAX_COMMAND_ATTEMPTS, Role, connect_client, map_error};
 use crate::config::ValkeyConfig;
+
+/// On a cluster: the pause before trying a failed `SSUBSCRIBE` once more.
+const SUBSCRIBE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What happened on the subscriber connection.
 #[derive(Debug)]
@@ -94,10 +99,33 @@ impl Subscriber {
     /// right node is harmless.
     pub(crate) async fn subscribe(&self) -> Result<(), EngineError> {
         if self.sharded {
+            // fred 10.1 builds `SSUBSCRIBE` with one write attempt and one redirection
+            // whatever the configuration (`Command::new` in `protocol/command.rs`), so a
+            // `MOVED` (the slot moved: exactly when we re-subscribe) re-reads the slot map and
+            // then fails with "Too many failed write attempts" instead of following it. Give
+            // it the configured attempts, and one redirection fewer: fred ends its routing
+            // task when attempts run out while following an `ASK` (see `client`).
+            let options = Options {
+                max_attempts: Some(MAX_COMMAND_ATTEMPTS),
+                max_redirections: Some(MAX_COMMAND_ATTEMPTS - 1),
+                ..Options::default()
+            };
+            let client = self.client.with_options(&options);
+            // Every channel is tried, so that one failure does not leave the others
+            // unsubscribed; one more try for a channel that failed (the map fred read may
+            // have come from a node that had not heard of the move yet).
+            let mut first_error = None;
             for channel in &self.channels {
-                self.client.ssubscribe(channel.as_str()).await.map_err(|e| map_error("SSUBSCRIBE", e))?;
+                let mut result = client.ssubscribe(channel.as_str()).await;
+                if result.is_err() {
+                    tokio::time::sleep(SUBSCRIBE_RETRY_PAUSE).await;
+                    result = client.ssubscribe(channel.as_str()).await;
+                }
+                if let Err(e) = result {
+                    first_error.get_or_insert(map_error("SSUBSCRIBE", e));
+                }
             }
-            return Ok(());
+            return first_error.map_or(Ok(()), Err);
         }
         for channel in &self.channels {
             self.client.subscribe(channel.as_str()).await.map_err(|e| map_error("SUBSCRIBE", e))?;
