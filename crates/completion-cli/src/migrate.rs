@@ -8,12 +8,9 @@
 //! - memory: nothing to do.
 //!
 //! Idempotent: a second run changes nothing and says "already at version N".
-//!
-//! Limit (Valkey): the library cannot tell which older version it replaced, only that it
-//! loaded one; with version 1 the only possible "before" is none.
 
 use completion_postgres::PostgresBackend;
-use completion_valkey::{LIBRARY_VERSION, ValkeyBackend};
+use completion_valkey::{LibraryChange, ValkeyBackend};
 
 use crate::connect::{self, Options};
 use crate::error::{CliError, Kind};
@@ -56,15 +53,18 @@ async fn valkey(url: &str, options: &Options) -> Result<Vec<String>, CliError> {
     let config = connect::valkey_config(url, options);
     let (prefix, partitions) = (config.key_prefix.clone(), config.partitions);
     let backend = connect::guarded(options, url, ValkeyBackend::connect(config)).await?;
-    let loaded = backend.stats().library_loads > 0;
     let version = backend.library_version().await.map_err(CliError::from)?;
     let version =
         version.ok_or_else(|| CliError::new(Kind::Failed, "the function library is missing after loading it"))?;
-    let library = if loaded {
-        let before = if LIBRARY_VERSION == 1 { "none" } else { "none or an older version" };
-        format!("valkey function library \"completions\": {before} -> version {version}")
-    } else {
-        format!("valkey function library \"completions\": already at version {version}, nothing to do")
+    let library = match backend.library_on_connect() {
+        LibraryChange::Present => {
+            format!("valkey function library \"completions\": already at version {version}, nothing to do")
+        }
+        LibraryChange::Loaded => format!("valkey function library \"completions\": none -> version {version}"),
+        LibraryChange::Upgraded(old) => {
+            format!("valkey function library \"completions\": version {old} -> version {version}")
+        }
+        other => format!("valkey function library \"completions\": {other:?}, now at version {version}"),
     };
     Ok(vec![library, format!("valkey key prefix \"{prefix}\": {partitions} partitions")])
 }

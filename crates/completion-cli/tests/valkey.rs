@@ -60,14 +60,31 @@ fn migrate_loads_the_library_once_then_is_a_no_op() {
     let first = run(&["migrate", &url, "--prefix", &prefix]);
     assert_eq!(first.status.code(), Some(0), "{first:#?}");
     let loaded = &first.stdout[0];
-    assert!(loaded.starts_with("valkey function library \"completions\": none"), "{first:#?}");
-    assert!(loaded.ends_with(&format!(" -> version {LIBRARY_VERSION}")), "{first:#?}");
+    assert_eq!(loaded, &format!("valkey function library \"completions\": none -> version {LIBRARY_VERSION}"));
     assert_eq!(first.stdout[1], format!("valkey key prefix \"{prefix}\": 16 partitions"));
     let second = run(&["migrate", &url, "--prefix", &prefix]);
     assert_eq!(second.status.code(), Some(0), "{second:#?}");
     assert_eq!(
         second.stdout[0],
         format!("valkey function library \"completions\": already at version {LIBRARY_VERSION}, nothing to do")
+    );
+}
+
+#[test]
+fn migrate_names_the_older_library_it_upgrades() {
+    let own = ValkeyServer::start(ValkeyOptions::default().persistence(false)).expect("a dedicated server");
+    // An older build's library: same name, only its version function.
+    let old = LIBRARY_VERSION - 1;
+    let source = format!(
+        "#!lua name=completions\nlocal VERSION = {old}\nredis.register_function{{function_name='completions_version', \
+         callback=function() return VERSION end, flags={{'no-writes'}}}}\n"
+    );
+    own.command(&["FUNCTION", "LOAD", &source]).expect("the older library loads");
+    let out = run(&["migrate", &own.url(), "--prefix", &unique("upgrade")]);
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
+    assert_eq!(
+        out.stdout[0],
+        format!("valkey function library \"completions\": version {old} -> version {LIBRARY_VERSION}")
     );
 }
 

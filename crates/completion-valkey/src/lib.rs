@@ -55,7 +55,7 @@ use completion_core::{
 use tracing::Instrument;
 
 pub use config::ValkeyConfig;
-pub use library::LIBRARY_VERSION;
+pub use library::{Ensured as LibraryChange, LIBRARY_VERSION};
 pub use stats::ValkeyStats;
 
 use crate::client::{Closer, Conn};
@@ -75,6 +75,8 @@ struct Shared {
     store: Arc<Store>,
     feed: ValkeyFeed,
     closer: Mutex<Option<Closer>>,
+    /// What `connect` did to the server's function library.
+    library_on_connect: library::Ensured,
     /// Dropping it stops the background retention task.
     _stop_retention: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -118,15 +120,25 @@ impl ValkeyBackend {
             let config = Arc::new(config);
             let counters = Arc::new(Counters::default());
             let store = Arc::new(Store::new(conn, config.clone(), Default::default(), counters.clone()));
-            if let Err(e) = store.prepare().await {
-                store.conn.quit().await;
-                return Err(e);
-            }
+            let library_on_connect = match store.prepare().await {
+                Ok(ensured) => ensured,
+                Err(e) => {
+                    store.conn.quit().await;
+                    return Err(e);
+                }
+            };
             tracing::info!(server = ?store.conn.server_version(), "connected");
             let hub = Hub::new(BACKEND, HubConfig::with_buffer(config.buffer), counters);
             let feed = ValkeyFeed { store: store.clone(), subscriber_name: Arc::new(Mutex::new(None)) };
             let stop_retention = config.retention_interval.map(|every| spawn_retention(store.clone(), every));
-            let shared = Shared { hub, store, feed, closer: Mutex::new(Some(closer)), _stop_retention: stop_retention };
+            let shared = Shared {
+                hub,
+                store,
+                feed,
+                closer: Mutex::new(Some(closer)),
+                library_on_connect,
+                _stop_retention: stop_retention,
+            };
             Ok(Self { shared: Arc::new(shared) })
         }
         .instrument(span)
@@ -161,6 +173,13 @@ impl ValkeyBackend {
                 reason: format!("the function library `{}` is not ours: {why}", library::LIBRARY_NAME),
             }),
         }
+    }
+
+    /// What [`connect`](Self::connect) did to the server's function library: found this
+    /// build's version, loaded it, or upgraded an older one (which it names). What
+    /// `completions migrate` reports.
+    pub fn library_on_connect(&self) -> LibraryChange {
+        self.shared.library_on_connect
     }
 
     /// Valkey-specific counters (library loads, lost and lagged messages, resubscriptions).

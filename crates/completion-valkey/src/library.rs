@@ -29,14 +29,16 @@ pub const LIBRARY_VERSION: i64 = 2;
 /// The library's function that returns its version.
 pub(crate) const VERSION_FUNCTION: &str = "completions_version";
 
-/// What [`ensure`] did.
+/// What connecting did to the server's function library (on a cluster: the first load or
+/// upgrade it did on any primary), from [`ValkeyBackend::library_on_connect`](crate::ValkeyBackend::library_on_connect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ensured {
-    /// The server already held this version.
+#[non_exhaustive]
+pub enum Ensured {
+    /// The server already held this build's version: nothing done.
     Present,
-    /// It held none: loaded.
+    /// It held none: [`LIBRARY_VERSION`] loaded.
     Loaded,
-    /// It held an older version (given): replaced.
+    /// It held the older version given: replaced with [`LIBRARY_VERSION`].
     Upgraded(i64),
 }
 

@@ -42,15 +42,16 @@ impl Store {
         Self { conn, keys, config, stats, counters, next_token: AtomicU64::new(0) }
     }
 
-    /// Loads the library if needed, and checks the partition count of the prefix.
-    pub(crate) async fn prepare(&self) -> Result<(), EngineError> {
-        self.ensure_library().await?;
+    /// Loads the library if needed (returns what that did), and checks the partition count
+    /// of the prefix.
+    pub(crate) async fn prepare(&self) -> Result<Ensured, EngineError> {
+        let ensured = self.ensure_library().await?;
         let partitions = self.keys.partitions().to_string();
         let key = self.keys.config();
         let recorded = format!("partitions={partitions}");
         match self.conn.set_nx_get(&key, &recorded).await? {
-            None => Ok(()),
-            Some(found) if found == recorded => Ok(()),
+            None => Ok(ensured),
+            Some(found) if found == recorded => Ok(ensured),
             Some(found) => Err(EngineError::Incompatible {
                 backend: BACKEND,
                 reason: format!(
