@@ -20,7 +20,6 @@
 //! starting that node again fails).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -38,44 +37,46 @@ const BUS_PORT_ATTEMPTS: usize = 4;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ValkeyClusterOptions {
-    /// Valkey (default) or Redis.
-    pub flavor: ValkeyFlavor,
+    /// How every node is started (flavor, persistence, binary, extra settings, startup
+    /// timeout), as for a standalone server; the cluster settings are added to it. Default:
+    /// [`ValkeyOptions::default`] with persistence off (a restart wipes the node's data; its
+    /// cluster configuration, `nodes.conf`, is always kept).
+    pub node: ValkeyOptions,
     /// Primaries, each owning an even share of the slots. Default 3.
     pub primaries: usize,
     /// Replicas per primary. Default 0 (one is needed for [`ValkeyCluster::fail_over`]).
     pub replicas_per_primary: usize,
-    /// As [`ValkeyOptions::persistence`]. Default false: a restart wipes the node's data
-    /// (its cluster configuration, `nodes.conf`, is always kept).
-    pub persistence: bool,
     /// `cluster-node-timeout`. Default 2 s (short: failed nodes are noticed quickly).
     pub node_timeout: Duration,
-    /// Extra `--name value` settings for every node, applied last.
-    pub config: Vec<(String, String)>,
-    /// The binary to run instead of looking one up.
-    pub binary: Option<PathBuf>,
-    /// How long to wait for the nodes to start and the cluster to be ready. Default 30 s.
-    pub startup_timeout: Duration,
 }
 
 impl Default for ValkeyClusterOptions {
     fn default() -> Self {
         Self {
-            flavor: ValkeyFlavor::Valkey,
+            node: ValkeyOptions::default().persistence(false),
             primaries: 3,
             replicas_per_primary: 0,
-            persistence: false,
             node_timeout: Duration::from_secs(2),
-            config: Vec::new(),
-            binary: None,
-            startup_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl ValkeyClusterOptions {
-    /// Sets [`Self::flavor`].
+    /// Sets [`Self::node`].
+    pub fn node(mut self, node: ValkeyOptions) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Sets the nodes' [`ValkeyOptions::flavor`].
     pub fn flavor(mut self, flavor: ValkeyFlavor) -> Self {
-        self.flavor = flavor;
+        self.node = self.node.flavor(flavor);
+        self
+    }
+
+    /// Sets the nodes' [`ValkeyOptions::persistence`].
+    pub fn persistence(mut self, on: bool) -> Self {
+        self.node = self.node.persistence(on);
         self
     }
 
@@ -91,33 +92,9 @@ impl ValkeyClusterOptions {
         self
     }
 
-    /// Sets [`Self::persistence`].
-    pub fn persistence(mut self, on: bool) -> Self {
-        self.persistence = on;
-        self
-    }
-
     /// Sets [`Self::node_timeout`].
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
-        self
-    }
-
-    /// Adds one [`Self::config`] setting.
-    pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.push((name.into(), value.into()));
-        self
-    }
-
-    /// Sets [`Self::binary`].
-    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
-        self.binary = Some(path.into());
-        self
-    }
-
-    /// Sets [`Self::startup_timeout`].
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
-        self.startup_timeout = timeout;
         self
     }
 }
@@ -149,12 +126,12 @@ impl ValkeyCluster {
             });
         }
         let total = opts.primaries * (1 + opts.replicas_per_primary);
-        let timeout = opts.startup_timeout;
+        let timeout = opts.node.startup_timeout;
         let node_options = |bus_port: u16| -> ValkeyOptions {
-            let mut o = ValkeyOptions::default()
-                .flavor(opts.flavor)
-                .persistence(opts.persistence)
-                .startup_timeout(timeout)
+            let mut o = opts.node.clone();
+            // The caller's extra settings go last, so they can override the cluster's.
+            let extra = std::mem::take(&mut o.config);
+            o = o
                 .config("cluster-enabled", "yes")
                 .config("cluster-config-file", "nodes.conf")
                 .config("cluster-port", bus_port.to_string())
@@ -163,12 +140,7 @@ impl ValkeyCluster {
                 .config("cluster-require-full-coverage", "no")
                 // A killed primary must not wait for its replicas to catch up.
                 .config("shutdown-timeout", "0");
-            if let Some(binary) = &opts.binary {
-                o = o.binary(binary.clone());
-            }
-            for (name, value) in &opts.config {
-                o = o.config(name.clone(), value.clone());
-            }
+            o.config.extend(extra);
             o
         };
         // The client port is retried by `ValkeyServer::start`, the bus port here: it was free

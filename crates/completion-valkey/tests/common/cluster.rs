@@ -90,7 +90,7 @@ pub async fn shared_cluster(flavor: ValkeyFlavor) -> Cluster {
 
 /// A cluster of the caller's own.
 pub async fn dedicated_cluster(options: ValkeyClusterOptions) -> Cluster {
-    let flavor = options.flavor;
+    let flavor = options.node.flavor;
     let cluster = tokio::task::spawn_blocking(move || ValkeyCluster::start(options))
         .await
         .expect("starting the cluster panicked")
