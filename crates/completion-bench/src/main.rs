@@ -9,11 +9,13 @@
 //! Each figure is measured `--repeat` times, ours and its baseline alternating within each
 //! repetition; the table quotes medians and the p50 / rate range, the JSON keeps every run.
 //!
-//! Figures 3 to 5 (fan-out, filtering, catch-up) are defined in [`scale`].
+//! Figures 3 to 5 (fan-out, filtering, catch-up) are defined in [`scale`]; the Valkey
+//! Cluster row (`--backends valkey-cluster`) in [`cluster`].
 //!
 //! Limits: latency is measured one completion at a time (no load behind it); the writers of
 //! every figure run in this process, on the same cores as the server.
 
+mod cluster;
 mod heap;
 mod machine;
 mod ours;
@@ -48,7 +50,8 @@ struct Args {
     /// Completions per figure (overrides --quick).
     #[arg(long)]
     completions: Option<usize>,
-    /// Backends to measure (default: all).
+    /// Backends to measure (default: all). `valkey-cluster` is the cluster row: the Valkey
+    /// backend on a 3-primary cluster against one standalone server.
     #[arg(long, value_enum, value_delimiter = ',')]
     backends: Vec<Which>,
     /// How many times to measure each figure; the table quotes medians (default: 3 with
@@ -69,6 +72,8 @@ enum Which {
     Memory,
     Valkey,
     Postgres,
+    #[serde(rename = "valkey-cluster")]
+    ValkeyCluster,
 }
 
 /// Concurrent writers of the throughput figures.
@@ -153,6 +158,8 @@ struct Report {
     repeat: usize,
     machine: Machine,
     results: Vec<BackendResult>,
+    /// The cluster row, when `valkey-cluster` ran.
+    cluster: Option<cluster::ClusterResult>,
     errors: Vec<String>,
     seconds: f64,
 }
@@ -191,8 +198,11 @@ async fn run(args: Args) -> Result<(), String> {
         filtering: n.max(scale::NAMESPACES),
         catch_up: args.catch_up.unwrap_or(if args.quick { 10_000 } else { 100_000 }).max(1),
     };
-    let which =
-        if args.backends.is_empty() { vec![Which::Memory, Which::Valkey, Which::Postgres] } else { args.backends };
+    let which = if args.backends.is_empty() {
+        vec![Which::Memory, Which::Valkey, Which::Postgres, Which::ValkeyCluster]
+    } else {
+        args.backends
+    };
     // Unique per run, so that a re-run on an external server never collides with old ids.
     let run_id = format!(
         "r{}",
@@ -201,12 +211,25 @@ async fn run(args: Args) -> Result<(), String> {
     let mut machine = Machine::detect();
     let mut results = Vec::new();
     let mut errors = Vec::new();
+    let mut cluster_row = None;
     for backend in which {
+        if backend == Which::ValkeyCluster {
+            eprintln!("== valkey cluster vs standalone: {n} completions per throughput figure, {repeat} runs");
+            match cluster::bench(&run_id, n, sizes.fan_out, &WRITERS, repeat, RETENTION).await {
+                Ok(row) => cluster_row = Some(row),
+                Err(e) => {
+                    eprintln!("ValkeyCluster: {e}");
+                    errors.push(format!("ValkeyCluster: {e}"));
+                }
+            }
+            continue;
+        }
         eprintln!("== {backend:?}: {n} completions per figure (+{warmup} warm-up), {repeat} runs");
         let outcome = match backend {
             Which::Memory => bench_memory(&run_id, n, warmup, repeat, sizes).await,
             Which::Valkey => bench_valkey(&run_id, n, warmup, repeat, sizes, &mut machine).await,
             Which::Postgres => bench_postgres(&run_id, n, warmup, repeat, sizes, &mut machine).await,
+            Which::ValkeyCluster => continue,
         };
         match outcome {
             Ok(result) => results.push(result),
@@ -223,13 +246,18 @@ async fn run(args: Args) -> Result<(), String> {
         repeat,
         machine,
         results,
+        cluster: cluster_row,
         errors,
         seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", render(&report));
     write_json(&args.json, &report)?;
     println!("\nJSON: {}", args.json.display());
-    if report.results.is_empty() { Err("no backend could be measured".to_string()) } else { Ok(()) }
+    if report.results.is_empty() && report.cluster.is_none() {
+        Err("no backend could be measured".to_string())
+    } else {
+        Ok(())
+    }
 }
 
 fn write_json(path: &PathBuf, report: &Report) -> Result<(), String> {
@@ -455,7 +483,6 @@ fn fmt_ratio(r: Option<f64>) -> String {
 fn render(report: &Report) -> String {
     use std::fmt::Write;
     let m = &report.machine;
-    let name = |b: Which| format!("{b:?}").to_lowercase();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -470,6 +497,25 @@ fn render(report: &Report) -> String {
         m.valkey.as_deref().unwrap_or("valkey not run"),
         m.postgres.as_deref().unwrap_or("not run")
     );
+    if !report.results.is_empty() {
+        render_backends(report, &mut out);
+    }
+    if let Some(row) = &report.cluster {
+        cluster::render(row, &mut out);
+    }
+    for e in &report.errors {
+        let _ = writeln!(out, "not measured: {e}");
+    }
+    out
+}
+
+/// The per-backend tables (figures 1 to 5).
+fn render_backends(report: &Report, out: &mut String) {
+    use std::fmt::Write;
+    let name = |b: Which| match b {
+        Which::ValkeyCluster => "valkey-cluster".to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    };
     let _ = writeln!(
         out,
         "\nend-to-end latency, terminal write call -> event on a subscriber stream (us); call50: p50 of the write call's own reply"
@@ -624,8 +670,4 @@ fn render(report: &Report) -> String {
             runs.iter().map(|c| c.gaps).sum::<usize>(),
         );
     }
-    for e in &report.errors {
-        let _ = writeln!(out, "not measured: {e}");
-    }
-    out
 }

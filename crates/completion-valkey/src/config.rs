@@ -76,7 +76,13 @@ pub struct ValkeyConfig {
     #[serde(deserialize_with = "optional_duration")]
     pub retention_interval: Option<Duration>,
     /// Messages the subscriber connection may hold unread before the oldest are dropped
-    /// (then the feed catches up from the log). Default 65 536.
+    /// (then the feed catches up from the log, so nothing is lost). Default 4 096.
+    ///
+    /// fred allocates its nine notification channels at this size, up front, when the
+    /// subscriber connects and again when it quits: about 600 bytes per slot, so 2.4 MB
+    /// per feed at 4 096 (40 MB at 65 536). A burst larger than this while the feed task is
+    /// busy costs one log read, not an event: raise it if `lagged_messages` climbs under
+    /// steady load.
     pub message_capacity: usize,
 }
 
@@ -98,7 +104,7 @@ impl Default for ValkeyConfig {
             command_timeout: Duration::from_secs(10),
             reconnect_max_delay: Duration::from_secs(2),
             retention_interval: Some(Duration::from_secs(60)),
-            message_capacity: 65_536,
+            message_capacity: 4_096,
         }
     }
 }
