@@ -76,7 +76,8 @@ enum Command {
 /// Which backend, and how to reach it.
 #[derive(Args, Debug, Clone)]
 struct TargetArgs {
-    /// redis://, rediss://, valkey://, valkeys:// (TLS), postgres://, postgresql:// or memory:
+    /// redis://, rediss://, valkey://, valkeys:// (TLS), redis-cluster://, valkey-cluster://,
+    /// postgres://, postgresql:// or memory:
     #[arg(value_name = "URL")]
     url: String,
     /// Valkey/Redis key prefix [default: completions]

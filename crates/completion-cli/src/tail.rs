@@ -120,7 +120,15 @@ pub async fn run(
     // find the handler in place, not kill the process.
     let mut signals = Signals::new()?;
     let completions = backend.completions();
-    let mut stream = completions.subscribe_from(plan.from.clone(), &plan.filter).await.map_err(CliError::from)?;
+    // A long catch-up or a server that stops answering can hold the subscribe call: a signal
+    // must still end the command.
+    let mut stream = tokio::select! {
+        subscribed = completions.subscribe_from(plan.from.clone(), &plan.filter) => subscribed.map_err(CliError::from)?,
+        signal = signals.next() => {
+            eprintln!("completions: {signal} before the subscription was live; nothing was printed");
+            return Ok(());
+        }
+    };
     eprintln!("completions: tailing {} {shown_url} ({}); Ctrl-C to stop", completions.backend_name(), plan.describe());
 
     let mut last: Option<Cursor> = match &plan.from {

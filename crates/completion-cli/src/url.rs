@@ -43,7 +43,7 @@ impl Target {
 }
 
 const SCHEMES: &str = "redis://, rediss://, valkey://, valkeys://, redis-cluster://, valkey-cluster://, \
-                       postgres://, postgresql:// or memory:";
+                       rediss-cluster://, valkeys-cluster://, postgres://, postgresql:// or memory:";
 
 /// Reads `text` as a backend URL.
 pub fn parse(text: &str) -> Result<Target, CliError> {
@@ -84,11 +84,20 @@ pub fn parse(text: &str) -> Result<Target, CliError> {
     Ok(target)
 }
 
+/// Where the user info of `rest` (a URL after its `scheme://`) ends: its last `@`.
+///
+/// Users paste passwords with unencoded `/`, `?` or `#`, so the user info is not cut at the
+/// first of those: the last `@` before the query counts, else the last `@` anywhere (an `@`
+/// in a query value then over-redacts, which is harmless; under-redacting is not).
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
+    rest[..query].rfind('@').or_else(|| rest.rfind('@'))
+}
+
 /// The password of `url` (in its user info, or a `password=` query parameter), if any.
 pub fn password(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let from_userinfo = authority.rsplit_once('@').and_then(|(userinfo, _)| userinfo.split_once(':')).map(|(_, p)| p);
+    let from_userinfo = userinfo_end(rest).and_then(|at| rest[..at].split_once(':')).map(|(_, p)| p);
     from_userinfo.or_else(|| query_password(rest).map(|(start, end)| &rest[start..end]))
 }
 
@@ -113,8 +122,7 @@ pub fn redact(url: &str) -> String {
     if let Some((start, end)) = query_password(&rest) {
         rest.replace_range(start..end, "***");
     }
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    if let Some(at) = rest[..authority_end].rfind('@') {
+    if let Some(at) = userinfo_end(&rest) {
         if let Some(colon) = rest[..at].find(':') {
             rest.replace_range(colon + 1..at, "***");
         }
@@ -176,5 +184,11 @@ mod tests {
         assert_eq!(password("redis://u:hunter2@h"), Some("hunter2"));
         assert_eq!(password("postgres://u@h/db?password=hunter2&x=1"), Some("hunter2"));
         assert_eq!(password("redis://h"), None);
+        // Unencoded `/`, `?` and `#` in a password: still found, still hidden.
+        for url in ["redis://u:pa/ss@h:1/0", "redis://u:pa?ss@h:1", "redis://u:p#w@h"] {
+            let secret = password(url).unwrap_or_else(|| panic!("no password found in {url}"));
+            assert!(!redact(url).contains(secret), "{url} -> {}", redact(url));
+            assert!(redact(url).contains("u:***@h"), "{url} -> {}", redact(url));
+        }
     }
 }

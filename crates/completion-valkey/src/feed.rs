@@ -204,6 +204,8 @@ impl FeedTask {
     /// log until the hub covers every message seen (see the module docs).
     async fn wake(&mut self, first: Vec<u8>, hub: &Hub<ValkeyPosition>) -> Next {
         let mut wanted: Vec<(u16, StreamId)> = Vec::new();
+        // Messages were dropped: what they announced is unknown, so `wanted` cannot cover it.
+        let mut lagged = false;
         self.note(&first, hub, &mut wanted);
         for _ in 0..WAKE_DRAIN {
             match self.subscriber.try_next() {
@@ -211,6 +213,7 @@ impl FeedTask {
                 Some(SubEvent::Lagged(n)) => {
                     Stats::add(&self.store.stats.lagged_messages, n);
                     tracing::warn!(dropped = n, "the feed fell behind its message buffer; reading the log");
+                    lagged = true;
                 }
                 Some(SubEvent::Closed) => return Next::Stop,
                 Some(_) | None => break,
@@ -227,7 +230,7 @@ impl FeedTask {
                 break;
             }
         }
-        Next::Continue
+        if lagged { Next::CatchUp } else { Next::Continue }
     }
 
     /// Records the partition and id of a message (or counts it as malformed).

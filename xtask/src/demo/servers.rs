@@ -143,9 +143,8 @@ impl Server {
                 let config = ValkeyConfig::new(server.url())
                     .with_key_prefix(prefix.clone())
                     .with_reconnect_max_delay(Duration::from_millis(500));
-                let backend = ValkeyBackend::connect(config)
-                    .await
-                    .map_err(|e| format!("connecting to {} failed: {e}", server.url()))?;
+                let backend =
+                    ValkeyBackend::connect(config).await.map_err(|e| format!("connecting to Valkey failed: {e}"))?;
                 let faults = vec![
                     Fault { at: KILL_AT, action: valkey_kill(server.clone(), backend.clone()) },
                     Fault {
