@@ -27,8 +27,11 @@ struct PgHooks {
 impl BackendHooks for PgHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
         let names = [self.backend.listener_application_name(), self.backend.pool_application_name()];
-        common::terminate_named(&self.url, &names).await;
-        Ok(())
+        // Zero would make the fault tests pass without a fault: the names must be found.
+        match common::terminate_named(&self.url, &names).await {
+            0 => Err("no session of this backend was found to terminate".into()),
+            _ => Ok(()),
+        }
     }
 
     async fn restart_server(&self) -> Result<(), BoxError> {

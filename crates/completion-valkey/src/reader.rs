@@ -56,6 +56,8 @@ pub(crate) struct PartitionRead {
     pub truncated: bool,
     /// The server's time of the read (µs): everything committed later has a larger id.
     pub read_at_us: u64,
+    /// A next page was dropped (trimmed in between): asking again in this read cannot help.
+    pub stalled: bool,
 }
 
 impl PartitionRead {
@@ -66,6 +68,7 @@ impl PartitionRead {
     fn append(&mut self, next: PartitionRead, last: StreamId) {
         if next.trimmed_to > last {
             tracing::debug!(backend = "valkey", %last, trimmed_to = %next.trimmed_to, "trimmed between two pages");
+            self.stalled = true;
             return;
         }
         self.entries.extend(next.entries);
@@ -117,6 +120,7 @@ impl Store {
             entries,
             truncated,
             read_at_us: raw.read_at_us,
+            stalled: false,
         })
     }
 
@@ -126,20 +130,22 @@ impl Store {
         futures_util::future::join_all(reads).await.into_iter().collect()
     }
 
-    /// Asks every partition whose page was full for its next page, and appends it.
-    async fn refill(&self, reads: &mut [PartitionRead], page: usize) -> Result<(), EngineError> {
+    /// Asks every partition whose page was full (and not stalled) for its next page, and
+    /// appends it. Returns whether it asked any.
+    async fn refill(&self, reads: &mut [PartitionRead], page: usize) -> Result<bool, EngineError> {
         let wanted: Vec<(u16, StreamId)> = reads
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.truncated)
+            .filter(|(_, r)| r.truncated && !r.stalled)
             .filter_map(|(p, r)| r.entries.last().map(|(id, _)| (p as u16, *id)))
             .collect();
         let pages = wanted.iter().map(|&(p, last)| self.read_one(p, last, page));
         let pages = futures_util::future::join_all(pages).await;
+        let asked = !wanted.is_empty();
         for ((p, last), next) in wanted.into_iter().zip(pages) {
             reads[usize::from(p)].append(next?, last);
         }
-        Ok(())
+        Ok(asked)
     }
 
     /// The log's head: every partition's last generated id. Read after the subscription is
@@ -274,7 +280,9 @@ impl LogReader<ValkeyPosition> for Store {
             if !merged.wants_more(limit) {
                 break;
             }
-            self.refill(&mut reads, page).instrument(span.clone()).await?;
+            if !self.refill(&mut reads, page).instrument(span.clone()).await? {
+                break;
+            }
             merged = plan(after, &reads, filter, limit);
         }
         Ok(merged.take(reads, &self.counters))
@@ -312,6 +320,7 @@ mod tests {
             entries,
             truncated,
             read_at_us: u64::MAX,
+            stalled: false,
         }
     }
 
@@ -456,6 +465,7 @@ mod tests {
         next.trimmed_to = id(3);
         reads[0].append(next, id(2));
         assert!(reads[0].truncated && reads[0].entries.len() == 2, "the page is dropped");
+        assert!(reads[0].stalled, "and the partition is not asked again in this read");
         let after = ValkeyPosition::from_ids(vec![id(0), id(0)]);
         let batch = merge(&after, reads, &ScannerFilter::new(), 10, &counters);
         assert_eq!(ms_of(&batch), [1, 2], "nothing past the full page");

@@ -31,8 +31,11 @@ struct VkHooks {
 #[async_trait]
 impl BackendHooks for VkHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
-        self.server.kill_named(&common::names_of(&self.backend)).await;
-        Ok(())
+        // Zero would make the fault tests pass without a fault: the names must be found.
+        match self.server.kill_named(&common::names_of(&self.backend)).await {
+            0 => Err("no connection of this backend was found to kill".into()),
+            _ => Ok(()),
+        }
     }
 
     async fn restart_server(&self) -> Result<(), BoxError> {
@@ -89,8 +92,10 @@ struct ClusterHooks {
 #[async_trait]
 impl BackendHooks for ClusterHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
-        self.cluster.kill_named(common::names_of(&self.backend)).await;
-        Ok(())
+        match self.cluster.kill_named(common::names_of(&self.backend)).await {
+            0 => Err("no connection of this backend was found on any node to kill".into()),
+            _ => Ok(()),
+        }
     }
 
     async fn restart_server(&self) -> Result<(), BoxError> {
