@@ -84,50 +84,15 @@ pub fn parse(text: &str) -> Result<Target, CliError> {
     Ok(target)
 }
 
-/// Where the user info of `rest` (a URL after its `scheme://`) ends: its last `@`.
-///
-/// Users paste passwords with unencoded `/`, `?` or `#`, so the user info is not cut at the
-/// first of those: the last `@` before the query counts, else the last `@` anywhere (an `@`
-/// in a query value then over-redacts, which is harmless; under-redacting is not).
-fn userinfo_end(rest: &str) -> Option<usize> {
-    let query = rest.find(['?', '#']).unwrap_or(rest.len());
-    rest[..query].rfind('@').or_else(|| rest.rfind('@'))
-}
-
-/// The password of `url` (in its user info, or a `password=` query parameter), if any.
+/// The password of `url`, if any (the library's [`completion_core::url_password`]).
 pub fn password(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let from_userinfo = userinfo_end(rest).and_then(|at| rest[..at].split_once(':')).map(|(_, p)| p);
-    from_userinfo.or_else(|| query_password(rest).map(|(start, end)| &rest[start..end]))
+    completion_core::url_password(url)
 }
 
-/// Byte range of the value of a `password=` query parameter in `rest`.
-fn query_password(rest: &str) -> Option<(usize, usize)> {
-    let query_at = rest.find('?')? + 1;
-    let mut at = query_at;
-    for pair in rest[query_at..].split('&') {
-        if let Some(value) = pair.strip_prefix("password=") {
-            let start = at + "password=".len();
-            return Some((start, start + value.len()));
-        }
-        at += pair.len() + 1;
-    }
-    None
-}
-
-/// `url` with its password replaced by `***`, for every line the CLI prints.
+/// `url` with its password replaced by `***`, for every line the CLI prints (the library's
+/// [`completion_core::redact_url`], so the CLI and the backends' errors agree).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let mut rest = rest.to_string();
-    if let Some((start, end)) = query_password(&rest) {
-        rest.replace_range(start..end, "***");
-    }
-    if let Some(at) = userinfo_end(&rest) {
-        if let Some(colon) = rest[..at].find(':') {
-            rest.replace_range(colon + 1..at, "***");
-        }
-    }
-    format!("{scheme}://{rest}")
+    completion_core::redact_url(url)
 }
 
 #[cfg(test)]

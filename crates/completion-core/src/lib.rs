@@ -65,6 +65,7 @@ pub mod hub;
 mod ids;
 mod outcome;
 mod payload;
+mod redact;
 mod retention;
 
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
@@ -76,4 +77,5 @@ pub use filter::ScannerFilter;
 pub use ids::{ExecutionId, FlowId, Namespace, Reason, TagKey, TagValue, Tags};
 pub use outcome::Outcome;
 pub use payload::{CompletionPayload, Gap, StartFrom, StreamItem};
+pub use redact::{redact_url, url_password};
 pub use retention::Retention;

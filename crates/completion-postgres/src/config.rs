@@ -111,7 +111,7 @@ impl Default for PostgresConfig {
 impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &self.url.as_deref().map(redact))
+            .field("url", &self.url.as_deref().map(completion_core::redact_url))
             .field("pg_config", &self.pg_config) // tokio-postgres redacts the password itself
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
@@ -233,7 +233,7 @@ impl PostgresConfig {
             (Some(pg), _) => pg.clone(),
             (None, Some(url)) => url
                 .parse::<tokio_postgres::Config>()
-                .map_err(|e| EngineError::invalid("postgres url", redact(url), e.to_string()))?,
+                .map_err(|e| EngineError::invalid("postgres url", completion_core::redact_url(url), e.to_string()))?,
             (None, None) => {
                 return Err(EngineError::invalid("postgres config", "", "set `url` or `pg_config`"));
             }
@@ -241,7 +241,7 @@ impl PostgresConfig {
         if pg.get_hosts().is_empty() {
             return Err(EngineError::invalid(
                 "postgres url",
-                self.url.as_deref().map(redact).unwrap_or_default(),
+                self.url.as_deref().map(completion_core::redact_url).unwrap_or_default(),
                 "names no host",
             ));
         }
@@ -294,27 +294,6 @@ fn nonzero(what: &'static str, value: Duration) -> Result<(), EngineError> {
         return Err(EngineError::invalid(what, format!("{value:?}"), "must be longer than zero"));
     }
     Ok(())
-}
-
-/// `url` with its password replaced by `***`, for error messages and logs.
-pub(crate) fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
-            }
-        }
-        return url.to_string();
-    }
-    // key=value form: hide the value of `password`.
-    url.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.trim() == "password" => format!("{key}=***"),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Parses `"250ms"`, `"2s"`, `"5m"`, `"1h"` or a bare number of milliseconds.
@@ -398,9 +377,9 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://me:p%40ss@db:5432/app"), "postgres://me:***@db:5432/app");
-        assert_eq!(redact("postgres://me@db/app"), "postgres://me@db/app");
-        assert_eq!(redact("host=db password=hunter2 user=me"), "host=db password=*** user=me");
+        assert_eq!(completion_core::redact_url("postgres://me:p%40ss@db:5432/app"), "postgres://me:***@db:5432/app");
+        assert_eq!(completion_core::redact_url("postgres://me@db/app"), "postgres://me@db/app");
+        assert_eq!(completion_core::redact_url("host=db password=hunter2 user=me"), "host=db password=*** user=me");
     }
 
     #[test]

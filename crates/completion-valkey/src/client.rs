@@ -46,7 +46,8 @@ use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{ClusterHash, CustomCommand, RespVersion};
 
-use crate::config::{ValkeyConfig, redact_url};
+use crate::config::ValkeyConfig;
+use completion_core::redact_url;
 
 pub(crate) const BACKEND: &str = crate::position::BACKEND;
 

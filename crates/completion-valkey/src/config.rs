@@ -1,5 +1,6 @@
 //! Settings of a [`ValkeyBackend`](crate::ValkeyBackend), with their defaults.
 
+use completion_core::redact_url;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -130,18 +131,6 @@ impl fmt::Debug for ValkeyConfig {
             .field("retention_interval", &self.retention_interval)
             .field("message_capacity", &self.message_capacity)
             .finish()
-    }
-}
-
-/// The URL with any password replaced.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    match rest.split_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{host}")
-        }
-        _ => url.to_string(),
     }
 }
 
