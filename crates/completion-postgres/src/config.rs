@@ -83,6 +83,12 @@ pub struct PostgresConfig {
     pub reconnect_max_backoff: Duration,
     /// A PEM file of extra root certificates to trust (feature `tls`). Default: none.
     pub tls_ca_file: Option<PathBuf>,
+    /// Run `SET plan_cache_mode = force_generic_plan` on each pool connection as it opens:
+    /// the log reads are then planned once per connection, not on every call (planning cost
+    /// more than running them; docs/benchmarks.md). Turn it off behind a pooler in
+    /// transaction mode, where a session setting reaches other clients of the pooler.
+    /// Default true.
+    pub generic_plans: bool,
 }
 
 impl Default for PostgresConfig {
@@ -104,6 +110,7 @@ impl Default for PostgresConfig {
             keepalive_idle: Duration::from_secs(30),
             reconnect_max_backoff: Duration::from_secs(2),
             tls_ca_file: None,
+            generic_plans: true,
         }
     }
 }
@@ -127,6 +134,7 @@ impl fmt::Debug for PostgresConfig {
             .field("keepalive_idle", &self.keepalive_idle)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("generic_plans", &self.generic_plans)
             .finish()
     }
 }
@@ -163,6 +171,12 @@ impl PostgresConfig {
     /// Sets [`buffer`](Self::buffer).
     pub fn with_buffer(mut self, buffer: usize) -> Self {
         self.buffer = buffer;
+        self
+    }
+
+    /// Sets [`generic_plans`](Self::generic_plans).
+    pub fn with_generic_plans(mut self, on: bool) -> Self {
+        self.generic_plans = on;
         self
     }
 
@@ -368,7 +382,9 @@ mod tests {
         assert_eq!(config.retention.max_events, Some(10));
         assert_eq!(config.schema, "completions");
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
-        assert!(config.listen && config.migrate);
+        assert!(config.listen && config.migrate && config.generic_plans);
+        let off: PostgresConfig = serde_json::from_str(r#"{"generic_plans": false}"#).unwrap();
+        assert!(!off.generic_plans);
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
         assert!(serde_json::from_str::<PostgresConfig>(r#"{"safety_interval": "2 fortnights"}"#).is_err());

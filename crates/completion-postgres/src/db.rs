@@ -135,10 +135,15 @@ pub(crate) fn pool(
     tls: Tls,
     size: usize,
     connect_timeout: Duration,
+    generic_plans: bool,
 ) -> Result<Pool, EngineError> {
     let manager = Manager::from_config(pg.clone(), tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager)
+    let mut builder = Pool::builder(manager)
         .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout));
+    if generic_plans {
         // Generic plans for every statement of these connections. PostgreSQL re-planned the
         // log read on every call: its generic plan is estimated dearer than a custom one
         // (unknown LIMIT), so the plan cache kept choosing custom plans, each planned anew:
@@ -146,17 +151,14 @@ pub(crate) fn pool(
         // a 170 000-event log; `cargo xtask bench`, docs/benchmarks.md). The generic plans of
         // our statements are the custom ones (same index walks; their parameters are a
         // cursor, a limit and ids). A session setting: behind a transaction-mode pooler it
-        // would leak to other clients, as any SET does; LISTEN does not work there anyway.
-        .post_create(Hook::async_fn(|client, _| {
+        // would leak to other clients, hence `PostgresConfig::generic_plans`.
+        builder = builder.post_create(Hook::async_fn(|client, _| {
             Box::pin(async move {
                 client.batch_execute("SET plan_cache_mode = force_generic_plan").await.map_err(HookError::Backend)
             })
-        }))
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(connect_timeout))
-        .recycle_timeout(Some(connect_timeout))
-        .build()
-        .map_err(|e| EngineError::invalid("pool_size", size.to_string(), e.to_string()))
+        }));
+    }
+    builder.build().map_err(|e| EngineError::invalid("pool_size", size.to_string(), e.to_string()))
 }
 
 /// The pooled operations of one instance.

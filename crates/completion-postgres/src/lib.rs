@@ -190,7 +190,8 @@ impl PostgresBackend {
         let counters = Arc::new(Counters::default());
         let stats = Arc::new(Stats::default());
         let pool_pg = names.connection(&validated.pg, "pool", &config);
-        let pool = db::pool(&pool_pg, tls::share(&tls), config.pool_size, config.connect_timeout)?;
+        let pool =
+            db::pool(&pool_pg, tls::share(&tls), config.pool_size, config.connect_timeout, config.generic_plans)?;
         let db = Arc::new(Db::new(
             pool,
             schema.clone(),
