@@ -82,6 +82,15 @@ fn is_redirection(error: &Error) -> bool {
     *error.kind() == ErrorKind::Routing && error.details().starts_with("Too many redirections")
 }
 
+/// Whether the server answered that the keys' slot or the cluster is in flux and will
+/// serve the command shortly: a slot half migrated (`TRYAGAIN`), a failover under way
+/// (`CLUSTERDOWN`, `MASTERDOWN`), a server still loading its data after a restart
+/// (`LOADING`, standalone servers too).
+fn is_in_flux(error: &Error) -> bool {
+    let reply = error.details().trim_start();
+    ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"].iter().any(|code| reply.starts_with(code))
+}
+
 /// Fills in the limit of a time-out error (fred does not say which limit passed).
 fn with_limit(error: EngineError, limit: Duration) -> EngineError {
     match error {
@@ -296,8 +305,11 @@ impl Conn {
         move |e| with_limit(map_error(op, e), self.command_timeout)
     }
 
-    /// Runs a keyed command, trying it again while a cluster redirects it (see the module
-    /// docs); outside a cluster fred follows nothing and this is one try.
+    /// Runs a keyed command, trying it again within `command_timeout` while a cluster
+    /// redirects it (see the module docs) or the server says it is in flux
+    /// ([`is_in_flux`]). Every command sent through here is idempotent (writes carry a
+    /// token), so a retry takes effect once. The one retry loop of the client: the store
+    /// above it only reloads a lost function library.
     async fn keyed<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, EngineError>
     where
         F: FnMut() -> Fut,
@@ -307,31 +319,34 @@ impl Conn {
         let mut pause = Duration::ZERO;
         let mut retries = 0u32;
         loop {
-            match attempt().await {
-                Err(e) if is_redirection(&e) => {
-                    if started.elapsed() + pause >= self.command_timeout {
-                        tracing::warn!(backend = BACKEND, op, retries, "the cluster kept redirecting a command");
-                        return Err(EngineError::transport(
-                            BACKEND,
-                            op,
-                            format!(
-                                "the cluster still redirected the command (MOVED/ASK) after {retries} retries over \
-                                 {:?}: a slot migration under way for longer than that?",
-                                self.command_timeout
-                            ),
-                        ));
-                    }
-                    tracing::debug!(backend = BACKEND, op, retries, ?pause, "redirected by the cluster; trying again");
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
-                    // At once after the first (fred re-read the slot map on a `MOVED`), then
-                    // growing: an `ASK` lasts until the slot's migration ends.
-                    pause = (pause * 2).clamp(Duration::from_millis(5), MAX_REDIRECT_PAUSE);
-                    retries += 1;
-                }
+            let error = match attempt().await {
+                Err(e) if is_redirection(&e) || is_in_flux(&e) => e,
                 other => return other.map_err(self.fail(op)),
+            };
+            if started.elapsed() + pause >= self.command_timeout {
+                tracing::warn!(backend = BACKEND, op, retries, %error, "the cluster kept redirecting or refusing a command");
+                if !is_redirection(&error) {
+                    return Err(self.fail(op)(error));
+                }
+                return Err(EngineError::transport(
+                    BACKEND,
+                    op,
+                    format!(
+                        "the cluster still redirected the command (MOVED/ASK) after {retries} retries over {:?}: a \
+                         slot migration under way for longer than that?",
+                        self.command_timeout
+                    ),
+                ));
             }
+            tracing::debug!(backend = BACKEND, op, retries, %error, ?pause, "redirected or in flux; trying again");
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            // At once after the first (after a `MOVED` fred re-read the slot map), then
+            // growing: an `ASK` or `TRYAGAIN` lasts until the slot's migration ends, a
+            // failover or a load some seconds.
+            pause = (pause * 2).clamp(Duration::from_millis(5), MAX_REDIRECT_PAUSE);
+            retries += 1;
         }
     }
 
@@ -531,5 +546,27 @@ impl FcallReply {
             entries: out,
             read_at_us,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flux_replies_are_told_from_verdicts() {
+        for reply in [
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "LOADING Valkey is loading the dataset in memory",
+            "MASTERDOWN Link with MASTER is down",
+        ] {
+            assert!(is_in_flux(&Error::new(ErrorKind::Unknown, reply)), "{reply}");
+        }
+        for reply in ["NOT_FOUND x", "ERR Function not found", "ALREADY_TERMINAL succeeded"] {
+            assert!(!is_in_flux(&Error::new(ErrorKind::Unknown, reply)), "{reply}");
+        }
+        assert!(is_redirection(&Error::new(ErrorKind::Routing, "Too many redirections.")));
+        assert!(!is_redirection(&Error::new(ErrorKind::Unknown, "Too many redirections.")));
     }
 }

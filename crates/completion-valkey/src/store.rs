@@ -71,10 +71,9 @@ impl Store {
         Ok(ensured)
     }
 
-    /// Calls `function`; when the library is gone, reloads it and calls once more. On a
-    /// cluster, retries (within `command_timeout`) while the server answers that the slot
-    /// is being migrated (`TRYAGAIN`) or the cluster is failing over (`CLUSTERDOWN`): every
-    /// write is idempotent per token, so a retry takes effect once.
+    /// Calls `function`; when the library is gone, reloads it and calls once more.
+    /// (Redirections and a cluster in flux are retried by the connection, see
+    /// `Conn::keyed`.)
     async fn call(
         &self,
         op: &'static str,
@@ -84,22 +83,13 @@ impl Store {
         args: Vec<String>,
     ) -> Result<FcallReply, EngineError> {
         let once = || self.conn.fcall(op, function, read_only, keys.clone(), args.clone());
-        let deadline = tokio::time::Instant::now() + self.config.command_timeout;
-        let mut pause = std::time::Duration::from_millis(5);
-        loop {
-            match once().await {
-                Err(e) if library::is_missing_function(&e) => {
-                    tracing::warn!(backend = BACKEND, function, "the server lost the function library; reloading it");
-                    self.ensure_library().await?;
-                    return once().await;
-                }
-                Err(e) if is_cluster_in_flux(&e) && tokio::time::Instant::now() + pause < deadline => {
-                    tracing::debug!(backend = BACKEND, function, error = %e, "cluster in flux; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
-                }
-                other => return other,
+        match once().await {
+            Err(e) if library::is_missing_function(&e) => {
+                tracing::warn!(backend = BACKEND, function, "the server lost the function library; reloading it");
+                self.ensure_library().await?;
+                once().await
             }
+            other => other,
         }
     }
 
@@ -281,13 +271,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Whether the server answered that a slot is moving or the cluster is failing over: a
-/// retry soon succeeds.
-fn is_cluster_in_flux(error: &EngineError) -> bool {
-    matches!(error, EngineError::Server { message, .. }
-        if ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"].iter().any(|code| message.trim_start().starts_with(code)))
 }
 
 /// The code of a library error reply.
