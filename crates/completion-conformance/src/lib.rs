@@ -42,7 +42,7 @@ macro_rules! suite {
                 fail_closed_default
                 resume_after_cursor resume_filtered_after_cursor resume_from_earliest
                 resume_from_trimmed_position_yields_gap retention_by_age_trims_old_events plain_stream_counts_gap
-                stalled_resumable_stream_yields_gap
+                stalled_resumable_stream_yields_gap trimming_racing_a_reader_loses_nothing_silently
                 slow_consumer_stays_bounded_and_loses_nothing drop_releases_server_resources
                 invalid_input_is_rejected
             );

@@ -244,14 +244,16 @@ impl CompletionBackend for ValkeyBackend {
     async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
         if let StartFrom::After(cursor) = &from {
             // A well-formed cursor past the log's head (from another prefix or server) would
-            // silently skip every event up to it: refuse it.
+            // silently skip every event up to it: refuse it. The head is the newest id of the
+            // whole log, not of each partition: after a gap a stream's position is past the
+            // newest trimmed id in every partition (see `reader`), older partitions included.
             let position = ValkeyPosition::decode(cursor, self.shared.store.config.partitions)?;
-            let head = self.shared.store.head().await?;
-            if let Some(p) = (0..self.shared.store.config.partitions).find(|&p| position.get(p) > head.get(p)) {
+            let head = self.shared.store.head().await?.watermark();
+            if let Some(p) = (0..self.shared.store.config.partitions).find(|&p| position.get(p) > head) {
                 return Err(EngineError::invalid(
                     "cursor",
                     cursor.as_str(),
-                    format!("points past the end of partition {p} of this backend's log (head {})", head.get(p)),
+                    format!("points past the end of this backend's log (partition {p}; head {head})"),
                 ));
             }
         }

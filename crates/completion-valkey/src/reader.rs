@@ -29,7 +29,8 @@
 //! with an id below its *watermark*, the newest id its position covers in any partition.
 //! A gap is a partition whose `trimmed_to` lies past the watermark: an event committed
 //! after the position was trimmed unread. The origin ("from the earliest") never has a gap.
-//! The stream resumes after the trimmed ids. The number missed is not known
+//! The stream resumes after the newest trimmed id of any partition, in every partition (so
+//! that its watermark stays true; retained entries below it count as part of the gap). The number missed is not known
 //! (`missed: None`). A next page whose partition was trimmed past the page before it is
 //! thrown away (the partition's entries stop there for this read): the next read, from
 //! the stream's new position, reports that gap.
@@ -48,6 +49,9 @@ use crate::wire;
 
 /// What one partition returned, parsed.
 pub(crate) struct PartitionRead {
+    /// The newest id trimmed away, read before the entries.
+    pub trimmed_before: StreamId,
+    /// The newest id trimmed away, read after the entries: nothing at or before it is left.
     pub trimmed_to: StreamId,
     pub last_generated: StreamId,
     /// Entries in id order; a malformed one carries the reason.
@@ -99,7 +103,28 @@ pub(crate) fn page_size(limit: usize, partitions: u16) -> usize {
 }
 
 impl Store {
-    async fn read_one(&self, partition: u16, after: StreamId, limit: usize) -> Result<PartitionRead, EngineError> {
+    /// One partition's page after `after`, parsed. `against` is the id its `trimmed_to`
+    /// will be compared with (the stream's watermark, or the page before's last id): when
+    /// a trim crossed it while the page was being read (between the two trimming records
+    /// `Store::read_partition` takes), whether the entries past it were read before they
+    /// went cannot be told, so the page is read again. The second read settles it: its first
+    /// record is already past `against`, a gap either way.
+    async fn read_one(
+        &self,
+        partition: u16,
+        after: StreamId,
+        limit: usize,
+        against: StreamId,
+    ) -> Result<PartitionRead, EngineError> {
+        let mut read = self.read_page(partition, after, limit).await?;
+        if read.trimmed_before <= against && read.trimmed_to > against {
+            tracing::debug!(backend = "valkey", partition, %against, "trimmed past the position during a read; reading again");
+            read = self.read_page(partition, after, limit).await?;
+        }
+        Ok(read)
+    }
+
+    async fn read_page(&self, partition: u16, after: StreamId, limit: usize) -> Result<PartitionRead, EngineError> {
         let raw = self.read_partition(partition, &after.to_string(), limit).await?;
         let id = |text: &str, what: &str| {
             text.parse::<StreamId>().map_err(|e| EngineError::Server {
@@ -115,6 +140,7 @@ impl Store {
             entries.push((entry_id, wire::parse_entry(partition, entry_id, &fields)));
         }
         Ok(PartitionRead {
+            trimmed_before: id(&raw.trimmed_before, "trimmed_to")?,
             trimmed_to: id(&raw.trimmed_to, "trimmed_to")?,
             last_generated: id(&raw.last_generated, "last-generated-id")?,
             entries,
@@ -126,7 +152,8 @@ impl Store {
 
     /// Every partition read after `after` (all at once: the client pipelines them).
     async fn read_all(&self, after: &ValkeyPosition, limit: usize) -> Result<Vec<PartitionRead>, EngineError> {
-        let reads = (0..self.keys.partitions()).map(|p| self.read_one(p, after.get(p), limit));
+        let watermark = after.watermark();
+        let reads = (0..self.keys.partitions()).map(|p| self.read_one(p, after.get(p), limit, watermark));
         futures_util::future::join_all(reads).await.into_iter().collect()
     }
 
@@ -139,7 +166,7 @@ impl Store {
             .filter(|(_, r)| r.truncated && !r.stalled)
             .filter_map(|(p, r)| r.entries.last().map(|(id, _)| (p as u16, *id)))
             .collect();
-        let pages = wanted.iter().map(|&(p, last)| self.read_one(p, last, page));
+        let pages = wanted.iter().map(|&(p, last)| self.read_one(p, last, page, last));
         let pages = futures_util::future::join_all(pages).await;
         let asked = !wanted.is_empty();
         for ((p, last), next) in wanted.into_iter().zip(pages) {
@@ -207,6 +234,19 @@ pub(crate) fn plan(after: &ValkeyPosition, reads: &[PartitionRead], filter: &Sca
     // covers, and never read: a gap. At or before it, the entry was read or predates the
     // stream (streams deliver in id order).
     let gap = anchored && reads.iter().any(|r| r.trimmed_to > watermark);
+    if gap {
+        // Resume every partition past the newest trimmed id of any: the stream's position
+        // then has a watermark that is true again (every entry at or below it was delivered
+        // or is in this gap). Resuming each partition only past its own trimmed id would
+        // leave the position's largest id ahead of entries of other partitions not examined
+        // yet, and a later trim of those would pass for "already seen": a silent loss
+        // (found by the conformance test `trimming_racing_a_reader_loses_nothing_silently`).
+        // Retained entries below that id count as part of the gap.
+        let cut = reads.iter().map(|r| r.trimmed_to).max().unwrap_or_default();
+        for s in &mut scanned {
+            *s = (*s).max(cut);
+        }
+    }
     let gap_at = gap.then(|| scanned.clone());
     // Entries past the last id of a partition that may hold more wait for the next read.
     let horizon = reads.iter().filter(|r| r.truncated).filter_map(|r| r.entries.last().map(|(id, _)| *id)).min();
@@ -315,6 +355,7 @@ mod tests {
     fn read(entries: Vec<(StreamId, Result<LogEvent<ValkeyPosition>, String>)>, limit: usize) -> PartitionRead {
         let truncated = entries.len() >= limit;
         PartitionRead {
+            trimmed_before: StreamId::ZERO,
             trimmed_to: StreamId::ZERO,
             last_generated: StreamId::ZERO,
             entries,
@@ -390,8 +431,10 @@ mod tests {
             &counters,
         );
         let gap = batch.gap.as_ref().expect("entries after the watermark were trimmed");
-        assert_eq!((gap.resumed_at.get(0), gap.resumed_at.get(1)), (id(25), id(15)));
-        assert_eq!(ms_of(&batch), [20, 30]);
+        // Every partition resumes past the newest trimmed id (25): entry 20, retained in
+        // partition 1, is in the gap.
+        assert_eq!((gap.resumed_at.get(0), gap.resumed_at.get(1)), (id(25), id(25)));
+        assert_eq!(ms_of(&batch), [30]);
         assert!(!batch.more);
         // Deleted entries at or before the watermark predate the stream: no gap.
         let after = ValkeyPosition::from_ids(vec![StreamId::ZERO, id(40)]);

@@ -169,23 +169,39 @@ impl Store {
     }
 
     /// One partition's log after `after` (exclusive), at most `count` entries (0: only the
-    /// ids), with its trimming record and head, read atomically.
+    /// head, trimming record and time), in three steps, each awaited before the next so that
+    /// they reach the server in this order even when one is retried:
+    /// 1. the library's read function without entries: the trimming record (`trimmed_before`),
+    ///    the head, and the server's time: every entry committed later has a larger id;
+    /// 2. `XRANGE` itself (a function's reply would go through Lua tables: see
+    ///    `Conn::xrange_after`);
+    /// 3. the trimming record again (`trimmed_to`): entries trimmed before step 2 are at or
+    ///    before it, so a reader comparing it with its position misses no gap. (A trim
+    ///    between steps 2 and 3 makes it look later than what step 2 missed; the reader
+    ///    asks again when that difference matters, see `reader`.)
     pub(crate) async fn read_partition(
         &self,
         partition: u16,
         after: &str,
         count: usize,
     ) -> Result<RawRead, EngineError> {
+        let (log, meta) = (self.keys.log(partition), self.keys.meta(partition));
         let reply = self
             .call(
                 "read log",
                 "completions_read",
                 true,
-                vec![self.keys.log(partition), self.keys.meta(partition)],
-                vec![after.to_string(), count.to_string()],
+                vec![log.clone(), meta.clone()],
+                vec![after.to_string(), "0".into()],
             )
             .await?;
-        reply.into_read().map_err(|message| EngineError::Server { backend: BACKEND, op: "read log", message })
+        let mut read =
+            reply.into_read().map_err(|message| EngineError::Server { backend: BACKEND, op: "read log", message })?;
+        if count > 0 {
+            read.entries = self.conn.xrange_after(&log, after, count).await?;
+            read.trimmed_to = self.conn.hget("read log", &meta, "trimmed_to").await?.unwrap_or_else(|| "0-0".into());
+        }
+        Ok(read)
     }
 
     /// Trims every partition's log to retention, exactly: keeps the newest `max_events`
