@@ -1,9 +1,9 @@
 //! Reading the partitioned log for the hub: catch-up reads, gap detection, the head.
 //!
 //! A read is a k-way merge of truncated pages. It asks every partition for one *page* of
-//! entries after the position's id for that partition (`XRANGE (id + COUNT page`, inside the
-//! library's read function, atomically with the partition's trimming record `trimmed_to`,
-//! the newest id ever trimmed away), then merges them by stream id:
+//! entries after the position's id for that partition (`XRANGE (id + COUNT page`, between two
+//! reads of the partition's trimming record `trimmed_to`, the newest id ever trimmed away: see
+//! `Store::read_partition` and [`Store::read_one`]), then merges them by stream id:
 //! - a page is about `1.5 x limit / partitions` entries ([`page_size`]), not `limit`: with
 //!   events spread over the partitions, the pages together hold about 1.5 times what one
 //!   read delivers (the slack covers the uneven spread: the merge may only go as far as the
