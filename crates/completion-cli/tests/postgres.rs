@@ -52,12 +52,12 @@ fn migrate_creates_the_schema_once_then_is_a_no_op() {
     assert_eq!(first.status.code(), Some(0), "{first:#?}");
     assert_eq!(
         first.stdout,
-        [format!("postgres schema \"{schema}\": none -> version 1 (applied V1 completions)")],
+        [format!("postgres schema \"{schema}\": none -> version 2 (applied V1 completions, V2 coalesced_notify)")],
         "{first:#?}"
     );
     let second = run(&["migrate", &url, "--schema", &schema]);
     assert_eq!(second.status.code(), Some(0), "{second:#?}");
-    assert_eq!(second.stdout, [format!("postgres schema \"{schema}\": already at version 1, nothing to do")]);
+    assert_eq!(second.stdout, [format!("postgres schema \"{schema}\": already at version 2, nothing to do")]);
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn stats_reports_the_log_and_the_notification_queue() {
     let server = &stats["server"];
     assert_eq!(server["backend"], "postgres");
     assert_eq!(server["schema"], target[2].as_str());
-    assert_eq!(server["schema_version"], 1);
+    assert_eq!(server["schema_version"], completion_postgres::SCHEMA_VERSION);
     assert_eq!(server["log_events"], 2, "{stats}");
     assert_eq!(server["log_held_back_events"], 0, "{stats}");
     assert!(server["log_bytes"].as_u64().is_some_and(|b| b > 0), "{stats}");

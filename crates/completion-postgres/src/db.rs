@@ -170,6 +170,8 @@ pub(crate) struct Db {
     connect_timeout: Duration,
     stats: Arc<Stats>,
     counters: Arc<Counters>,
+    /// Whether terminal writes coalesce their NOTIFYs (`PostgresConfig::coalesce_notify`).
+    coalesce: bool,
 }
 
 impl Db {
@@ -180,8 +182,9 @@ impl Db {
         connect_timeout: Duration,
         stats: Arc<Stats>,
         counters: Arc<Counters>,
+        coalesce: bool,
     ) -> Self {
-        Self { pool, sql: Sql::new(&schema), schema, timeout, connect_timeout, stats, counters }
+        Self { pool, sql: Sql::new(&schema), schema, timeout, connect_timeout, stats, counters, coalesce }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -272,7 +275,7 @@ impl Db {
         const OP: &str = "terminal write";
         let token = uuid::Uuid::new_v4().to_string();
         let reason = reason.map(Reason::as_str);
-        let params: [&(dyn ToSql + Sync); 4] = [&id.as_str(), &outcome.as_str(), &reason, &token];
+        let params: [&(dyn ToSql + Sync); 5] = [&id.as_str(), &outcome.as_str(), &reason, &token, &self.coalesce];
         match self.query(OP, &self.sql.finish, &params).await {
             Ok(rows) => {
                 let at: Option<i64> = match rows.first() {
@@ -333,6 +336,29 @@ impl Db {
         filter: &ScannerFilter,
         limit: usize,
     ) -> Result<ReadBatch<PgPosition>, EngineError> {
+        Ok(self.read_inner(after, filter, limit, false).await?.0)
+    }
+
+    /// [`read`](Self::read), preceded on the same connection by `writers_in_flight()` (see
+    /// the V2 migration): returns whether a terminal write was in flight just before the
+    /// read's snapshot was taken. The two statements are sent together (one round trip) and
+    /// run in that order, each in a transaction of its own.
+    pub async fn read_checked(
+        &self,
+        after: &PgPosition,
+        filter: &ScannerFilter,
+        limit: usize,
+    ) -> Result<(ReadBatch<PgPosition>, bool), EngineError> {
+        self.read_inner(after, filter, limit, true).await
+    }
+
+    async fn read_inner(
+        &self,
+        after: &PgPosition,
+        filter: &ScannerFilter,
+        limit: usize,
+        check: bool,
+    ) -> Result<(ReadBatch<PgPosition>, bool), EngineError> {
         const OP: &str = "log read";
         let xid = after.xid.to_string();
         let limit_param = limit.max(1) as i64;
@@ -359,7 +385,23 @@ impl Db {
                 3
             }
         };
-        let rows = self.query(OP, &self.sql.read[shape], &params).await.map_err(|f| f.into_engine(OP))?;
+        let (in_flight, rows) = if check {
+            let (read_sql, check_sql, params) = (&self.sql.read[shape], &self.sql.in_flight, &params);
+            self.run(OP, |client| async move {
+                let (check, read) =
+                    tokio::try_join!(client.prepare_cached(check_sql), client.prepare_cached(read_sql))?;
+                // `try_join` polls its first future first, and tokio-postgres sends a request
+                // (and the server runs it) in the order the futures are first polled: the
+                // check runs before the read's snapshot is taken, in the same round trip.
+                let (in_flight, rows) =
+                    futures_util::future::try_join(client.query_one(&check, &[]), client.query(&read, params)).await?;
+                Ok((in_flight.try_get::<_, bool>(0)?, rows))
+            })
+            .await
+            .map_err(|f| f.into_engine(OP))?
+        } else {
+            (false, self.query(OP, &self.sql.read[shape], &params).await.map_err(|f| f.into_engine(OP))?)
+        };
         let header = rows.first().ok_or_else(|| EngineError::Incompatible {
             backend: BACKEND,
             reason: format!("the schema {} has no retention watermark row", self.schema.name()),
@@ -394,7 +436,7 @@ impl Db {
         };
         let gap = (*after != PgPosition::ORIGIN && *after < watermark)
             .then_some(TrimmedGap { resumed_at: watermark, missed: None });
-        Ok(ReadBatch { events, scanned_to, gap, more })
+        Ok((ReadBatch { events, scanned_to, gap, more }, in_flight))
     }
 
     /// The oldest running transaction id, as seen by a fresh snapshot.

@@ -8,6 +8,13 @@
 //! killed connection, PgBouncer) delays events until the next wake-up, and never loses
 //! them.
 //!
+//! With coalesced NOTIFYs (`PostgresConfig::coalesce_notify`, schema version 2) a terminal
+//! write notifies only when no other write in flight is about to, so one notification may
+//! stand for several commits, some of them after it. The feed's reads are then preceded by
+//! `writers_in_flight()` on the same connection, and while it answers true the feed reads
+//! again after `in_flight_recheck`: once a check finds no write in flight, every write that
+//! skipped its NOTIFY has committed before the read that follows (migrations/V2).
+//!
 //! Poll-only mode (`listen: false`) is the same task without the LISTEN connection: the
 //! safety timer is the poll interval.
 //!
@@ -17,6 +24,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,6 +47,23 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Reads the log for the hub and for catching-up streams.
 pub(crate) struct PgReader {
     pub db: Arc<Db>,
+    /// Whether each read is preceded by the in-flight check: the feed's reader (whatever its
+    /// instance's `coalesce_notify`: other writers may coalesce); the streams' readers do
+    /// not need it (a stream that catches up goes back to what the feed delivers).
+    pub check_in_flight: bool,
+    /// Set when a checked read found terminal writes in flight; taken by the feed.
+    pub in_flight: AtomicBool,
+}
+
+impl PgReader {
+    pub(crate) fn new(db: Arc<Db>, check_in_flight: bool) -> Self {
+        Self { db, check_in_flight, in_flight: AtomicBool::new(false) }
+    }
+
+    /// Whether a read since the last call found terminal writes in flight.
+    fn take_in_flight(&self) -> bool {
+        self.in_flight.swap(false, Ordering::Relaxed)
+    }
 }
 
 #[async_trait]
@@ -53,7 +78,14 @@ impl LogReader<PgPosition> for PgReader {
         filter: &ScannerFilter,
         limit: usize,
     ) -> Result<ReadBatch<PgPosition>, EngineError> {
-        self.db.read(after, filter, limit).await
+        if !self.check_in_flight {
+            return self.db.read(after, filter, limit).await;
+        }
+        let (batch, in_flight) = self.db.read_checked(after, filter, limit).await?;
+        if in_flight {
+            self.in_flight.store(true, Ordering::Relaxed);
+        }
+        Ok(batch)
     }
 }
 
@@ -65,6 +97,8 @@ pub(crate) struct PgFeed {
     pub listen: Option<(tokio_postgres::Config, Tls)>,
     pub channel: String,
     pub safety_interval: Duration,
+    /// `PostgresConfig::in_flight_recheck`.
+    pub in_flight_recheck: Duration,
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
     pub stats: Arc<Stats>,
@@ -159,11 +193,19 @@ impl FeedTask {
             if !wake {
                 continue;
             }
+            feed.reader.take_in_flight();
             match self.hub.resync(&*feed.reader).await {
                 Ok(published) => {
-                    read_retry_at = None;
                     read_pause = FIRST_BACKOFF;
-                    tracing::trace!(published, "resync");
+                    // A write that skipped its NOTIFY (another in flight was to notify) may
+                    // commit after that notification was read: while writes are in flight,
+                    // read again shortly (the V2 migration explains why that suffices).
+                    let in_flight = feed.reader.take_in_flight();
+                    read_retry_at = in_flight.then(|| Instant::now() + feed.in_flight_recheck);
+                    if in_flight {
+                        Stats::bump(&feed.stats.in_flight_rechecks);
+                    }
+                    tracing::trace!(published, in_flight, "resync");
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?read_pause, "reading the completion log failed");

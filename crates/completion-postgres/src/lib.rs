@@ -199,6 +199,7 @@ impl PostgresBackend {
             config.connect_timeout,
             stats.clone(),
             counters.clone(),
+            config.coalesce_notify,
         ));
 
         let server = server_name(&validated.pg);
@@ -226,13 +227,16 @@ impl PostgresBackend {
             check_version(&db, &schema).await?;
         }
 
-        let reader = Arc::new(PgReader { db: db.clone() });
+        let reader = Arc::new(PgReader::new(db.clone(), false));
         let feed = Arc::new(PgFeed {
             db: db.clone(),
-            reader: reader.clone(),
+            // The feed checks for writes in flight whatever this instance's own writes do:
+            // other instances' (or programs') writes may coalesce.
+            reader: Arc::new(PgReader::new(db.clone(), true)),
             listen: config.listen.then(|| (names.connection(&validated.pg, "listen", &config), tls::share(&tls))),
             channel: schema.channel(),
             safety_interval: config.safety_interval,
+            in_flight_recheck: config.in_flight_recheck,
             connect_timeout: config.connect_timeout,
             max_backoff: config.reconnect_max_backoff,
             stats: stats.clone(),

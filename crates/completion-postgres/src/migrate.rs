@@ -25,10 +25,13 @@ use crate::schema::Schema;
 use crate::tls::Tls;
 
 /// The migrations, in order. A test checks that every file of `migrations/` is listed.
-const MIGRATIONS: &[(&str, &str)] = &[("V1__completions", include_str!("../migrations/V1__completions.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("V1__completions", include_str!("../migrations/V1__completions.sql")),
+    ("V2__coalesced_notify", include_str!("../migrations/V2__coalesced_notify.sql")),
+];
 
 /// The schema version this build needs (the highest migration).
-pub(crate) const LATEST: i32 = 1;
+pub(crate) const LATEST: i32 = 2;
 
 /// What one [`migrate`](crate::migrate) run applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

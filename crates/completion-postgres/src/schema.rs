@@ -57,6 +57,8 @@ pub(crate) const LOG_COLUMNS: &str =
 pub(crate) struct Sql {
     pub create: String,
     pub finish: String,
+    /// Whether a terminal write is in flight (schema version 2).
+    pub in_flight: String,
     pub describe: String,
     /// Log reads by filter shape: none, namespace, tag, namespace and tag.
     pub read: [String; 4],
@@ -116,7 +118,8 @@ impl Sql {
         };
         Self {
             create: format!("SELECT {s}.create_execution($1, $2, $3, $4::text::jsonb, $5)"),
-            finish: format!("SELECT {s}.finish_execution($1, $2, $3, $4)"),
+            finish: format!("SELECT {s}.finish_execution($1, $2, $3, $4, $5)"),
+            in_flight: format!("SELECT {s}.writers_in_flight()"),
             describe: format!(
                 "SELECT id, namespace, flow_id, tags::text, state, reason, created_at_ms, completed_at_ms
                  FROM {s}.executions WHERE id = $1"

@@ -13,6 +13,7 @@ pub(crate) struct Stats {
     pub held_back_reads: AtomicU64,
     pub prune_runs: AtomicU64,
     pub pruned_events: AtomicU64,
+    pub in_flight_rechecks: AtomicU64,
 }
 
 impl Stats {
@@ -30,6 +31,7 @@ impl Stats {
             held_back_reads: get(&self.held_back_reads),
             prune_runs: get(&self.prune_runs),
             pruned_events: get(&self.pruned_events),
+            in_flight_rechecks: get(&self.in_flight_rechecks),
         }
     }
 }
@@ -55,4 +57,7 @@ pub struct PostgresStats {
     pub prune_runs: u64,
     /// Events deleted by prune runs of this instance.
     pub pruned_events: u64,
+    /// Feed reads that found terminal writes in flight (with coalesced NOTIFYs) and so
+    /// scheduled another read `in_flight_recheck` later.
+    pub in_flight_rechecks: u64,
 }

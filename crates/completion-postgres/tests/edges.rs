@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use completion_conformance::support::{
-    EVENT_DEADLINE, collect_in, create, create_and_complete, execution_id, namespace, next_completion, next_item,
+    EVENT_DEADLINE, collect_in, complete_n, create, create_and_complete, execution_id, namespace, next_completion,
+    next_item,
 };
 use completion_core::{
-    CompletionBackend, CompletionPayload, EngineBackend, EngineError, ExecutionState, NewExecution, Outcome, Reason,
-    Retention, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue, Tags,
+    CompletionBackend, CompletionPayload, EngineBackend, EngineError, ExecutionId, ExecutionState, NewExecution,
+    Outcome, Reason, Retention, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue, Tags,
 };
 use completion_postgres::{PgPosition, PostgresBackend, PostgresConfig};
 use futures_util::FutureExt;
@@ -103,15 +104,18 @@ async fn concurrent_migrations_apply_once() {
         tokio::spawn(async move { completion_postgres::migrate(&config).await })
     });
     let reports: Vec<_> = futures_util::future::join_all(runs).await;
-    let mut applied = 0;
+    let every = completion_postgres::SCHEMA_VERSION as usize;
+    let mut applied = Vec::new();
     for report in reports {
         let report = report.expect("task").unwrap_or_else(|e| panic!("migrate: {e}"));
-        applied += report.applied.len();
+        if !report.applied.is_empty() {
+            applied.push(report.applied.len());
+        }
     }
-    assert_eq!(applied, 1, "exactly one run applied the single migration");
+    assert_eq!(applied, [every], "exactly one run applied the migrations, all of them");
     let history = format!("SELECT count(*) FROM \"{}\".schema_migrations", config.schema);
     let rows: i64 = common::admin(&url).await.query_one(&history, &[]).await.expect("history").get(0);
-    assert_eq!(rows, 1);
+    assert_eq!(rows as usize, every);
 
     // And connects racing on a fresh schema all succeed and work.
     let (config, _) = self::config("migc").await;
@@ -541,4 +545,92 @@ async fn slow_and_filtered_consumers_catch_up_from_the_log() {
     let counters = backend.counters();
     assert!(counters.buffer_overflows >= 1, "{counters:?}");
     assert!(counters.buffer_high_water <= 4, "{counters:?}");
+}
+
+/// `finish_execution` in a transaction of its own on `client`, left open.
+async fn finish_in_open_transaction<'a>(
+    client: &'a mut tokio_postgres::Client,
+    backend: &PostgresBackend,
+    id: &ExecutionId,
+) -> tokio_postgres::Transaction<'a> {
+    let tx = client.transaction().await.expect("begin");
+    let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL)", backend.schema());
+    tx.query_one(&finish, &[&id.as_str()]).await.expect("finish inside the open transaction");
+    tx
+}
+
+/// Coalesced NOTIFYs: a write that skipped its NOTIFY because another was about to notify,
+/// and that commits only after that notification was read, is still delivered: the feed saw
+/// it in flight and read again. No other read can rescue it here: the safety read is an hour
+/// away and the skipper sends no notification (both asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_skipped_its_notify_and_commits_late_is_delivered() {
+    let (config, url) = config("coalesce").await;
+    let backend = connect(config.with_safety_interval(Duration::from_secs(3600))).await;
+    let ns = namespace("coalesce");
+    let (notifier, skipper) =
+        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+
+    // The notifier takes the notifier lock first; the skipper then finds it held and skips
+    // its NOTIFY; both stay open.
+    let (mut c1, mut c2) = (common::admin(&url).await, common::admin(&url).await);
+    let t_notifier = finish_in_open_transaction(&mut c1, &backend, &notifier).await;
+    let t_skipper = finish_in_open_transaction(&mut c2, &backend, &skipper).await;
+    let notified = backend.stats().notifications;
+    t_notifier.commit().await.expect("commit the notifier");
+    let got = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!(got[0].execution_id(), &notifier);
+    assert_eq!(backend.stats().notifications, notified + 1, "the notifier's notification woke the feed");
+    // The feed has read after that notification (and keeps re-reading: the skipper is in
+    // flight); now the skipper commits, without a notification.
+    let rechecks = backend.stats().in_flight_rechecks;
+    assert!(rechecks > 0, "the feed saw the skipper in flight");
+    t_skipper.commit().await.expect("commit the skipper");
+    let got = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!(got[0].execution_id(), &skipper, "delivered by the feed's re-read");
+    assert_eq!(backend.stats().notifications, notified + 1, "the skipper did not notify");
+}
+
+/// Coalesced NOTIFYs: when the write a skipper counted on to notify rolls back, its NOTIFY
+/// is gone with it; the skipper's completion is delivered by the feed's next read (here the
+/// safety read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_notify_whose_notifier_rolls_back_is_read_by_the_safety_read() {
+    let (config, url) = config("rollback").await;
+    let backend = connect(config.with_safety_interval(Duration::from_millis(200))).await;
+    let ns = namespace("rollback");
+    let (notifier, skipper) =
+        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let (mut c1, mut c2) = (common::admin(&url).await, common::admin(&url).await);
+    let t_notifier = finish_in_open_transaction(&mut c1, &backend, &notifier).await;
+    let t_skipper = finish_in_open_transaction(&mut c2, &backend, &skipper).await;
+    t_skipper.commit().await.expect("commit the skipper");
+    t_notifier.rollback().await.expect("roll the notifier back");
+    let got = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!(got[0].execution_id(), &skipper);
+    let info = backend.describe(&notifier).await.expect("describe");
+    assert_eq!(info.state, ExecutionState::Active, "the rolled-back write left no trace");
+}
+
+/// With `coalesce_notify` off, every terminal write NOTIFYs, even while another is about to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_coalescing_every_write_notifies() {
+    let (config, url) = config("nocoalesce").await;
+    let backend = connect(config.with_coalesce_notify(false)).await;
+    let ns = namespace("nocoalesce");
+    let held = create(&backend, &ns, None, &Tags::new()).await;
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    // An open transaction holds the notifier lock (the function's default coalesces).
+    let mut c1 = common::admin(&url).await;
+    let t_held = finish_in_open_transaction(&mut c1, &backend, &held).await;
+    let before = backend.stats().notifications;
+    let ids = complete_n(&backend, &ns, &Tags::new(), 3).await;
+    // Held back behind the open transaction (older xid), but each write notified.
+    wait_until("three notifications", async || backend.stats().notifications >= before + 3).await;
+    t_held.commit().await.expect("commit");
+    let got: Vec<_> = collect_in(&mut stream, &ns, 4).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got[0], held);
+    assert_eq!(&got[1..], &ids[..]);
 }
