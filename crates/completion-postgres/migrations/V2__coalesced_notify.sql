@@ -28,18 +28,20 @@
 -- first, then updated it: two passes and a lock record).
 
 -- The advisory lock class of this schema (the first key of the two-key form).
+-- PL/pgSQL, not SQL: a SQL function with a SET clause is not inlined, and is parsed and
+-- planned again on every call; PL/pgSQL keeps its plans for the session.
 CREATE FUNCTION lock_class() RETURNS integer
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path FROM CURRENT
-AS $$ SELECT hashtext(current_schema() || '_completions') $$;
+AS $$ BEGIN RETURN hashtext(current_schema() || '_completions'); END $$;
 
 -- True while a terminal write of this schema is in flight (holds the in-flight lock).
 -- Run in a statement (and transaction) of its own: the exclusive lock it takes when no writer
 -- is in flight is released when that statement's transaction ends, a moment later.
 CREATE FUNCTION writers_in_flight() RETURNS boolean
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
-AS $$ SELECT NOT pg_try_advisory_xact_lock(lock_class(), 2) $$;
+AS $$ BEGIN RETURN NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '_completions'), 2); END $$;
 
 DROP FUNCTION finish_execution(text, text, text, text);
 
@@ -51,7 +53,8 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_now bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
-    v_class integer := lock_class();
+    -- lock_class() and notify_channel(), inline: calling them costs more than they do.
+    v_class integer := hashtext(current_schema() || '_completions');
     v_row executions%ROWTYPE;
 BEGIN
     IF p_outcome IS NULL OR p_outcome NOT IN ('succeeded', 'failed', 'cancelled') THEN
@@ -82,7 +85,7 @@ BEGIN
             USING ERRCODE = 'CM002', DETAIL = v_row.state;
     END IF;
     IF NOT p_coalesce OR pg_try_advisory_xact_lock(v_class, 1) THEN
-        PERFORM pg_notify(notify_channel(), ''); -- one definition of the channel name
+        PERFORM pg_notify(current_schema() || '_completions', '');
     END IF;
     RETURN v_now;
 END
