@@ -17,7 +17,10 @@ id ever trimmed away, which readers compare with their position to report gaps.
 (`max-deleted-entry-id` of XINFO STREAM only follows XDEL, not trimming.)
 
 Versioning: VERSION grows whenever anything changes (2: completions_terminal takes an
-optional 9th argument, 'sharded', to announce with SPUBLISH on a cluster). A newer version keeps every function
+optional 9th argument, 'sharded', to announce with SPUBLISH on a cluster; 3: the partition's
+meta hash keeps `last`, the newest entry id, so the terminal write and the read function
+need neither XREVRANGE nor XINFO STREAM, and the message is built as text around the stored
+tags JSON instead of decoding and re-encoding it: about half the function's server time). A newer version keeps every function
 and argument list of the older ones (old clients keep calling them after an upgrade);
 the Rust side loads this library when the server holds none or an older one, and refuses
 to run against a newer one.
@@ -27,7 +30,7 @@ Errors are replies whose first word is a code the Rust side maps:
   COMPLETIONS_BAD_ARGS <what>.
 ]]
 
-local VERSION = 2
+local VERSION = 3
 
 -- Server time in microseconds (exact in a Lua number until the year 2255).
 local function now_us()
@@ -115,12 +118,23 @@ local function trim_to_count(log, meta, max)
   return removed
 end
 
-local function stream_last_id(log)
-  local last = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  if #last > 0 then
-    return last[1][1]
+-- The partition's newest entry id: `last` of its meta hash (kept since version 3), else (a
+-- log written by an older version) read from the stream. '0-0' for none.
+local function stream_last_id(log, meta)
+  local last = redis.call('HGET', meta, 'last')
+  if last then
+    return last
+  end
+  local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  if #newest > 0 then
+    return newest[1][1]
   end
   return '0-0'
+end
+
+-- A JSON string literal for `s`.
+local function json_string(s)
+  return cjson.encode(s)
 end
 
 -- KEYS: execution hash, partition log, partition meta.
@@ -154,7 +168,7 @@ local function completions_terminal(keys, args)
   local namespace, flow, tags = current[4], current[5], current[6]
   local us = now_us()
   local now = math.floor(us / 1000)
-  local prev = stream_last_id(log)
+  local prev = stream_last_id(log, meta)
   local fields = { 'execution_id', id, 'namespace', namespace, 'flow_id', flow, 'outcome', outcome,
     'tags', tags, 'completed_at_ms', tostring(now) }
   local entry = redis.pcall('XADD', log, string.format('%.0f-*', us), unpack(fields))
@@ -167,26 +181,22 @@ local function completions_terminal(keys, args)
   if maxage ~= '' then
     trim_before(log, meta, us_id(us - tonumber(maxage) * 1000))
   end
+  redis.call('HSET', meta, 'last', entry)
   redis.call('HSET', key, 'state', outcome, 'reason', reason, 'completed_at_ms', now,
     'terminal_token', token, 'terminal_id', entry)
-  local message = {
-    v = 1,
-    partition = tonumber(partition),
-    id = entry,
-    prev = prev,
-    execution_id = id,
-    namespace = namespace,
-    outcome = outcome,
-    tags = cjson.decode(tags),
-    completed_at_ms = now,
-  }
+  -- The tags are stored as the JSON object the client sent: embedded as they are.
+  local flow_field = ''
   if flow ~= '' then
-    message.flow_id = flow
+    flow_field = ',"flow_id":' .. json_string(flow)
   end
+  local message = '{"v":1,"partition":' .. string.format('%d', tonumber(partition))
+    .. ',"id":"' .. entry .. '","prev":"' .. prev .. '","execution_id":' .. json_string(id)
+    .. ',"namespace":' .. json_string(namespace) .. ',"outcome":"' .. outcome .. '","tags":' .. tags
+    .. ',"completed_at_ms":' .. string.format('%.0f', now) .. flow_field .. '}'
   if mode == 'sharded' then
-    redis.call('SPUBLISH', channel, cjson.encode(message))
+    redis.call('SPUBLISH', channel, message)
   else
-    redis.call('PUBLISH', channel, cjson.encode(message))
+    redis.call('PUBLISH', channel, message)
   end
   return entry
 end
@@ -213,11 +223,13 @@ local function completions_read(keys, args)
     return redis.error_reply('COMPLETIONS_BAD_ARGS read takes 2 keys, an id and a count')
   end
   local now = string.format('%.0f', now_us())
-  local trimmed = redis.call('HGET', meta, 'trimmed_to') or '0-0'
+  local recorded = redis.call('HMGET', meta, 'trimmed_to', 'last')
+  local trimmed = recorded[1] or '0-0'
   if redis.call('EXISTS', log) == 0 then
     return { trimmed, '0-0', {}, now }
   end
-  local last = xinfo_field(redis.call('XINFO', 'STREAM', log), 'last-generated-id') or '0-0'
+  -- `last` (version 3) is the newest id ever appended, as `last-generated-id` is.
+  local last = recorded[2] or xinfo_field(redis.call('XINFO', 'STREAM', log), 'last-generated-id') or '0-0'
   local entries = {}
   if count > 0 then
     entries = redis.call('XRANGE', log, '(' .. after, '+', 'COUNT', count)

@@ -365,6 +365,47 @@ async fn a_cursor_past_the_head_is_refused(flavor: ValkeyFlavor) {
     assert!(busy.subscribe_from(StartFrom::After(cursor), &Default::default()).await.is_ok());
 }
 
+/// A log written by library version 2 (partition meta hashes without `last`, the newest
+/// entry id version 3 keeps) is read and extended by version 3 without a false gap or a
+/// missed message: the terminal write and the read function fall back to the stream itself
+/// until their first write records `last`. Simulated by deleting `last` from every meta hash.
+async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) {
+    let server = common::shared_server(flavor).await;
+    let backend = common::connect(common::config(&server, "v2log").with_partitions(4)).await;
+    let prefix = backend.config().key_prefix.clone();
+    let ns = namespace("v2log");
+    let mut live = backend.subscribe_completions().await.expect("subscribe");
+    let before = burst(&backend, &ns, 20).await;
+    let got = collect_in(&mut live, &ns, 20).await;
+    let cursor = got.last().expect("20 completions").cursor().clone();
+    for p in 0..4 {
+        let meta = format!("{prefix}:{{{prefix}:{p}}}:meta");
+        server.command(&["HDEL", &meta, "last"]).await;
+    }
+    // Written after: each message's `prev` must match what the feed holds, or it would
+    // read the log (counted as a catch-up read) instead of delivering the message.
+    let reads = backend.counters().catch_up_reads;
+    let after: Vec<ExecutionId> = futures_util::future::join_all((0..8).map(|_| async {
+        let id = create(&backend, &ns, None, &Tags::new()).await;
+        backend.complete(&id).await.expect("complete");
+        id
+    }))
+    .await;
+    delivers_all(&mut live, &ns, &after).await;
+    assert_eq!(backend.counters().catch_up_reads, reads, "every message's prev matched: no resync");
+    assert_eq!(backend.counters().gaps, 0);
+    // Resuming from before the deletion reads the rest of the log, no gap.
+    let mut resumed = backend.subscribe_from(StartFrom::After(cursor), &Default::default()).await.expect("resume");
+    let mut items = Vec::new();
+    for _ in 0..after.len() {
+        items.push(completion_conformance::support::next_item_in(&mut resumed, &ns).await);
+    }
+    let resumed_ids: HashSet<ExecutionId> =
+        items.iter().map(|i| i.completion().expect("no gap").execution_id().clone()).collect();
+    assert_eq!(resumed_ids, after.iter().cloned().collect::<HashSet<_>>());
+    assert_eq!(before.len(), 20);
+}
+
 macro_rules! for_each_flavor {
     ($($test:ident),* $(,)?) => {
         mod valkey {
@@ -388,6 +429,7 @@ macro_rules! for_each_flavor {
 
 for_each_flavor!(
     a_cursor_past_the_head_is_refused,
+    a_log_written_by_library_v2_is_read_and_extended,
     newer_library_is_refused_and_older_upgraded,
     concurrent_connects_load_the_library_safely,
     garbage_on_the_channel_is_skipped_and_counted,
