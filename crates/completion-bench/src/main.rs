@@ -39,7 +39,10 @@ use serde::Serialize;
 
 use crate::machine::Machine;
 use crate::scale::ServerProbe;
-use crate::stats::{Latency, Repeated, ratio};
+use crate::stats::{Latency, Probe, Repeated, Sample, interleave, ratio};
+
+/// Latency samples taken in turn, ours then the raw baseline's (see `stats::interleave`).
+const CHUNK: usize = 20;
 
 #[derive(Parser)]
 #[command(name = "completion-bench", about = "Latency and write throughput of each backend against the raw protocols")]
@@ -282,6 +285,17 @@ struct Runs {
 }
 
 impl Runs {
+    /// Keeps one repetition's latency samples (ours, and the raw baseline's).
+    fn push_latency(&mut self, ours: &[Sample], raw: Option<&[Sample]>, payload_bytes: usize) {
+        let (latency, write) = stats::latencies(ours);
+        self.latency.push(latency);
+        self.write_call.push(write);
+        if let Some(raw) = raw {
+            self.raw_latency.push(stats::latencies(raw).0);
+        }
+        self.payload_bytes = payload_bytes;
+    }
+
     fn finish(
         self,
         backend: Which,
@@ -334,10 +348,9 @@ async fn bench_memory(
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let (latency, payload_bytes, write) = ours::latency(&*backend, &run, n, warmup).await?;
-        runs.latency.push(latency);
-        runs.write_call.push(write);
-        runs.payload_bytes = payload_bytes;
+        let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
+        let (samples, _) = interleave::<_, ours::LatencyProbe<MemoryBackend>>(&mut probe, None, n, warmup, CHUNK).await?;
+        runs.push_latency(&samples, None, probe.payload_bytes);
         for (i, writers) in WRITERS.into_iter().enumerate() {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
         }
@@ -381,15 +394,15 @@ async fn bench_valkey(
     ours::complete_one(&*backend, run).await?;
     let payload_bytes = sniffer.first_size().await?;
     let mut runs = Runs::default();
-    // Ours and raw alternate within each repetition, so that a noisy neighbour on a shared
-    // machine hits both sides of a ratio alike.
+    // Ours and raw alternate within each repetition (latency: every CHUNK samples), so that
+    // a noisy neighbour on a shared machine hits both sides of a ratio alike.
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let (latency, _, write) = ours::latency(&*backend, &run, n, warmup).await?;
-        runs.latency.push(latency);
-        runs.write_call.push(write);
-        runs.payload_bytes = payload_bytes;
-        runs.raw_latency.push(raw_valkey::latency(&url, n, warmup, payload_bytes).await?);
+        let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
+        let mut raw = raw_valkey::LatencyProbe::new(&url, payload_bytes).await?;
+        let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
+        raw.close().await;
+        runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
         for (i, writers) in WRITERS.into_iter().enumerate() {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
             runs.bare[i].push(raw_valkey::bare_writes(&url, &run, n, writers).await?);
@@ -420,11 +433,14 @@ async fn bench_postgres(
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let (latency, payload_bytes, write) = ours::latency(&*backend, &run, n, warmup).await?;
-        runs.latency.push(latency);
-        runs.write_call.push(write);
-        runs.payload_bytes = payload_bytes;
-        runs.raw_latency.push(raw_postgres::latency(&url, n, warmup, payload_bytes).await?);
+        let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
+        // One unmeasured completion first: the raw baseline NOTIFYs as many bytes as our
+        // payload's JSON has.
+        probe.sample(n + warmup).await?;
+        let mut raw = raw_postgres::LatencyProbe::new(&url, n + warmup, probe.payload_bytes).await?;
+        let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
+        let payload_bytes = probe.payload_bytes;
+        runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
         for (i, writers) in WRITERS.into_iter().enumerate() {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
             runs.bare[i].push(raw_postgres::bare_writes(&url, n, writers).await?);

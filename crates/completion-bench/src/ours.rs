@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution};
+use completion_core::{CompletionBackend, CompletionStream, EngineBackend, ExecutionId, Namespace, NewExecution};
 use futures_util::StreamExt;
 
-use crate::stats::Latency;
+use crate::stats::{Probe, Sample};
 
 /// How long one event may take to arrive before the run is declared broken.
 const EVENT_DEADLINE: Duration = Duration::from_secs(30);
@@ -21,47 +21,52 @@ fn id(run: &str, what: &str, i: usize) -> Result<ExecutionId, String> {
 }
 
 /// End-to-end latency: from the call of `complete` to the event arriving on a stream opened
-/// beforehand, one completion at a time. The first `warmup` are not counted. Also returns
-/// the JSON size of a delivered payload, so that the raw baselines can send as many bytes,
-/// and how long the `complete` call itself took (its reply; to split the latency between
-/// the write and the delivery).
-pub async fn latency<B>(backend: &B, run: &str, n: usize, warmup: usize) -> Result<(Latency, usize, Latency), String>
-where
-    B: CompletionBackend + EngineBackend,
-{
-    let namespace = Namespace::new("bench").map_err(|e| err("namespace", e))?;
-    let mut stream = backend.subscribe_completions().await.map_err(|e| err("subscribe", e))?;
-    let mut samples = Vec::with_capacity(n);
-    let mut writes = Vec::with_capacity(n);
-    let mut payload_bytes = 0;
-    for i in 0..n + warmup {
-        let id = id(run, "lat", i)?;
-        backend
-            .create_execution(NewExecution::new(id.clone(), namespace.clone()))
+/// beforehand, one completion at a time; also how long the `complete` call itself took (its
+/// reply), to split the latency between the write and the delivery. Sampled by
+/// [`crate::stats::interleave`] alongside a raw baseline.
+pub struct LatencyProbe<'a, B> {
+    backend: &'a B,
+    stream: CompletionStream,
+    namespace: Namespace,
+    run: String,
+    /// The JSON size of the first delivered payload (0 before), so that the raw baselines
+    /// can send as many bytes.
+    pub payload_bytes: usize,
+}
+
+impl<'a, B: CompletionBackend + EngineBackend> LatencyProbe<'a, B> {
+    /// Opens the stream the samples are read from.
+    pub async fn new(backend: &'a B, run: &str) -> Result<Self, String> {
+        let namespace = Namespace::new("bench").map_err(|e| err("namespace", e))?;
+        let stream = backend.subscribe_completions().await.map_err(|e| err("subscribe", e))?;
+        Ok(Self { backend, stream, namespace, run: run.to_string(), payload_bytes: 0 })
+    }
+}
+
+impl<B: CompletionBackend + EngineBackend> Probe for LatencyProbe<'_, B> {
+    async fn sample(&mut self, i: usize) -> Result<Sample, String> {
+        let id = id(&self.run, "lat", i)?;
+        self.backend
+            .create_execution(NewExecution::new(id.clone(), self.namespace.clone()))
             .await
             .map_err(|e| err("create", e))?;
         let started = Instant::now();
-        backend.complete(&id).await.map_err(|e| err("complete", e))?;
-        if i >= warmup {
-            writes.push(started.elapsed());
-        }
+        self.backend.complete(&id).await.map_err(|e| err("complete", e))?;
+        let call = started.elapsed();
         loop {
-            let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+            let event = tokio::time::timeout(EVENT_DEADLINE, self.stream.next())
                 .await
                 .map_err(|_| format!("completion of {id} did not arrive within {EVENT_DEADLINE:?}"))?
                 .ok_or_else(|| "the completion stream ended".to_string())?;
             if event.execution_id() == &id {
-                if i >= warmup {
-                    samples.push(started.elapsed());
+                let end_to_end = started.elapsed();
+                if self.payload_bytes == 0 {
+                    self.payload_bytes = serde_json::to_vec(&event).map_err(|e| err("payload size", e))?.len();
                 }
-                if payload_bytes == 0 {
-                    payload_bytes = serde_json::to_vec(&event).map_err(|e| err("payload size", e))?.len();
-                }
-                break;
+                return Ok(Sample { end_to_end, call });
             }
         }
     }
-    Ok((Latency::from_samples(&mut samples), payload_bytes, Latency::from_samples(&mut writes)))
 }
 
 /// Creates and completes one execution, unmeasured (to see what the backend sends).

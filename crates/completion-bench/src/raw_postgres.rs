@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::stats::Latency;
+use crate::stats::{Probe, Sample};
 
 const CHANNEL: &str = "bench_raw";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -54,30 +54,42 @@ async fn prepare_table(client: &Client, table: &str, rows: usize) -> Result<(), 
 
 /// BEGIN; UPDATE; NOTIFY with `payload_bytes` bytes; COMMIT, sent as one simple-query
 /// round trip (the cheapest way to do it by hand) → notification on a LISTEN connection.
-pub async fn latency(url: &str, n: usize, warmup: usize, payload_bytes: usize) -> Result<Latency, String> {
-    let (writer, _) = connect(url).await?;
-    let (listener, mut notifications) = connect(url).await?;
-    prepare_table(&writer, "latency", n + warmup).await?;
-    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| err("listen", e))?;
-    // Plain characters: nothing to quote inside the NOTIFY literal.
-    let payload = "x".repeat(payload_bytes.max(1));
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + warmup {
+pub struct LatencyProbe {
+    writer: Client,
+    /// Kept open: it is the LISTENing connection.
+    _listener: Client,
+    notifications: mpsc::UnboundedReceiver<String>,
+    payload: String,
+}
+
+impl LatencyProbe {
+    /// Connects both clients, prepares `rows` rows to update and LISTENs.
+    pub async fn new(url: &str, rows: usize, payload_bytes: usize) -> Result<Self, String> {
+        let (writer, _) = connect(url).await?;
+        let (listener, notifications) = connect(url).await?;
+        prepare_table(&writer, "latency", rows).await?;
+        listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| err("listen", e))?;
+        // Plain characters: nothing to quote inside the NOTIFY literal.
+        Ok(Self { writer, _listener: listener, notifications, payload: "x".repeat(payload_bytes.max(1)) })
+    }
+}
+
+impl Probe for LatencyProbe {
+    async fn sample(&mut self, i: usize) -> Result<Sample, String> {
         let sql = format!(
             "BEGIN; UPDATE bench_raw.latency SET state = 'succeeded', completed_at = now() WHERE id = {i}; \
-             NOTIFY {CHANNEL}, '{payload}'; COMMIT;"
+             NOTIFY {CHANNEL}, '{}'; COMMIT;",
+            self.payload
         );
         let started = Instant::now();
-        writer.batch_execute(&sql).await.map_err(|e| err("update+notify", e))?;
-        tokio::time::timeout(DEADLINE, notifications.recv())
+        self.writer.batch_execute(&sql).await.map_err(|e| err("update+notify", e))?;
+        let call = started.elapsed();
+        tokio::time::timeout(DEADLINE, self.notifications.recv())
             .await
             .map_err(|_| err("notification", "did not arrive in time"))?
             .ok_or_else(|| err("notification", "listener connection ended"))?;
-        if i >= warmup {
-            samples.push(started.elapsed());
-        }
+        Ok(Sample { end_to_end: started.elapsed(), call })
     }
-    Ok(Latency::from_samples(&mut samples))
 }
 
 /// The UPDATE alone (autocommit, prepared), `n` rows, by `writers` connections (one per

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use fred::types::Message;
 
-use crate::stats::Latency;
+use crate::stats::{Probe, Sample};
 
 const CHANNEL: &str = "bench:raw";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -32,27 +32,41 @@ async fn client(url: &str, capacity: usize) -> Result<Client, String> {
 }
 
 /// PUBLISH of `payload_bytes` bytes → message on a SUBSCRIBE connection, one at a time.
-pub async fn latency(url: &str, n: usize, warmup: usize, payload_bytes: usize) -> Result<Latency, String> {
-    let publisher = client(url, 64).await?;
-    let subscriber = client(url, 65_536).await?;
-    let mut messages = subscriber.message_rx();
-    subscriber.subscribe(CHANNEL).await.map_err(|e| err("subscribe", e))?;
-    let payload = "x".repeat(payload_bytes.max(1));
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + warmup {
+pub struct LatencyProbe {
+    publisher: Client,
+    subscriber: Client,
+    messages: tokio::sync::broadcast::Receiver<Message>,
+    payload: String,
+}
+
+impl LatencyProbe {
+    /// Connects both clients and subscribes.
+    pub async fn new(url: &str, payload_bytes: usize) -> Result<Self, String> {
+        let publisher = client(url, 64).await?;
+        let subscriber = client(url, 65_536).await?;
+        let messages = subscriber.message_rx();
+        subscriber.subscribe(CHANNEL).await.map_err(|e| err("subscribe", e))?;
+        Ok(Self { publisher, subscriber, messages, payload: "x".repeat(payload_bytes.max(1)) })
+    }
+
+    /// Disconnects both clients.
+    pub async fn close(self) {
+        let _ = self.publisher.quit().await;
+        let _ = self.subscriber.quit().await;
+    }
+}
+
+impl Probe for LatencyProbe {
+    async fn sample(&mut self, _: usize) -> Result<Sample, String> {
         let started = Instant::now();
-        let _: i64 = publisher.publish(CHANNEL, payload.as_str()).await.map_err(|e| err("publish", e))?;
-        tokio::time::timeout(DEADLINE, messages.recv())
+        let _: i64 = self.publisher.publish(CHANNEL, self.payload.as_str()).await.map_err(|e| err("publish", e))?;
+        let call = started.elapsed();
+        tokio::time::timeout(DEADLINE, self.messages.recv())
             .await
             .map_err(|_| err("message", "did not arrive in time"))?
             .map_err(|e| err("message", e))?;
-        if i >= warmup {
-            samples.push(started.elapsed());
-        }
+        Ok(Sample { end_to_end: started.elapsed(), call })
     }
-    let _ = publisher.quit().await;
-    let _ = subscriber.quit().await;
-    Ok(Latency::from_samples(&mut samples))
 }
 
 /// The state change alone: `HSET` of a state field, `n` times, by `writers` concurrent

@@ -36,6 +36,62 @@ impl Latency {
     }
 }
 
+/// One end-to-end measurement, from a write call to the event arriving.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Write call -> event on the subscriber.
+    pub end_to_end: Duration,
+    /// The write call alone, until its reply.
+    pub call: Duration,
+}
+
+/// Something that measures one write -> event round at a time (ours, or a raw baseline),
+/// set up once (subscriptions, tables) and sampled many times.
+pub trait Probe {
+    /// Writes the `i`-th event and waits for it.
+    fn sample(&mut self, i: usize) -> impl std::future::Future<Output = Result<Sample, String>>;
+}
+
+/// Samples of both probes, taken `chunk` at a time in turn (ours, then the baseline), so
+/// that a noisy neighbour on a shared machine hits both alike within milliseconds, not
+/// only within one repetition. The first `warmup` of each are not kept.
+pub async fn interleave<A: Probe, B: Probe>(
+    ours: &mut A,
+    mut base: Option<&mut B>,
+    n: usize,
+    warmup: usize,
+    chunk: usize,
+) -> Result<(Vec<Sample>, Vec<Sample>), String> {
+    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut i = 0;
+    while i < n + warmup {
+        let end = (i + chunk.max(1)).min(n + warmup);
+        for j in i..end {
+            let s = ours.sample(j).await?;
+            if j >= warmup {
+                a.push(s);
+            }
+        }
+        if let Some(base) = base.as_deref_mut() {
+            for j in i..end {
+                let s = base.sample(j).await?;
+                if j >= warmup {
+                    b.push(s);
+                }
+            }
+        }
+        i = end;
+    }
+    Ok((a, b))
+}
+
+/// End-to-end and call latencies of `samples`.
+pub fn latencies(samples: &[Sample]) -> (Latency, Latency) {
+    let mut e2e: Vec<Duration> = samples.iter().map(|s| s.end_to_end).collect();
+    let mut call: Vec<Duration> = samples.iter().map(|s| s.call).collect();
+    (Latency::from_samples(&mut e2e), Latency::from_samples(&mut call))
+}
+
 /// `ours / base`, or `None` when the base is zero or missing.
 pub fn ratio(ours: f64, base: Option<f64>) -> Option<f64> {
     match base {
