@@ -349,7 +349,8 @@ async fn bench_memory(
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
         let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
-        let (samples, _) = interleave::<_, ours::LatencyProbe<MemoryBackend>>(&mut probe, None, n, warmup, CHUNK).await?;
+        let (samples, _) =
+            interleave::<_, ours::LatencyProbe<MemoryBackend>>(&mut probe, None, n, warmup, CHUNK).await?;
         runs.push_latency(&samples, None, probe.payload_bytes);
         for (i, writers) in WRITERS.into_iter().enumerate() {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
