@@ -559,19 +559,28 @@ async fn finish_in_open_transaction<'a>(
     tx
 }
 
+/// A backend with `safety_interval` on a fresh schema, a namespace, a stream opened on it, two
+/// executions created (to be finished by hand in open transactions), and the server's URL.
+async fn two_finishers(
+    prefix: &str,
+    safety_interval: Duration,
+) -> (PostgresBackend, completion_core::Namespace, completion_core::CompletionStream, [ExecutionId; 2], String) {
+    let (config, url) = config(prefix).await;
+    let backend = connect(config.with_safety_interval(safety_interval)).await;
+    let ns = namespace(prefix);
+    let ids = [create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await];
+    let stream = backend.subscribe_completions().await.expect("subscribe");
+    (backend, ns, stream, ids, url)
+}
+
 /// Coalesced NOTIFYs: a write that skipped its NOTIFY because another was about to notify,
 /// and that commits only after that notification was read, is still delivered: the feed saw
 /// it in flight and read again. No other read can rescue it here: the safety read is an hour
 /// away and the skipper sends no notification (both asserted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_skipped_its_notify_and_commits_late_is_delivered() {
-    let (config, url) = config("coalesce").await;
-    let backend = connect(config.with_safety_interval(Duration::from_secs(3600))).await;
-    let ns = namespace("coalesce");
-    let (notifier, skipper) =
-        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
-    let mut stream = backend.subscribe_completions().await.expect("subscribe");
-
+    let (backend, ns, mut stream, [notifier, skipper], url) =
+        two_finishers("coalesce", Duration::from_secs(3600)).await;
     // The notifier takes the notifier lock first; the skipper then finds it held and skips
     // its NOTIFY; both stay open.
     let (mut c1, mut c2) = (common::admin(&url).await, common::admin(&url).await);
@@ -584,8 +593,7 @@ async fn a_write_that_skipped_its_notify_and_commits_late_is_delivered() {
     assert_eq!(backend.stats().notifications, notified + 1, "the notifier's notification woke the feed");
     // The feed has read after that notification (and keeps re-reading: the skipper is in
     // flight); now the skipper commits, without a notification.
-    let rechecks = backend.stats().in_flight_rechecks;
-    assert!(rechecks > 0, "the feed saw the skipper in flight");
+    wait_until("the feed to see the skipper in flight", async || backend.stats().in_flight_rechecks > 0).await;
     t_skipper.commit().await.expect("commit the skipper");
     let got = collect_in(&mut stream, &ns, 1).await;
     assert_eq!(got[0].execution_id(), &skipper, "delivered by the feed's re-read");
@@ -597,12 +605,8 @@ async fn a_write_that_skipped_its_notify_and_commits_late_is_delivered() {
 /// safety read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_notify_whose_notifier_rolls_back_is_read_by_the_safety_read() {
-    let (config, url) = config("rollback").await;
-    let backend = connect(config.with_safety_interval(Duration::from_millis(200))).await;
-    let ns = namespace("rollback");
-    let (notifier, skipper) =
-        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
-    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let (backend, ns, mut stream, [notifier, skipper], url) =
+        two_finishers("rollback", Duration::from_millis(200)).await;
     let (mut c1, mut c2) = (common::admin(&url).await, common::admin(&url).await);
     let t_notifier = finish_in_open_transaction(&mut c1, &backend, &notifier).await;
     let t_skipper = finish_in_open_transaction(&mut c2, &backend, &skipper).await;
