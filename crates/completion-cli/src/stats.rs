@@ -66,6 +66,7 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
                 ("held_back_reads", s.held_back_reads),
                 ("prune_runs", s.prune_runs),
                 ("pruned_events", s.pruned_events),
+                ("in_flight_rechecks", s.in_flight_rechecks),
             ];
             sections.push(("postgres_counters", fields.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()));
         }

@@ -101,7 +101,8 @@ pub struct PostgresConfig {
     pub coalesce_notify: bool,
     /// While coalescing terminal writes (of any instance) are in flight after a read of the
     /// feed, how long it waits before reading again: a write that skipped its NOTIFY is
-    /// delivered about this much after its commit at the latest.
+    /// delivered about this much after its commit, up to 32 times this while the re-reads
+    /// find nothing new (the pause doubles then, e.g. behind a transaction held open).
     /// Default 1 ms.
     #[serde(with = "duration")]
     pub in_flight_recheck: Duration,

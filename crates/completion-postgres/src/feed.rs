@@ -41,6 +41,10 @@ use crate::position::PgPosition;
 use crate::stats::Stats;
 use crate::tls::Tls;
 
+/// How far the pause between re-reads while writes are in flight grows when they find
+/// nothing new: `in_flight_recheck` times this (32 ms by default).
+const RECHECK_BACKOFF: u32 = 32;
+
 /// First pause before retrying a failed LISTEN connection or log read.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -154,6 +158,11 @@ impl FeedTask {
         // Set while writes are in flight: the next read is already scheduled (at
         // `read_retry_at`), so wake-ups before it do not read.
         let mut busy_until: Option<Instant> = None;
+        // The pause before the next read while writes are in flight: `in_flight_recheck`,
+        // doubled (up to RECHECK_BACKOFF times) while the re-reads find nothing new, so that
+        // a transaction held open after a terminal write does not keep the feed reading
+        // every millisecond.
+        let mut recheck = feed.in_flight_recheck;
         loop {
             let mut wake = false;
             tokio::select! {
@@ -198,9 +207,11 @@ impl FeedTask {
             }
             // Under load every commit that notifies wakes the feed, and a log read costs the
             // server about as much for one event as for a hundred: while writes are in flight
-            // the feed reads once per `in_flight_recheck` instead (measured: 8 writers and one
-            // subscriber, ~4 700 reads/s before). When none is in flight it reads at once.
-            if busy_until.is_some_and(|until| Instant::now() < until) {
+            // a wake-up within `in_flight_recheck` of the last read waits for the end of that
+            // pause (8 writers and one subscriber, 20 000 completions: ~1 100 reads for
+            // ~14 000 notifications). When none is in flight it reads at once.
+            if let Some(until) = busy_until.filter(|until| Instant::now() < *until) {
+                read_retry_at = Some(read_retry_at.map_or(until, |at| at.min(until)));
                 continue;
             }
             feed.reader.take_in_flight();
@@ -211,10 +222,20 @@ impl FeedTask {
                     // commit after that notification was read: while writes are in flight,
                     // read again shortly (the V2 migration explains why that suffices).
                     let in_flight = feed.reader.take_in_flight();
-                    read_retry_at = in_flight.then(|| Instant::now() + feed.in_flight_recheck);
-                    busy_until = read_retry_at;
                     if in_flight {
+                        recheck = if published > 0 {
+                            feed.in_flight_recheck
+                        } else {
+                            (recheck * 2).min(feed.in_flight_recheck * RECHECK_BACKOFF)
+                        };
+                        let now = Instant::now();
+                        read_retry_at = Some(now + recheck);
+                        busy_until = Some(now + feed.in_flight_recheck);
                         Stats::bump(&feed.stats.in_flight_rechecks);
+                    } else {
+                        recheck = feed.in_flight_recheck;
+                        read_retry_at = None;
+                        busy_until = None;
                     }
                     tracing::trace!(published, in_flight, "resync");
                 }

@@ -638,3 +638,28 @@ async fn without_coalescing_every_write_notifies() {
     assert_eq!(got[0], held);
     assert_eq!(&got[1..], &ids[..]);
 }
+
+/// A transaction held open after a terminal write keeps the in-flight lock: the feed re-reads
+/// meanwhile, but backs off while the re-reads find nothing new instead of reading every
+/// `in_flight_recheck` (1 ms) until it ends. (Another completion committed meanwhile waits
+/// behind the open transaction's older xid anyway: the horizon.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_held_open_does_not_keep_the_feed_reading_every_millisecond() {
+    // `held` takes the notifier lock, so `other` skips its NOTIFY: the safety read (100 ms)
+    // is what wakes the feed here, which then finds `held` in flight.
+    let (backend, ns, mut stream, [held, other], url) = two_finishers("heldopen", Duration::from_millis(100)).await;
+    let mut c1 = common::admin(&url).await;
+    let t_held = finish_in_open_transaction(&mut c1, &backend, &held).await;
+    backend.complete(&other).await.expect("complete");
+    wait_until("the feed to see the open transaction in flight", async || backend.stats().in_flight_rechecks > 0).await;
+    let before = backend.stats().in_flight_rechecks;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rechecks = backend.stats().in_flight_rechecks - before;
+    assert!(rechecks > 0, "the feed keeps checking while a write is in flight");
+    // 1, 2, 4 ... 32 ms apart, plus a safety read every 100 ms: ~30 reads in 600 ms; every
+    // millisecond would be ~600.
+    assert!(rechecks < 120, "{rechecks} re-reads in 600 ms: the feed did not back off");
+    t_held.commit().await.expect("commit");
+    let got: Vec<_> = collect_in(&mut stream, &ns, 2).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, [held, other], "transaction order");
+}
