@@ -155,8 +155,8 @@ impl FeedTask {
         let mut reconnect_at: Option<Instant> = None;
         let mut read_pause = FIRST_BACKOFF;
         let mut read_retry_at: Option<Instant> = None;
-        // Set while writes are in flight: the next read is already scheduled (at
-        // `read_retry_at`), so wake-ups before it do not read.
+        // Set while writes are in flight, to `in_flight_recheck` after the last read: a
+        // wake-up before then does not read at once but moves the next read to then.
         let mut busy_until: Option<Instant> = None;
         // The pause before the next read while writes are in flight: `in_flight_recheck`,
         // doubled (up to RECHECK_BACKOFF times) while the re-reads find nothing new, so that
