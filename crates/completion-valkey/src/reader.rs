@@ -30,8 +30,8 @@
 //! A gap is a partition whose `trimmed_to` lies past the watermark: an event committed
 //! after the position was trimmed unread. The origin ("from the earliest") never has a gap.
 //! The stream resumes after the newest trimmed id of any partition, in every partition (so
-//! that its watermark stays true; retained entries below it count as part of the gap). The number missed is not known
-//! (`missed: None`). A next page whose partition was trimmed past the page before it is
+//! that its watermark stays true; retained entries below it count as part of the gap). The
+//! number missed is not known (`missed: None`). A next page whose partition was trimmed past the page before it is
 //! thrown away (the partition's entries stop there for this read): the next read, from
 //! the stream's new position, reports that gap.
 //!
