@@ -35,13 +35,36 @@ LANGUAGE plpgsql STABLE
 SET search_path FROM CURRENT
 AS $$ BEGIN RETURN hashtext(current_schema() || '_completions'); END $$;
 
--- True while a terminal write of this schema is in flight (holds the in-flight lock).
--- Run in a statement (and transaction) of its own: the exclusive lock it takes when no writer
--- is in flight is released when that statement's transaction ends, a moment later.
+-- True while a terminal write of this schema is in flight (holds the in-flight lock), or a
+-- notifier still holds the notifier lock. Run in a statement (and transaction) of its own:
+-- the exclusive lock it takes when no writer is in flight is released when that statement's
+-- transaction ends, a moment later.
+--
+-- Why the notifier lock too: a committing transaction releases its locks one lock-table
+-- partition at a time, so a notifier may drop its in-flight lock before its notifier lock. A
+-- writer that starts in between skips its NOTIFY against it, while a check that only tried the
+-- in-flight lock would already answer false (and the notifier's notification may have been
+-- read already, by a wake-up of an earlier one). The notifier lock is looked up, not tried: a
+-- writer that failed against the feed's attempt would skip its NOTIFY with no notifier to
+-- cover it. (Found by review, reasoning from PostgreSQL's commit path; not reproduced.)
 CREATE FUNCTION writers_in_flight() RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
-AS $$ BEGIN RETURN NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '_completions'), 2); END $$;
+AS $$
+DECLARE
+    v_class integer := hashtext(current_schema() || '_completions');
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(v_class, 2) THEN
+        RETURN true;
+    END IF;
+    -- Two-key advisory locks show as classid = first key, objid = second key, objsubid = 2.
+    RETURN EXISTS (
+        SELECT 1 FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = v_class::oid AND l.objid = 1
+           AND l.granted AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+    );
+END
+$$;
 
 DROP FUNCTION finish_execution(text, text, text, text);
 

@@ -154,7 +154,10 @@ impl FeedTask {
         let mut reconnect_pause = FIRST_BACKOFF;
         let mut reconnect_at: Option<Instant> = None;
         let mut read_pause = FIRST_BACKOFF;
-        let mut read_retry_at: Option<Instant> = None;
+        // One checked read at once: a write that skipped its NOTIFY against a notifier that
+        // committed before LISTEN took effect may still be in flight, and nothing else would
+        // announce it (the head was taken below it).
+        let mut read_retry_at: Option<Instant> = Some(Instant::now());
         // Set while writes are in flight, to `in_flight_recheck` after the last read: a
         // wake-up before then does not read at once but moves the next read to then.
         let mut busy_until: Option<Instant> = None;

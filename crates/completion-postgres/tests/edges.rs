@@ -663,3 +663,26 @@ async fn a_transaction_held_open_does_not_keep_the_feed_reading_every_millisecon
     let got: Vec<_> = collect_in(&mut stream, &ns, 2).await.iter().map(|c| c.execution_id().clone()).collect();
     assert_eq!(got, [held, other], "transaction order");
 }
+
+/// `writers_in_flight()` answers true while a transaction holds the notifier lock alone (a
+/// notifier whose commit released its in-flight lock first: locks go one lock-table partition
+/// at a time), and false once it is gone: a writer starting in that window skips its NOTIFY,
+/// so the feed must keep reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_check_sees_a_notifier_lock_held_alone() {
+    let (config, url) = config("notifierlock").await;
+    let backend = connect(config).await;
+    let schema = backend.schema().to_string();
+    let check = format!("SELECT \"{schema}\".writers_in_flight()");
+    let class = format!("SELECT \"{schema}\".lock_class()");
+    let mut holder = common::admin(&url).await;
+    let observer = common::admin(&url).await;
+    let in_flight = async || -> bool { observer.query_one(&check, &[]).await.expect("check").get(0) };
+    assert!(!in_flight().await, "nothing in flight");
+    let class: i32 = observer.query_one(&class, &[]).await.expect("lock class").get(0);
+    let tx = holder.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1, 1)", &[&class]).await.expect("notifier lock");
+    assert!(in_flight().await, "the notifier lock held alone counts as in flight");
+    tx.rollback().await.expect("rollback");
+    assert!(!in_flight().await, "released");
+}
