@@ -118,12 +118,23 @@ local function trim_to_count(log, meta, max)
   return removed
 end
 
+-- `last` as recorded, unless entries were appended after it without recording it (code of
+-- an older version ran again after this one, e.g. an older client reloading the library):
+-- then the newest of them. When `last` holds, the range is empty and cheap.
+local function checked_last(log, last)
+  local newer = redis.call('XREVRANGE', log, '+', '(' .. last, 'COUNT', 1)
+  if #newer > 0 then
+    return newer[1][1]
+  end
+  return last
+end
+
 -- The partition's newest entry id: `last` of its meta hash (kept since version 3), else (a
 -- log written by an older version) read from the stream. '0-0' for none.
 local function stream_last_id(log, meta)
   local last = redis.call('HGET', meta, 'last')
   if last then
-    return last
+    return checked_last(log, last)
   end
   local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
   if #newest > 0 then
@@ -229,7 +240,8 @@ local function completions_read(keys, args)
     return { trimmed, '0-0', {}, now }
   end
   -- `last` (version 3) is the newest id ever appended, as `last-generated-id` is.
-  local last = recorded[2] or xinfo_field(redis.call('XINFO', 'STREAM', log), 'last-generated-id') or '0-0'
+  local last = recorded[2] and checked_last(log, recorded[2])
+    or xinfo_field(redis.call('XINFO', 'STREAM', log), 'last-generated-id') or '0-0'
   local entries = {}
   if count > 0 then
     entries = redis.call('XRANGE', log, '(' .. after, '+', 'COUNT', count)

@@ -368,7 +368,9 @@ async fn a_cursor_past_the_head_is_refused(flavor: ValkeyFlavor) {
 /// A log written by library version 2 (partition meta hashes without `last`, the newest
 /// entry id version 3 keeps) is read and extended by version 3 without a false gap or a
 /// missed message: the terminal write and the read function fall back to the stream itself
-/// until their first write records `last`. Simulated by deleting `last` from every meta hash.
+/// until their first write records `last`. Simulated by deleting `last` from half the meta
+/// hashes; the other half get a stale `last` (what version 2 code running again after
+/// version 3 leaves), which the stream's newer entries override.
 async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) {
     let server = common::shared_server(flavor).await;
     let backend = common::connect(common::config(&server, "v2log").with_partitions(4)).await;
@@ -380,7 +382,17 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
     let cursor = got.last().expect("20 completions").cursor().clone();
     for p in 0..4 {
         let meta = format!("{prefix}:{{{prefix}:{p}}}:meta");
-        server.command(&["HDEL", &meta, "last"]).await;
+        if p % 2 == 0 {
+            server.command(&["HDEL", &meta, "last"]).await;
+        } else {
+            server.command(&["HSET", &meta, "last", "1-0"]).await;
+            // The read function's head is the stream's newest entry, not the stale record.
+            let log = format!("{prefix}:{{{prefix}:{p}}}:log");
+            let newest = server.command(&["XREVRANGE", &log, "+", "-", "COUNT", "1"]).await;
+            let read = server.command(&["FCALL_RO", "completions_read", "2", &log, &meta, "0-0", "0"]).await;
+            let head = read.lines().nth(1).unwrap_or_default().to_string();
+            assert_eq!(Some(head.as_str()), newest.lines().next(), "partition {p}: {read:?}");
+        }
     }
     // Written after: each message's `prev` must match what the feed holds, or it would
     // read the log (counted as a catch-up read) instead of delivering the message.
