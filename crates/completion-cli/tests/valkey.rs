@@ -25,23 +25,7 @@ fn fresh() -> (Vec<String>, ValkeyBackend) {
     (vec![server().url(), "--prefix".into(), prefix], writer)
 }
 
-#[test]
-fn tail_sees_completions_of_another_process_through_its_filters() {
-    let (target, writer) = fresh();
-    common::tail_sees_completions_and_filters(&target, &writer, "valkey");
-}
-
-#[test]
-fn interrupt_prints_the_last_cursor_and_from_resumes_after_it() {
-    let (target, writer) = fresh();
-    common::interrupt_then_resume(&target, &writer);
-}
-
-#[test]
-fn interrupt_before_any_completion_says_so() {
-    let (target, _writer) = fresh();
-    common::interrupt_without_completions(&target);
-}
+common::shared_scenarios!("valkey");
 
 #[test]
 fn the_valkey_scheme_alias_reaches_the_same_server() {

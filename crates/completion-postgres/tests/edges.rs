@@ -686,3 +686,26 @@ async fn the_in_flight_check_sees_a_notifier_lock_held_alone() {
     tx.rollback().await.expect("rollback");
     assert!(!in_flight().await, "released");
 }
+
+/// A stream opened while a write that skipped its NOTIFY is in flight, its notifier having
+/// committed before the stream's LISTEN: the skipper's completion, committed after the
+/// subscribe call returned, is delivered without a safety read (the feed makes one checked
+/// read when it starts, sees the skipper in flight and keeps reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipper_in_flight_when_the_feed_starts_is_delivered() {
+    let (config, url) = config("feedstart").await;
+    let backend = connect(config.with_safety_interval(Duration::from_secs(3600))).await;
+    let ns = namespace("feedstart");
+    let (notifier, skipper) =
+        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+    let (mut c1, mut c2) = (common::admin(&url).await, common::admin(&url).await);
+    let t_notifier = finish_in_open_transaction(&mut c1, &backend, &notifier).await;
+    let t_skipper = finish_in_open_transaction(&mut c2, &backend, &skipper).await;
+    t_notifier.commit().await.expect("commit the notifier");
+    // No stream yet: the feed is not running and the notification goes to nobody.
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    t_skipper.commit().await.expect("commit the skipper");
+    let got = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!(got[0].execution_id(), &skipper, "the skipper, committed after subscribe returned");
+    assert_eq!(backend.stats().notifications, 0, "no notification reached this feed");
+}

@@ -103,22 +103,23 @@ pub(crate) fn page_size(limit: usize, partitions: u16) -> usize {
 }
 
 impl Store {
-    /// One partition's page after `after`, parsed. `against` is the id its `trimmed_to`
-    /// will be compared with (the stream's watermark, or the page before's last id): when
-    /// a trim crossed it while the page was being read (between the two trimming records
-    /// `Store::read_partition` takes), whether the entries past it were read before they
-    /// went cannot be told, so the page is read again. The second read settles it: its first
-    /// record is already past `against`, a gap either way.
+    /// One partition's first page after `after`, parsed. When a trim crossed `watermark`
+    /// (what its `trimmed_to` will be compared with) while the page was being read, between
+    /// the two trimming records `Store::read_partition` takes, whether the entries past it
+    /// were read before they went cannot be told, so the page is read again. The second read
+    /// settles it: its first record is already past the watermark, a gap either way. (A next
+    /// page needs no such care: [`PartitionRead::append`] drops it if it was trimmed past the
+    /// page before.)
     async fn read_one(
         &self,
         partition: u16,
         after: StreamId,
         limit: usize,
-        against: StreamId,
+        watermark: StreamId,
     ) -> Result<PartitionRead, EngineError> {
         let mut read = self.read_page(partition, after, limit).await?;
-        if read.trimmed_before <= against && read.trimmed_to > against {
-            tracing::debug!(backend = "valkey", partition, %against, "trimmed past the position during a read; reading again");
+        if read.trimmed_before <= watermark && read.trimmed_to > watermark {
+            tracing::debug!(backend = "valkey", partition, %watermark, "trimmed past the position during a read; reading again");
             read = self.read_page(partition, after, limit).await?;
         }
         Ok(read)
@@ -166,7 +167,7 @@ impl Store {
             .filter(|(_, r)| r.truncated && !r.stalled)
             .filter_map(|(p, r)| r.entries.last().map(|(id, _)| (p as u16, *id)))
             .collect();
-        let pages = wanted.iter().map(|&(p, last)| self.read_one(p, last, page, last));
+        let pages = wanted.iter().map(|&(p, last)| self.read_page(p, last, page));
         let pages = futures_util::future::join_all(pages).await;
         let asked = !wanted.is_empty();
         for ((p, last), next) in wanted.into_iter().zip(pages) {

@@ -379,6 +379,7 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
     let mut live = backend.subscribe_completions().await.expect("subscribe");
     let before = burst(&backend, &ns, 20).await;
     let got = collect_in(&mut live, &ns, 20).await;
+    assert_eq!(ids(&got).into_iter().collect::<HashSet<_>>(), before.iter().cloned().collect::<HashSet<_>>());
     let cursor = got.last().expect("20 completions").cursor().clone();
     for p in 0..4 {
         let meta = format!("{prefix}:{{{prefix}:{p}}}:meta");

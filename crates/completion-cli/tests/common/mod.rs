@@ -285,3 +285,31 @@ pub fn interrupt_without_completions(target: &[String]) {
     assert!(done.stderr.iter().any(|l| l.contains("no completion received")), "{done:#?}");
     assert!(done.stderr.iter().any(|l| l.contains("--from now")), "{done:#?}");
 }
+
+/// The scenarios every backend's CLI tests run, as `#[test]`s on the calling file's
+/// `fresh()` (the target arguments and a library backend writing to them); `$backend` is the
+/// name `tail --json` reports.
+#[allow(unused_macros)] // not every test binary that includes this module runs them
+macro_rules! shared_scenarios {
+    ($backend:literal) => {
+        #[test]
+        fn tail_sees_completions_of_another_process_through_its_filters() {
+            let (target, writer) = fresh();
+            common::tail_sees_completions_and_filters(&target, &writer, $backend);
+        }
+
+        #[test]
+        fn interrupt_prints_the_last_cursor_and_from_resumes_after_it() {
+            let (target, writer) = fresh();
+            common::interrupt_then_resume(&target, &writer);
+        }
+
+        #[test]
+        fn interrupt_before_any_completion_says_so() {
+            let (target, _writer) = fresh();
+            common::interrupt_without_completions(&target);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use shared_scenarios;
