@@ -362,12 +362,11 @@ impl Conn {
         op: &'static str,
         function: &'static str,
         read_only: bool,
-        keys: Vec<String>,
-        args: Vec<String>,
+        call: &FcallArgs,
     ) -> Result<FcallReply, EngineError> {
         let value: Value = self
             .keyed(op, || {
-                let (keys, args) = (keys.clone(), args.clone());
+                let (keys, args) = (call.keys.clone(), call.args.clone());
                 async move {
                     if read_only {
                         self.client.fcall_ro(function, keys, args).await
@@ -518,6 +517,21 @@ impl Closer {
 /// The reply of a library function, read by shape.
 #[derive(Debug)]
 pub(crate) struct FcallReply(Value);
+
+/// The keys and arguments of one function call, converted once to the client's own
+/// reference-counted strings: a call that is retried (redirected, or sent again after the
+/// library was reloaded) clones handles, not the strings.
+#[derive(Clone, Debug)]
+pub(crate) struct FcallArgs {
+    keys: Vec<Key>,
+    args: Vec<Value>,
+}
+
+impl FcallArgs {
+    pub(crate) fn new(keys: Vec<String>, args: Vec<String>) -> Self {
+        Self { keys: keys.into_iter().map(Key::from).collect(), args: args.into_iter().map(Value::from).collect() }
+    }
+}
 
 impl FcallReply {
     /// The reply as text (stream ids, codes).

@@ -24,7 +24,7 @@ pub(crate) const LIBRARY_NAME: &str = "completions";
 pub(crate) const LIBRARY_SOURCE: &str = include_str!("../lua/completions.lua");
 
 /// The version of the library this build carries (`VERSION` in the Lua source).
-pub const LIBRARY_VERSION: i64 = 3;
+pub const LIBRARY_VERSION: i64 = 4;
 
 /// The library's function that returns its version.
 pub(crate) const VERSION_FUNCTION: &str = "completions_version";

@@ -12,7 +12,7 @@ use completion_core::{
     Counters, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution, Outcome, Reason,
 };
 
-use crate::client::{BACKEND, Conn, FcallReply, RawRead};
+use crate::client::{BACKEND, Conn, FcallArgs, FcallReply, RawRead};
 use crate::config::ValkeyConfig;
 use crate::keys::Keyspace;
 use crate::library::{self, Ensured};
@@ -82,7 +82,8 @@ impl Store {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<FcallReply, EngineError> {
-        let once = || self.conn.fcall(op, function, read_only, keys.clone(), args.clone());
+        let call = FcallArgs::new(keys, args);
+        let once = || self.conn.fcall(op, function, read_only, &call);
         match once().await {
             Err(e) if library::is_missing_function(&e) => {
                 tracing::warn!(backend = BACKEND, function, "the server lost the function library; reloading it");
