@@ -687,6 +687,41 @@ async fn the_in_flight_check_sees_a_notifier_lock_held_alone() {
     assert!(!in_flight().await, "released");
 }
 
+/// `writers_in_flight()` (schema version 3) takes its locks at session level and releases them
+/// itself: after a check, whatever it answered, its connection holds no advisory lock (a
+/// session lock left behind would keep every writer waiting for the in-flight lock), and a
+/// writer in flight is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_check_leaves_no_lock_behind() {
+    let (config, url) = config("checklocks").await;
+    let backend = connect(config).await;
+    let schema = backend.schema().to_string();
+    let check = format!("SELECT \"{schema}\".writers_in_flight()");
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()";
+    let mut writer = common::admin(&url).await;
+    let observer = common::admin(&url).await;
+    let class: i32 = observer.query_one(&format!("SELECT \"{schema}\".lock_class()"), &[]).await.expect("class").get(0);
+    let check_and_count = async || -> (bool, i64) {
+        let in_flight: bool = observer.query_one(&check, &[]).await.expect("check").get(0);
+        (in_flight, observer.query_one(held, &[]).await.expect("locks").get(0))
+    };
+    assert_eq!(check_and_count().await, (false, 0), "nothing in flight, nothing held after");
+    let tx = writer.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock_shared($1, 2)", &[&class]).await.expect("in-flight lock");
+    assert_eq!(check_and_count().await, (true, 0), "a writer in flight is seen, nothing held after");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(check_and_count().await, (false, 0), "released");
+    // A writer gets both locks right after a check: the check kept neither.
+    let tx = writer.transaction().await.expect("begin");
+    let got: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock_shared($1, 2) AND pg_try_advisory_xact_lock($1, 1)", &[&class])
+        .await
+        .expect("writer locks")
+        .get(0);
+    assert!(got, "a writer after the check gets the in-flight and the notifier lock");
+    tx.rollback().await.expect("rollback");
+}
+
 /// A stream opened while a write that skipped its NOTIFY is in flight, its notifier having
 /// committed before the stream's LISTEN: the skipper's completion, committed after the
 /// subscribe call returned, is delivered without a safety read (the feed makes one checked
