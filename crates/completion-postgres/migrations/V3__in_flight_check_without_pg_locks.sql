@@ -21,10 +21,12 @@
 --
 -- Transaction-level locks (version 2) are released at the end of the transaction in
 -- lock-table order, which could drop the in-flight lock first: hence session locks and an
--- explicit order. A session lock outlives an error, so any error (a cancel included) between
--- taking and releasing them releases every session-level advisory lock of the connection
--- before it propagates: the pool's connections hold no other (the migration lock is taken
--- and released on a connection of its own).
+-- explicit order. A session lock outlives an error, so an error between taking and releasing
+-- them (a cancel) releases them, in the same order, before it propagates; releasing a lock
+-- not held only warns. (Not pg_advisory_unlock_all(): behind a transaction-mode pooler it
+-- would drop other clients' session locks, and it releases in hash order.) Should the
+-- release itself be cut short (a second cancel inside the handler), the client closes the
+-- connection on any error of the check, which ends the session and its locks.
 
 CREATE OR REPLACE FUNCTION writers_in_flight() RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -44,7 +46,8 @@ BEGIN
         END IF;
         PERFORM pg_advisory_unlock(v_class, 2);
     EXCEPTION WHEN OTHERS OR query_canceled THEN
-        PERFORM pg_advisory_unlock_all();
+        PERFORM pg_advisory_unlock_shared(v_class, 1) WHERE v_notifier_free IS NOT FALSE;
+        PERFORM pg_advisory_unlock(v_class, 2);
         RAISE;
     END;
     RETURN NOT v_notifier_free;

@@ -340,7 +340,7 @@ impl Db {
     }
 
     /// [`read`](Self::read), preceded on the same connection by `writers_in_flight()` (see
-    /// the V2 migration): returns whether a terminal write was in flight just before the
+    /// the V2 and V3 migrations): returns whether a terminal write was in flight just before the
     /// read's snapshot was taken. The two statements are sent together (one round trip) and
     /// run in that order, each in a transaction of its own.
     pub async fn read_checked(
@@ -393,9 +393,19 @@ impl Db {
                 // `try_join` polls its first future first, and tokio-postgres sends a request
                 // (and the server runs it) in the order the futures are first polled: the
                 // check runs before the read's snapshot is taken, in the same round trip.
-                let (in_flight, rows) =
-                    futures_util::future::try_join(client.query_one(&check, &[]), client.query(&read, params)).await?;
-                Ok((in_flight.try_get::<_, bool>(0)?, rows))
+                let result =
+                    futures_util::future::try_join(client.query_one(&check, &[]), client.query(&read, params)).await;
+                match result {
+                    Ok((in_flight, rows)) => Ok((in_flight.try_get::<_, bool>(0)?, rows)),
+                    Err(e) => {
+                        // The check takes session locks; an error inside it releases them,
+                        // but a second cancel could cut that short (migrations/V3). Such a
+                        // connection must not go back to the pool: closing it ends its
+                        // session, and its locks with it.
+                        drop(Object::take(client));
+                        Err(e)
+                    }
+                }
             })
             .await
             .map_err(|f| f.into_engine(OP))?

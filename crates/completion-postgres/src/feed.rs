@@ -13,7 +13,7 @@
 //! stand for several commits, some of them after it. The feed's reads are then preceded by
 //! `writers_in_flight()` on the same connection, and while it answers true the feed reads
 //! again after `in_flight_recheck`: once a check finds no write in flight, every write that
-//! skipped its NOTIFY has committed before the read that follows (migrations/V2).
+//! skipped its NOTIFY has committed before the read that follows (migrations/V2, V3).
 //!
 //! Poll-only mode (`listen: false`) is the same task without the LISTEN connection: the
 //! safety timer is the poll interval.
@@ -223,7 +223,8 @@ impl FeedTask {
                     read_pause = FIRST_BACKOFF;
                     // A write that skipped its NOTIFY (another in flight was to notify) may
                     // commit after that notification was read: while writes are in flight,
-                    // read again shortly (the V2 migration explains why that suffices).
+                    // read again shortly (the V2 migration explains why that suffices, V3 how the
+                    // check itself never makes a writer skip).
                     let in_flight = feed.reader.take_in_flight();
                     if in_flight {
                         recheck = if published > 0 {
