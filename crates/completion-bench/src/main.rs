@@ -10,7 +10,8 @@
 //! repetition; the table quotes medians and the p50 / rate range, the JSON keeps every run.
 //!
 //! Figures 3 to 5 (fan-out, filtering, catch-up) are defined in [`scale`]; the Valkey
-//! Cluster row (`--backends valkey-cluster`) in [`cluster`].
+//! Cluster row (`--backends valkey-cluster`) in [`cluster`]. `--figures` measures some of the
+//! five only (the tables then leave the others out, the JSON has them empty or null).
 //!
 //! Limits: latency is measured one completion at a time (no load behind it); the writers of
 //! every figure run in this process, on the same cores as the server.
@@ -61,6 +62,10 @@ struct Args {
     /// --quick, 5 otherwise).
     #[arg(long)]
     repeat: Option<usize>,
+    /// Figures to measure on the memory, Valkey and PostgreSQL backends (default: all). The
+    /// Valkey Cluster row is chosen with `--backends` alone.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    figures: Vec<Figure>,
     /// Events behind the catch-up subscriber (default: 10 000 with --quick, 100 000 otherwise).
     #[arg(long)]
     catch_up: Option<usize>,
@@ -77,6 +82,45 @@ enum Which {
     Postgres,
     #[serde(rename = "valkey-cluster")]
     ValkeyCluster,
+}
+
+/// The figures of one backend, as `--figures` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Figure {
+    /// 1: end-to-end latency against the raw protocol.
+    Latency,
+    /// 2: write throughput against the bare state change.
+    Throughput,
+    /// 3: fan-out to 1, 100 and 1 000 streams.
+    FanOut,
+    /// 4: a filtered subscriber against an unfiltered one.
+    Filtering,
+    /// 5: catch-up from far behind.
+    CatchUp,
+}
+
+/// Which figures a run measures.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    latency: bool,
+    throughput: bool,
+    fan_out: bool,
+    filtering: bool,
+    catch_up: bool,
+}
+
+impl Plan {
+    /// `figures` as given to `--figures`; none means all.
+    fn of(figures: &[Figure]) -> Self {
+        let wants = |f: Figure| figures.is_empty() || figures.contains(&f);
+        Plan {
+            latency: wants(Figure::Latency),
+            throughput: wants(Figure::Throughput),
+            fan_out: wants(Figure::FanOut),
+            filtering: wants(Figure::Filtering),
+            catch_up: wants(Figure::CatchUp),
+        }
+    }
 }
 
 /// Concurrent writers of the throughput figures.
@@ -96,16 +140,18 @@ struct Sizes {
     filtering: usize,
     /// Events behind a catch-up subscriber.
     catch_up: usize,
+    /// Which figures to measure.
+    plan: Plan,
 }
 
 /// One backend's figures.
 #[derive(Debug, Serialize)]
 struct BackendResult {
     backend: Which,
-    /// Ours, terminal write → subscriber.
-    latency: Repeated<Latency>,
+    /// Ours, terminal write → subscriber (`None` when not measured).
+    latency: Option<Repeated<Latency>>,
     /// Ours, the terminal write call alone (until its reply); the event may arrive before.
-    write_call: Repeated<Latency>,
+    write_call: Option<Repeated<Latency>>,
     /// The raw protocol (none for memory).
     raw_latency: Option<Repeated<Latency>>,
     /// What the raw baseline is.
@@ -200,6 +246,7 @@ async fn run(args: Args) -> Result<(), String> {
         fan_out: (n / 10).max(10),
         filtering: n.max(scale::NAMESPACES),
         catch_up: args.catch_up.unwrap_or(if args.quick { 10_000 } else { 100_000 }).max(1),
+        plan: Plan::of(&args.figures),
     };
     let which = if args.backends.is_empty() {
         vec![Which::Memory, Which::Valkey, Which::Postgres, Which::ValkeyCluster]
@@ -316,6 +363,7 @@ impl Runs {
             .iter()
             .zip(ours)
             .zip(bare)
+            .filter(|((_, ours), _)| !ours.is_empty())
             .map(|((&writers, ours), bare)| Throughput {
                 writers,
                 ours: Repeated::of(ours),
@@ -325,8 +373,8 @@ impl Runs {
             .collect();
         BackendResult {
             backend,
-            latency: Repeated::of_latencies(latency),
-            write_call: Repeated::of_latencies(write_call),
+            latency: (!latency.is_empty()).then(|| Repeated::of_latencies(latency)),
+            write_call: (!write_call.is_empty()).then(|| Repeated::of_latencies(write_call)),
             raw_latency: (!raw_latency.is_empty()).then(|| Repeated::of_latencies(raw_latency)),
             raw_label,
             payload_bytes,
@@ -348,11 +396,13 @@ async fn bench_memory(
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
-        let (samples, _) =
-            interleave::<_, ours::LatencyProbe<MemoryBackend>>(&mut probe, None, n, warmup, CHUNK).await?;
-        runs.push_latency(&samples, None, probe.payload_bytes);
-        for (i, writers) in WRITERS.into_iter().enumerate() {
+        if sizes.plan.latency {
+            let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
+            let (samples, _) =
+                interleave::<_, ours::LatencyProbe<MemoryBackend>>(&mut probe, None, n, warmup, CHUNK).await?;
+            runs.push_latency(&samples, None, probe.payload_bytes);
+        }
+        for (i, writers) in WRITERS.into_iter().enumerate().filter(|_| sizes.plan.throughput) {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
         }
     }
@@ -391,20 +441,26 @@ async fn bench_valkey(
     // The raw PUBLISH sends as many bytes as our function's PUBLISH does (the channel name
     // is documented in docs/valkey.md), not the size of the decoded payload.
     // One completion before the measured runs, so that the extra subscriber is gone by then.
-    let sniffer = raw_valkey::Sniffer::start(&url, &format!("{prefix}:completions")).await?;
-    ours::complete_one(&*backend, run).await?;
-    let payload_bytes = sniffer.first_size().await?;
+    let payload_bytes = if sizes.plan.latency {
+        let sniffer = raw_valkey::Sniffer::start(&url, &format!("{prefix}:completions")).await?;
+        ours::complete_one(&*backend, run).await?;
+        sniffer.first_size().await?
+    } else {
+        0
+    };
     let mut runs = Runs::default();
     // Ours and raw alternate within each repetition (latency: every CHUNK samples), so that
     // a noisy neighbour on a shared machine hits both sides of a ratio alike.
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
-        let mut raw = raw_valkey::LatencyProbe::new(&url, payload_bytes).await?;
-        let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
-        raw.close().await;
-        runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
-        for (i, writers) in WRITERS.into_iter().enumerate() {
+        if sizes.plan.latency {
+            let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
+            let mut raw = raw_valkey::LatencyProbe::new(&url, payload_bytes).await?;
+            let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
+            raw.close().await;
+            runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
+        }
+        for (i, writers) in WRITERS.into_iter().enumerate().filter(|_| sizes.plan.throughput) {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
             runs.bare[i].push(raw_valkey::bare_writes(&url, &run, n, writers).await?);
         }
@@ -434,15 +490,17 @@ async fn bench_postgres(
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
-        let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
-        // One unmeasured completion first: the raw baseline NOTIFYs as many bytes as our
-        // payload's JSON has.
-        probe.sample(n + warmup).await?;
-        let mut raw = raw_postgres::LatencyProbe::new(&url, n + warmup, probe.payload_bytes).await?;
-        let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
-        let payload_bytes = probe.payload_bytes;
-        runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
-        for (i, writers) in WRITERS.into_iter().enumerate() {
+        if sizes.plan.latency {
+            let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
+            // One unmeasured completion first: the raw baseline NOTIFYs as many bytes as our
+            // payload's JSON has.
+            probe.sample(n + warmup).await?;
+            let mut raw = raw_postgres::LatencyProbe::new(&url, n + warmup, probe.payload_bytes).await?;
+            let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
+            let payload_bytes = probe.payload_bytes;
+            runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
+        }
+        for (i, writers) in WRITERS.into_iter().enumerate().filter(|_| sizes.plan.throughput) {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
             runs.bare[i].push(raw_postgres::bare_writes(&url, n, writers).await?);
         }
@@ -473,15 +531,23 @@ async fn bench_scale<B>(
 where
     B: CompletionBackend + EngineBackend,
 {
-    into.fan_out = SUBSCRIBERS.iter().map(|&subscribers| FanOutFigure { subscribers, ..Default::default() }).collect();
+    if sizes.plan.fan_out {
+        into.fan_out =
+            SUBSCRIBERS.iter().map(|&subscribers| FanOutFigure { subscribers, ..Default::default() }).collect();
+    }
     for rep in 0..repeat {
         let run = format!("{run}-s{rep}");
         for figure in &mut into.fan_out {
             eprintln!("   fan-out to {} (run {})", figure.subscribers, rep + 1);
             figure.runs.push(scale::fan_out(backend.clone(), probe, &run, figure.subscribers, sizes.fan_out).await?);
         }
-        eprintln!("   filtering (run {})", rep + 1);
-        into.filtering.push(scale::filtering(backend.clone(), &run, sizes.filtering).await?);
+        if sizes.plan.filtering {
+            eprintln!("   filtering (run {})", rep + 1);
+            into.filtering.push(scale::filtering(backend.clone(), &run, sizes.filtering).await?);
+        }
+    }
+    if !sizes.plan.catch_up {
+        return Ok(());
     }
     eprintln!("   catch-up: writing {} events", sizes.catch_up);
     // Written once: resuming does not consume the log, so every run reads the same backlog.
@@ -533,158 +599,171 @@ fn render_backends(report: &Report, out: &mut String) {
         Which::ValkeyCluster => "valkey-cluster".to_string(),
         other => format!("{other:?}").to_lowercase(),
     };
-    let _ = writeln!(
-        out,
-        "\nend-to-end latency, terminal write call -> event on a subscriber stream (us); call50: p50 of the write call's own reply"
-    );
-    let _ = writeln!(
-        out,
-        "{:<9} {:>6} {:>6} {:>6} {:>11} {:>6} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  raw baseline",
-        "backend",
-        "p50",
-        "p99",
-        "p99.9",
-        "p50 range",
-        "call50",
-        "raw50",
-        "raw99",
-        "raw999",
-        "p50 range",
-        "p50 x",
-        "p99 x"
-    );
-    for r in &report.results {
-        let ours = &r.latency.median;
-        let raw = r.raw_latency.as_ref();
-        let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".to_string());
+    if report.results.iter().any(|r| r.latency.is_some()) {
         let _ = writeln!(
             out,
-            "{:<9} {:>6.0} {:>6.0} {:>6.0} {:>11} {:>6.0} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  {}",
-            name(r.backend),
-            ours.p50_us,
-            ours.p99_us,
-            ours.p999_us,
-            r.latency.p50_range(),
-            r.write_call.median.p50_us,
-            cell(raw.map(|l| l.median.p50_us)),
-            cell(raw.map(|l| l.median.p99_us)),
-            cell(raw.map(|l| l.median.p999_us)),
-            raw.map(|l| l.p50_range()).unwrap_or_else(|| "-".to_string()),
-            fmt_ratio(ratio(ours.p50_us, raw.map(|l| l.median.p50_us))),
-            fmt_ratio(ratio(ours.p99_us, raw.map(|l| l.median.p99_us))),
-            r.raw_label.map(|l| format!("{l}, {} B payload", r.payload_bytes)).unwrap_or_default(),
+            "\nend-to-end latency, terminal write call -> event on a subscriber stream (us); call50: p50 of the write call's own reply"
         );
-    }
-    let _ = writeln!(out, "\nwrite throughput (completions/s; bare: writes/s)");
-    let _ = writeln!(
-        out,
-        "{:<9} {:>7} {:>9} {:>15} | {:>9} {:>15} | {:>9}  bare baseline",
-        "backend", "writers", "ours", "range", "bare", "range", "ours/bare"
-    );
-    for r in &report.results {
-        for t in &r.throughput {
+        let _ = writeln!(
+            out,
+            "{:<9} {:>6} {:>6} {:>6} {:>11} {:>6} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  raw baseline",
+            "backend",
+            "p50",
+            "p99",
+            "p99.9",
+            "p50 range",
+            "call50",
+            "raw50",
+            "raw99",
+            "raw999",
+            "p50 range",
+            "p50 x",
+            "p99 x"
+        );
+        for r in &report.results {
+            let (Some(latency), Some(write_call)) = (&r.latency, &r.write_call) else { continue };
+            let ours = &latency.median;
+            let raw = r.raw_latency.as_ref();
+            let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".to_string());
             let _ = writeln!(
                 out,
-                "{:<9} {:>7} {:>9.0} {:>15} | {:>9} {:>15} | {:>9}  {}",
+                "{:<9} {:>6.0} {:>6.0} {:>6.0} {:>11} {:>6.0} | {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6}  {}",
                 name(r.backend),
-                t.writers,
-                t.ours.median,
-                t.ours.range(),
-                t.bare.as_ref().map(|b| format!("{:.0}", b.median)).unwrap_or_else(|| "-".to_string()),
-                t.bare.as_ref().map(Repeated::range).unwrap_or_else(|| "-".to_string()),
-                fmt_ratio(ratio(t.ours.median, t.bare.as_ref().map(|b| b.median))),
-                t.bare_label.unwrap_or("none (in-process)"),
+                ours.p50_us,
+                ours.p99_us,
+                ours.p999_us,
+                latency.p50_range(),
+                write_call.median.p50_us,
+                cell(raw.map(|l| l.median.p50_us)),
+                cell(raw.map(|l| l.median.p99_us)),
+                cell(raw.map(|l| l.median.p999_us)),
+                raw.map(|l| l.p50_range()).unwrap_or_else(|| "-".to_string()),
+                fmt_ratio(ratio(ours.p50_us, raw.map(|l| l.median.p50_us))),
+                fmt_ratio(ratio(ours.p99_us, raw.map(|l| l.median.p99_us))),
+                r.raw_label.map(|l| format!("{l}, {} B payload", r.payload_bytes)).unwrap_or_default(),
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "\nfan-out: {} writers, one backend instance; delivered = subscribers x events / (first write -> last delivery)",
-        scale::WRITERS
-    );
-    let _ = writeln!(
-        out,
-        "{:<9} {:>5} {:>6} {:>11} {:>19} | {:>11} {:>11} | {:>10} {:>10} {:>10}",
-        "backend",
-        "subs",
-        "events",
-        "delivered/s",
-        "range",
-        "server conns",
-        "of them sub",
-        "RSS/sub",
-        "heap idle",
-        "heap used"
-    );
-    for r in &report.results {
-        for f in &r.scale.fan_out {
-            let conns = f.runs.last().and_then(|run| run.connections);
-            let cell = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string());
+    if report.results.iter().any(|r| !r.throughput.is_empty()) {
+        let _ = writeln!(out, "\nwrite throughput (completions/s; bare: writes/s)");
+        let _ = writeln!(
+            out,
+            "{:<9} {:>7} {:>9} {:>15} | {:>9} {:>15} | {:>9}  bare baseline",
+            "backend", "writers", "ours", "range", "bare", "range", "ours/bare"
+        );
+        for r in &report.results {
+            for t in &r.throughput {
+                let _ = writeln!(
+                    out,
+                    "{:<9} {:>7} {:>9.0} {:>15} | {:>9} {:>15} | {:>9}  {}",
+                    name(r.backend),
+                    t.writers,
+                    t.ours.median,
+                    t.ours.range(),
+                    t.bare.as_ref().map(|b| format!("{:.0}", b.median)).unwrap_or_else(|| "-".to_string()),
+                    t.bare.as_ref().map(Repeated::range).unwrap_or_else(|| "-".to_string()),
+                    fmt_ratio(ratio(t.ours.median, t.bare.as_ref().map(|b| b.median))),
+                    t.bare_label.unwrap_or("none (in-process)"),
+                );
+            }
+        }
+    }
+    if report.results.iter().any(|r| !r.scale.fan_out.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\nfan-out: {} writers, one backend instance; delivered = subscribers x events / (first write -> last delivery)",
+            scale::WRITERS
+        );
+        let _ = writeln!(
+            out,
+            "{:<9} {:>5} {:>6} {:>11} {:>19} | {:>11} {:>11} | {:>10} {:>10} {:>10}",
+            "backend",
+            "subs",
+            "events",
+            "delivered/s",
+            "range",
+            "server conns",
+            "of them sub",
+            "RSS/sub",
+            "heap idle",
+            "heap used"
+        );
+        for r in &report.results {
+            for f in &r.scale.fan_out {
+                let conns = f.runs.last().and_then(|run| run.connections);
+                let cell = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string());
+                let _ = writeln!(
+                    out,
+                    "{:<9} {:>5} {:>6} {:>11.0} {:>19} | {:>11} {:>11} | {:>8.1} K {:>8.1} K {:>8.1} K",
+                    name(r.backend),
+                    f.subscribers,
+                    f.runs.first().map(|run| run.events).unwrap_or(0),
+                    f.delivered_per_s,
+                    Repeated::of(f.runs.iter().map(|run| run.delivered_per_s).collect()).range(),
+                    cell(conns.map(|c| c.total)),
+                    cell(conns.map(|c| c.subscriber)),
+                    f.rss_per_subscriber / 1024.0,
+                    f.heap_per_subscriber_open / 1024.0,
+                    f.heap_per_subscriber / 1024.0,
+                );
+            }
+        }
+    }
+    if report.results.iter().any(|r| !r.scale.filtering.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\nfiltering: {} namespaces, {} writers; one subscriber filtered to one namespace vs one unfiltered",
+            scale::NAMESPACES,
+            scale::WRITERS
+        );
+        let _ = writeln!(
+            out,
+            "{:<9} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
+            "backend", "events", "flt p50", "all p50", "x", "flt CPU", "all CPU", "x"
+        );
+        for r in &report.results {
+            let runs = &r.scale.filtering;
+            if runs.is_empty() {
+                continue;
+            }
+            let med = |f: fn(&scale::Filtering) -> f64| stats::median(&runs.iter().map(f).collect::<Vec<_>>());
+            let (fp50, up50) = (med(|f| f.filtered.latency.p50_us), med(|f| f.unfiltered.latency.p50_us));
+            let (fcpu, ucpu) = (med(|f| f.filtered.cpu_ms_per_1000), med(|f| f.unfiltered.cpu_ms_per_1000));
             let _ = writeln!(
                 out,
-                "{:<9} {:>5} {:>6} {:>11.0} {:>19} | {:>11} {:>11} | {:>8.1} K {:>8.1} K {:>8.1} K",
+                "{:<9} {:>6} | {:>6.0}us {:>6.0}us {:>6} | {:>6.0}ms {:>6.0}ms {:>6}  (p50 of the one namespace's events; process CPU per 1000 written)",
                 name(r.backend),
-                f.subscribers,
-                f.runs.first().map(|run| run.events).unwrap_or(0),
-                f.delivered_per_s,
-                Repeated::of(f.runs.iter().map(|run| run.delivered_per_s).collect()).range(),
-                cell(conns.map(|c| c.total)),
-                cell(conns.map(|c| c.subscriber)),
-                f.rss_per_subscriber / 1024.0,
-                f.heap_per_subscriber_open / 1024.0,
-                f.heap_per_subscriber / 1024.0,
+                runs[0].events,
+                fp50,
+                up50,
+                fmt_ratio(ratio(fp50, Some(up50))),
+                fcpu,
+                ucpu,
+                fmt_ratio(ratio(fcpu, Some(ucpu))),
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "\nfiltering: {} namespaces, {} writers; one subscriber filtered to one namespace vs one unfiltered",
-        scale::NAMESPACES,
-        scale::WRITERS
-    );
-    let _ = writeln!(
-        out,
-        "{:<9} {:>6} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
-        "backend", "events", "flt p50", "all p50", "x", "flt CPU", "all CPU", "x"
-    );
-    for r in &report.results {
-        let runs = &r.scale.filtering;
-        if runs.is_empty() {
-            continue;
-        }
-        let med = |f: fn(&scale::Filtering) -> f64| stats::median(&runs.iter().map(f).collect::<Vec<_>>());
-        let (fp50, up50) = (med(|f| f.filtered.latency.p50_us), med(|f| f.unfiltered.latency.p50_us));
-        let (fcpu, ucpu) = (med(|f| f.filtered.cpu_ms_per_1000), med(|f| f.unfiltered.cpu_ms_per_1000));
+    if report.results.iter().any(|r| !r.scale.catch_up.is_empty()) {
         let _ = writeln!(
             out,
-            "{:<9} {:>6} | {:>6.0}us {:>6.0}us {:>6} | {:>6.0}ms {:>6.0}ms {:>6}  (p50 of the one namespace's events; process CPU per 1000 written)",
-            name(r.backend),
-            runs[0].events,
-            fp50,
-            up50,
-            fmt_ratio(ratio(fp50, Some(up50))),
-            fcpu,
-            ucpu,
-            fmt_ratio(ratio(fcpu, Some(ucpu))),
+            "\ncatch-up: StartFrom::After(cursor) with the events behind it, subscribe call -> last of them"
         );
-    }
-    let _ =
-        writeln!(out, "\ncatch-up: StartFrom::After(cursor) with the events behind it, subscribe call -> last of them");
-    let _ = writeln!(out, "{:<9} {:>7} {:>10} {:>17} {:>5}", "backend", "events", "events/s", "range", "gaps");
-    for r in &report.results {
-        let runs = &r.scale.catch_up;
-        if runs.is_empty() {
-            continue;
+        let _ = writeln!(out, "{:<9} {:>7} {:>10} {:>17} {:>5}", "backend", "events", "events/s", "range", "gaps");
+        for r in &report.results {
+            let runs = &r.scale.catch_up;
+            if runs.is_empty() {
+                continue;
+            }
+            let rates = Repeated::of(runs.iter().map(|c| c.events_per_s).collect());
+            let _ = writeln!(
+                out,
+                "{:<9} {:>7} {:>10.0} {:>17} {:>5}",
+                name(r.backend),
+                runs[0].events,
+                rates.median,
+                rates.range(),
+                runs.iter().map(|c| c.gaps).sum::<usize>(),
+            );
         }
-        let rates = Repeated::of(runs.iter().map(|c| c.events_per_s).collect());
-        let _ = writeln!(
-            out,
-            "{:<9} {:>7} {:>10.0} {:>17} {:>5}",
-            name(r.backend),
-            runs[0].events,
-            rates.median,
-            rates.range(),
-            runs.iter().map(|c| c.gaps).sum::<usize>(),
-        );
     }
 }
