@@ -146,10 +146,10 @@ local function stream_last_id(log, meta)
   return '0-0'
 end
 
--- A JSON string literal for `s`: as is between quotes unless it holds a character JSON
--- must escape (then cjson, which costs more).
+-- A JSON string literal for `s`, byte for byte what cjson gives: as is between quotes unless
+-- it holds a character cjson escapes (controls, quote, backslash, and '/'), then cjson.
 local function json_string(s)
-  if string.find(s, '[%c"\\]') then
+  if string.find(s, '[%c"\\/]') then
     return cjson.encode(s)
   end
   return '"' .. s .. '"'
