@@ -521,7 +521,7 @@ pub(crate) struct FcallReply(Value);
 /// The keys and arguments of one function call, converted once to the client's own
 /// reference-counted strings: a call that is retried (redirected, or sent again after the
 /// library was reloaded) clones handles, not the strings.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct FcallArgs {
     keys: Vec<Key>,
     args: Vec<Value>,

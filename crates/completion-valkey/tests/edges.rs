@@ -1,5 +1,5 @@
 //! The Valkey backend's own edges, each against Valkey 9.1 and Redis 7.0: function library
-//! versions, garbage on the channel, a server that is down at connect, a subscriber cut off
+//! versions, the message's escaping, garbage on the channel, a server that is down at connect, a subscriber cut off
 //! by the server's output buffer limit, and one test per fred trap from the field notes
 //! (each fails without the backend's handling of it):
 //! - without a reconnect policy fred never reconnects;
@@ -419,6 +419,35 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
     assert_eq!(before.len(), 20);
 }
 
+/// The PUBLISHed message escapes the event's strings exactly as `cjson.encode` does
+/// (docs/valkey.md, "The message body"): library v4 quotes strings that need no escaping
+/// itself and hands the others (controls, quote, backslash, and '/', which cjson writes as
+/// `\/`) to cjson. Compared byte for byte with what the server's own cjson makes of them.
+async fn the_message_escapes_strings_as_cjson_does(flavor: ValkeyFlavor) {
+    use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
+    let server = common::shared_server(flavor).await;
+    let backend = common::connect(common::config(&server, "escape").with_safety_interval(NO_SAFETY_NET)).await;
+    let subscriber =
+        fred::prelude::Builder::from_config(Config::from_url(&server.url()).expect("url")).build().expect("client");
+    subscriber.init().await.expect("connect");
+    let mut messages = subscriber.message_rx();
+    subscriber.subscribe(common::channel(&backend.config().key_prefix)).await.expect("subscribe");
+    let cjson = async |s: &str| server.command(&["EVAL", "return cjson.encode(ARGV[1])", "0", s]).await;
+    for (id, ns) in [("plain-id.1", "plain"), (r#"a/b"c\d"#, "n/s")] {
+        let id = ExecutionId::new(format!("{id}-{}", common::unique_prefix("e"))).expect("execution id");
+        let ns = Namespace::new(ns).expect("namespace");
+        backend.create_execution(completion_core::NewExecution::new(id.clone(), ns.clone())).await.expect("create");
+        backend.complete(&id).await.expect("complete");
+        let message = tokio::time::timeout(EVENT_DEADLINE, messages.recv()).await.expect("message").expect("channel");
+        let body = message.value.as_string().expect("text body");
+        let expected_id = format!(r#""execution_id":{}"#, cjson(id.as_str()).await);
+        let expected_ns = format!(r#""namespace":{}"#, cjson(ns.as_str()).await);
+        assert!(body.contains(&expected_id), "{body} lacks {expected_id}");
+        assert!(body.contains(&expected_ns), "{body} lacks {expected_ns}");
+    }
+    let _ = subscriber.quit().await;
+}
+
 macro_rules! for_each_flavor {
     ($($test:ident),* $(,)?) => {
         mod valkey {
@@ -455,4 +484,5 @@ for_each_flavor!(
     functions_wiped_by_a_restart_are_reloaded,
     a_retried_terminal_write_takes_effect_once,
     another_partition_count_is_refused,
+    the_message_escapes_strings_as_cjson_does,
 );
