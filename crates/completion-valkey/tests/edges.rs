@@ -431,7 +431,10 @@ async fn the_message_escapes_strings_as_cjson_does(flavor: ValkeyFlavor) {
         fred::prelude::Builder::from_config(Config::from_url(&server.url()).expect("url")).build().expect("client");
     subscriber.init().await.expect("connect");
     let mut messages = subscriber.message_rx();
-    subscriber.subscribe(common::channel(&backend.config().key_prefix)).await.expect("subscribe");
+    let channel = common::channel(&backend.config().key_prefix);
+    subscriber.subscribe(channel.as_str()).await.expect("subscribe");
+    // fred's `subscribe` can resolve before the server processed SUBSCRIBE (above).
+    common::wait_until("the raw subscription took effect", || async { server.numsub(&channel).await == 1 }).await;
     let cjson = async |s: &str| server.command(&["EVAL", "return cjson.encode(ARGV[1])", "0", s]).await;
     for (id, ns) in [("plain-id.1", "plain"), (r#"a/b"c\d"#, "n/s")] {
         let id = ExecutionId::new(format!("{id}-{}", common::unique_prefix("e"))).expect("execution id");
