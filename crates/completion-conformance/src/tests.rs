@@ -15,7 +15,7 @@
 //! |---|---|
 //! | 1. live on return | [`ready_on_return`], [`concurrent_subscribes_are_ready`] |
 //! | 2. log order, no duplicates | [`two_independent_subscribers`], [`resume_after_cursor`], [`racing_terminal_writes_publish_once`], and every test that compares a whole sequence |
-//! | 3. resumes after faults | [`connections_killed_mid_stream_lose_nothing`], [`server_restarted_mid_stream_loses_nothing`]; retention: [`resume_from_earliest`], [`retention_by_age_trims_old_events`] |
+//! | 3. resumes after faults | [`connections_killed_mid_stream_lose_nothing`], [`server_restarted_mid_stream_loses_nothing`], [`resume_from_a_cursor_of_an_earliest_stream`]; retention: [`resume_from_earliest`], [`retention_by_age_trims_old_events`] |
 //! | 4. bounded memory, gaps | [`slow_consumer_stays_bounded_and_loses_nothing`], [`plain_stream_counts_gap`], [`stalled_resumable_stream_yields_gap`], [`resume_from_trimmed_position_yields_gap`] |
 //! | 5. filters never leak | [`filter_by_namespace`], [`filter_by_tag`], [`filter_by_namespace_and_tag`], [`filters_leak_nothing_under_load`], [`resume_filtered_after_cursor`], [`fail_closed_default`] |
 //! | 6. drop releases | [`drop_releases_server_resources`], [`drop_then_resubscribe`] |
@@ -842,6 +842,49 @@ pub async fn resume_from_earliest(harness: &dyn Harness) {
         let item = next_item_in(&mut stream, &ns).await;
         assert_eq!(item.completion().map(|c| c.execution_id()), Some(&later), "then live events: {item:?}");
         written.push(later);
+    }
+}
+
+/// The cursor of every event of a `StartFrom::Earliest` stream resumes, the first one
+/// included: on a fresh instance, taken while most partitions (or shards) of the log hold no
+/// event yet, with a plain and with a filtered stream. Resuming yields exactly the events
+/// after it, then live events.
+pub async fn resume_from_a_cursor_of_an_earliest_stream(harness: &dyn Harness) {
+    const WRITTEN: usize = 3;
+    for filtered in [false, true] {
+        let b = backend(harness, BackendOptions::default()).await;
+        let ns = namespace("earliest-cursor");
+        let filter = if filtered { ns_filter(&ns) } else { ScannerFilter::new() };
+        let what = if filtered { "filtered" } else { "plain" };
+        let written = complete_n(&*b.engine, &ns, &Tags::new(), WRITTEN).await;
+        let mut earliest = subscribe_from(&b, StartFrom::Earliest, &filter).await;
+        let mut items = Vec::new();
+        for _ in 0..WRITTEN {
+            items.push(next_item_in(&mut earliest, &ns).await);
+        }
+        assert_eq!(item_ids(&items), written, "{what}: the Earliest stream yields the log");
+        assert_no_gap(&items, "an Earliest stream");
+        let mut later = Vec::new();
+        for (k, item) in items.iter().enumerate() {
+            let text = item.completion().expect("no gap items here").cursor().to_string();
+            let cursor: Cursor =
+                text.parse().unwrap_or_else(|e| panic!("{what}: the cursor {text:?} parses back: {e}"));
+            let mut resumed = match b.completions.subscribe_from(StartFrom::After(cursor), &filter).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    panic!("{what}: resuming after the cursor of event {} of an Earliest stream ({text}): {e}", k + 1)
+                }
+            };
+            later.push(done(&b, &ns, &Tags::new()).await);
+            let mut expected = written[k + 1..].to_vec();
+            expected.extend(later.iter().cloned());
+            let mut got = Vec::new();
+            while got.len() < expected.len() {
+                got.push(next_item_in(&mut resumed, &ns).await);
+            }
+            assert_sequence(&item_ids(&got), &expected, &format!("{what}: after the cursor of event {}", k + 1));
+            assert_no_gap(&got, "resumed after an Earliest stream's cursor");
+        }
     }
 }
 

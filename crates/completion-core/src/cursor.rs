@@ -21,8 +21,11 @@ use crate::EngineError;
 pub struct Cursor(String);
 
 impl Cursor {
-    /// The longest accepted cursor text, in bytes.
-    pub const MAX_LEN: usize = 8192;
+    /// The longest accepted cursor text, in bytes: room for every cursor a backend of this
+    /// workspace makes. The longest is a Valkey cursor of 256 partitions whose stream ids
+    /// have twenty digits on both sides, 10 762 bytes (a 16-partition cursor of today's ids
+    /// is about 300).
+    pub const MAX_LEN: usize = 16 * 1024;
 
     /// Makes a cursor of `backend`'s `position`. Meant for backends.
     pub fn new(backend: &str, position: impl fmt::Display) -> Self {

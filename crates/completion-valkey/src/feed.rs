@@ -42,7 +42,7 @@ use completion_core::{Counters, EngineError};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::position::{StreamId, ValkeyPosition};
+use crate::position::{EventPosition, StreamId, ValkeyPosition};
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::subscriber::{SubEvent, Subscriber};
@@ -161,7 +161,7 @@ impl FeedTask {
             SubEvent::Message(body) if self.subscriber.is_sharded() => self.wake(body, hub).await,
             SubEvent::Message(body) => match wire::parse_message(&body, &self.store.keys) {
                 Ok(message) => {
-                    let (partition, id) = message.event.position;
+                    let EventPosition { partition, id, .. } = message.event.position;
                     let at = hub.position().get(partition);
                     if id <= at {
                         // Already read from the log.
@@ -237,7 +237,7 @@ impl FeedTask {
     fn note(&self, body: &[u8], hub: &Hub<ValkeyPosition>, wanted: &mut Vec<(u16, StreamId)>) {
         match wire::parse_message(body, &self.store.keys) {
             Ok(message) => {
-                let (partition, id) = message.event.position;
+                let EventPosition { partition, id, .. } = message.event.position;
                 if id > hub.position().get(partition) {
                     wanted.push((partition, id));
                 }

@@ -1,12 +1,24 @@
 //! Positions in a partitioned log: one stream id per partition, and their cursor text.
 //!
-//! A [`ValkeyPosition`] holds, for each partition, the id of the last stream entry covered
-//! (`0-0`: nothing yet, "from the earliest"). Partitions past the end of the vector count as
-//! `0-0`, so the empty default is the origin whatever the partition count.
+//! A [`ValkeyPosition`] is either the origin ("from the earliest", the `Default`) or anchored:
+//! for every partition of the instance, the id of the last stream entry covered (`0-0`:
+//! nothing yet in that partition). An anchored position always holds one id per partition:
+//! each [`EventPosition`] carries the instance's partition count, so the first event a stream
+//! from the origin meets anchors every partition, not only those up to its own.
 //!
 //! Cursor text: `valkey:<partitions>:<ms>-<seq>,<ms>-<seq>,...` with exactly `<partitions>`
-//! ids, or `valkey:origin` for the origin of an instance whose partition count is not known
-//! to the position (never produced once a stream delivered an event).
+//! ids, or `valkey:origin` for the origin (never produced once a stream delivered an event).
+//!
+//! Builds before library version 5 of this crate wrote a shorter cursor for a stream started
+//! at the origin: ids only up to the highest partition it had covered, and that length as the
+//! partition count. Those cursors still resume: [`ValkeyPosition::decode`] accepts fewer ids
+//! than the instance has partitions when the last one is not `0-0` (a short cursor always
+//! ends with the id of an entry it covered, while a complete cursor of a smaller prefix may
+//! end anywhere) and counts the missing partitions as `0-0`, which is exact: a stream from the
+//! origin delivers in id order, so a partition it never covered held no entry below its
+//! watermark. A complete cursor of another key prefix with fewer partitions whose last id is
+//! set cannot be told apart from a short one; such a cursor belongs to other keys and is a
+//! caller's mistake the text cannot reveal.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -81,18 +93,21 @@ impl ValkeyPosition {
         self.0.iter().flatten().copied().max().unwrap_or_default()
     }
 
-    fn raise(&mut self, partition: u16, id: StreamId) {
+    /// Raises `partition` to `id`, first anchoring every one of `partitions` partitions.
+    fn raise(&mut self, partition: u16, id: StreamId, partitions: u16) {
         let ids = self.0.get_or_insert_with(Vec::new);
-        let at = usize::from(partition);
-        if ids.len() <= at {
-            ids.resize(at + 1, StreamId::ZERO);
+        let len = usize::from(partitions).max(usize::from(partition) + 1);
+        if ids.len() < len {
+            ids.resize(len, StreamId::ZERO);
         }
+        let at = usize::from(partition);
         if id > ids[at] {
             ids[at] = id;
         }
     }
 
-    /// Decodes the position part of a cursor for an instance of `partitions` partitions.
+    /// Decodes the position part of a cursor for an instance of `partitions` partitions
+    /// (also the short cursors of older builds: see the module docs).
     pub(crate) fn decode(cursor: &Cursor, partitions: u16) -> Result<Self, EngineError> {
         let text = cursor.position_for(BACKEND)?;
         let bad = |reason: String| EngineError::invalid("cursor", cursor.as_str(), reason);
@@ -102,13 +117,7 @@ impl ValkeyPosition {
         let (count, ids) =
             text.split_once(':').ok_or_else(|| bad("expected `valkey:<partitions>:<id>,<id>,...`".into()))?;
         let count: u16 = count.parse().map_err(|_| bad(format!("`{count}` is not a partition count")))?;
-        if count != partitions {
-            return Err(bad(format!(
-                "was made for {count} partitions, this backend has {partitions} (the partition count of a key \
-                 prefix never changes)"
-            )));
-        }
-        let ids = ids
+        let mut ids = ids
             .split(',')
             .map(|id| {
                 let id: StreamId = id.parse().map_err(bad)?;
@@ -118,9 +127,17 @@ impl ValkeyPosition {
                 Ok(id)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if ids.len() != usize::from(partitions) {
-            return Err(bad(format!("holds {} stream ids, expected {partitions}", ids.len())));
+        if ids.len() != usize::from(count) {
+            return Err(bad(format!("holds {} stream ids, its partition count says {count}", ids.len())));
         }
+        let short = count < partitions && ids.last().is_some_and(|last| *last != StreamId::ZERO);
+        if count != partitions && !short {
+            return Err(bad(format!(
+                "was made for {count} partitions, this backend has {partitions} (the partition count of a key \
+                 prefix never changes)"
+            )));
+        }
+        ids.resize(usize::from(partitions), StreamId::ZERO);
         Ok(Self::from_ids(ids))
     }
 }
@@ -194,18 +211,27 @@ fn write_id(f: &mut fmt::Formatter<'_>, id: StreamId) -> fmt::Result {
     f.write_str(digits(id.seq, &mut buf))
 }
 
-/// The position of one event: its partition and stream id.
-pub type EventPosition = (u16, StreamId);
+/// The position of one event: its partition and stream id, and the partition count of its
+/// instance (which an event anchoring the origin gives to the position).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventPosition {
+    /// The partition whose log holds the event.
+    pub partition: u16,
+    /// The event's entry id in that log.
+    pub id: StreamId,
+    /// How many partitions the instance has.
+    pub partitions: u16,
+}
 
 impl Position for ValkeyPosition {
     type Event = EventPosition;
 
     fn is_new(&self, event: &EventPosition) -> bool {
-        event.1.cmp(&self.get(event.0)) == Ordering::Greater
+        event.id.cmp(&self.get(event.partition)) == Ordering::Greater
     }
 
     fn advance(&mut self, event: &EventPosition) {
-        self.raise(event.0, event.1);
+        self.raise(event.partition, event.id, event.partitions);
     }
 
     fn merge(&mut self, other: &Self) {
@@ -213,8 +239,9 @@ impl Position for ValkeyPosition {
             if self.0.is_none() {
                 self.0 = Some(Vec::new());
             }
+            let partitions = u16::try_from(ids.len()).unwrap_or(u16::MAX);
             for (p, id) in ids.iter().enumerate() {
-                self.raise(p as u16, *id);
+                self.raise(p as u16, *id, partitions);
             }
         }
     }
@@ -229,24 +256,41 @@ impl Position for ValkeyPosition {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn id(ms: u64, seq: u64) -> StreamId {
         StreamId { ms, seq }
     }
 
+    fn at(partition: u16, id: StreamId, partitions: u16) -> EventPosition {
+        EventPosition { partition, id, partitions }
+    }
+
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
         let mut p = ValkeyPosition::default();
-        p.advance(&(2, id(5, 1)));
+        p.advance(&at(2, id(5, 1), 4));
         p.merge(&ValkeyPosition::from_ids(vec![id(1, 0), id(0, 0), id(0, 0), id(9, 9)]));
         let cursor = p.to_cursor();
         assert_eq!(cursor.as_str(), "valkey:4:1-0,0-0,5-1,9-9");
         assert_eq!(ValkeyPosition::decode(&cursor, 4).unwrap(), p);
-        let err = ValkeyPosition::decode(&cursor, 16).unwrap_err().to_string();
+        let complete = Cursor::parse("valkey:4:1-0,0-0,5-1,0-0").unwrap();
+        let err = ValkeyPosition::decode(&complete, 16).unwrap_err().to_string();
         assert!(err.contains("4 partitions") && err.contains("16"), "{err}");
-        for garbage in ["valkey:x", "valkey:2:1-0", "valkey:2:1-0,zz", "valkey:2:1-0,-1", "valkey:2:1-0,1-", "memory:3"]
-        {
+        for garbage in [
+            "valkey:x",
+            "valkey:2:1-0",
+            "valkey:2:1-0,zz",
+            "valkey:2:1-0,-1",
+            "valkey:2:1-0,1-",
+            "valkey:3:1-0,2-0",
+            "valkey:1:1-0,2-0",
+            "valkey:3:1-0,2-0,3-0",
+            "valkey:0:",
+            "memory:3",
+        ] {
             let c = Cursor::parse(garbage).unwrap();
             assert!(ValkeyPosition::decode(&c, 2).is_err(), "{garbage}");
         }
@@ -262,15 +306,42 @@ mod tests {
         assert_eq!(ValkeyPosition::decode(&origin, 3).unwrap(), ValkeyPosition::default());
     }
 
+    /// The breach older builds had: the first event of a stream from the origin gave a cursor
+    /// of only the partitions up to its own, which `decode` then refused.
+    #[test]
+    fn the_first_event_from_the_origin_anchors_every_partition() {
+        let mut p = ValkeyPosition::default();
+        p.advance(&at(12, id(1_796_397_759_849_480, 0), 16));
+        let cursor = p.to_cursor();
+        assert!(cursor.as_str().starts_with("valkey:16:0-0,"), "{cursor}");
+        assert!(cursor.as_str().ends_with(",1796397759849480-0,0-0,0-0,0-0"), "{cursor}");
+        assert_eq!(ValkeyPosition::decode(&cursor, 16).unwrap().to_cursor(), cursor);
+    }
+
+    /// Cursors older builds wrote for a stream from the origin (ids up to the highest
+    /// partition covered, the last one set) resume, the missing partitions at `0-0`.
+    #[test]
+    fn short_cursors_of_older_builds_resume() {
+        let old = Cursor::parse("valkey:3:0-0,0-0,1796397759849480-0").unwrap();
+        let p = ValkeyPosition::decode(&old, 16).unwrap();
+        let mut expected = vec![StreamId::ZERO; 16];
+        expected[2] = id(1_796_397_759_849_480, 0);
+        assert_eq!(p.to_cursor(), ValkeyPosition::from_ids(expected).to_cursor());
+        assert_eq!(p.watermark(), id(1_796_397_759_849_480, 0));
+        let longer = Cursor::parse("valkey:3:0-0,0-0,1-0").unwrap();
+        let err = ValkeyPosition::decode(&longer, 2).unwrap_err().to_string();
+        assert!(err.contains("3 partitions") && err.contains("has 2"), "{err}");
+    }
+
     #[test]
     fn positions_compare_per_partition() {
         let mut p = ValkeyPosition::default();
-        assert!(p.is_new(&(3, id(0, 1))));
-        p.advance(&(3, id(7, 0)));
-        assert!(!p.is_new(&(3, id(7, 0))));
-        assert!(!p.is_new(&(3, id(6, 9))));
-        assert!(p.is_new(&(3, id(7, 1))));
-        assert!(p.is_new(&(0, id(1, 0))));
+        assert!(p.is_new(&at(3, id(0, 1), 4)));
+        p.advance(&at(3, id(7, 0), 4));
+        assert!(!p.is_new(&at(3, id(7, 0), 4)));
+        assert!(!p.is_new(&at(3, id(6, 9), 4)));
+        assert!(p.is_new(&at(3, id(7, 1), 4)));
+        assert!(p.is_new(&at(0, id(1, 0), 4)));
         assert_ne!(ValkeyPosition::default(), ValkeyPosition::from_ids(vec![StreamId::ZERO; 4]));
         assert_eq!(ValkeyPosition::from_ids(vec![]), ValkeyPosition::from_ids(vec![StreamId::ZERO; 4]));
         assert_ne!(ValkeyPosition::default(), p);
@@ -278,5 +349,100 @@ mod tests {
         let mut origin = ValkeyPosition::default();
         origin.merge(&ValkeyPosition::default());
         assert!(origin.is_origin());
+    }
+
+    /// One step a stream's position takes: an event delivered, or a read's scanned-to
+    /// position (one id per partition) merged.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Event(u16, StreamId),
+        Scanned(Vec<StreamId>),
+    }
+
+    fn stream_id() -> impl Strategy<Value = StreamId> {
+        // Entry ids are never `0-0`; the largest id has no successor and is refused.
+        prop_oneof![
+            (1..1_000u64, 0..4u64),
+            (1_700_000_000_000_000..1_900_000_000_000_000u64, any::<u64>()),
+            (Just(u64::MAX), 0..u64::MAX),
+        ]
+        .prop_map(|(ms, seq)| id(ms, seq))
+    }
+
+    /// A partition count, and positions reachable on such an instance: from the origin or
+    /// from the head, through events and merged reads.
+    fn reachable() -> impl Strategy<Value = (u16, ValkeyPosition)> {
+        prop_oneof![1..=4u16, Just(16u16), Just(256u16)].prop_flat_map(|partitions| {
+            let step = prop_oneof![
+                (0..partitions, stream_id()).prop_map(|(p, id)| Step::Event(p, id)),
+                proptest::collection::vec(prop_oneof![Just(StreamId::ZERO), stream_id()], usize::from(partitions))
+                    .prop_map(Step::Scanned),
+            ];
+            let start = prop_oneof![
+                Just(ValkeyPosition::default()),
+                proptest::collection::vec(prop_oneof![Just(StreamId::ZERO), stream_id()], usize::from(partitions))
+                    .prop_map(ValkeyPosition::from_ids),
+            ];
+            (start, proptest::collection::vec(step, 0..12)).prop_map(move |(mut position, steps)| {
+                for step in steps {
+                    match step {
+                        Step::Event(p, id) => position.advance(&at(p, id, partitions)),
+                        Step::Scanned(ids) => position.merge(&ValkeyPosition::from_ids(ids)),
+                    }
+                }
+                (partitions, position)
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every reachable position comes back exactly from its cursor text.
+        #[test]
+        fn every_reachable_position_round_trips((partitions, position) in reachable()) {
+            let text = position.to_cursor().to_string();
+            let cursor: Cursor = text.parse().map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            let back = ValkeyPosition::decode(&cursor, partitions)
+                .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(back.to_cursor().to_string(), text);
+            prop_assert_eq!(back.is_origin(), position.is_origin());
+            prop_assert_eq!(back.watermark(), position.watermark());
+            for p in 0..partitions {
+                prop_assert_eq!(back.get(p), position.get(p));
+            }
+        }
+
+        /// Mutated cursor text (a character dropped, changed or added) decodes or is refused
+        /// with a reason; it never panics.
+        #[test]
+        fn mutated_cursors_never_panic(
+            (partitions, position) in reachable(),
+            at in any::<proptest::sample::Index>(),
+            mutation in 0..3u8,
+            ch in prop_oneof![Just(','), Just('-'), Just(':'), Just('0'), Just('9'), any::<char>()],
+        ) {
+            let mut chars: Vec<char> = position.to_cursor().to_string().chars().collect();
+            let i = at.index(chars.len());
+            match mutation {
+                0 => { chars.remove(i); }
+                1 => chars[i] = ch,
+                _ => chars.insert(i, ch),
+            }
+            let text: String = chars.into_iter().collect();
+            if let Ok(cursor) = Cursor::parse(&text) {
+                if let Err(e) = ValkeyPosition::decode(&cursor, partitions) {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+
+        /// Arbitrary text never panics the decoder.
+        #[test]
+        fn random_cursors_never_panic(text in "valkey:[0-9]{0,3}:[0-9,\\-]{0,40}|.{0,40}", partitions in 1..=300u16) {
+            if let Ok(cursor) = Cursor::parse(&text) {
+                let _ = ValkeyPosition::decode(&cursor, partitions);
+            }
+        }
     }
 }

@@ -138,7 +138,7 @@ impl Store {
         let mut entries = Vec::with_capacity(raw.entries.len());
         for (entry_id, fields) in raw.entries {
             let entry_id = id(&entry_id, "entry id")?;
-            entries.push((entry_id, wire::parse_entry(partition, entry_id, &fields)));
+            entries.push((entry_id, wire::parse_entry(&self.keys, partition, entry_id, &fields)));
         }
         Ok(PartitionRead {
             trimmed_before: id(&raw.trimmed_before, "trimmed_to")?,
@@ -335,6 +335,7 @@ mod tests {
     use completion_core::{CompletionPayload, ExecutionId, Namespace, Outcome, Tags};
 
     use super::*;
+    use crate::position::EventPosition;
 
     fn id(ms: u64) -> StreamId {
         StreamId { ms, seq: 0 }
@@ -350,7 +351,7 @@ mod tests {
             ms,
             Cursor::new("valkey", "origin"),
         );
-        (id(ms), Ok(LogEvent { position: (p, id(ms)), payload }))
+        (id(ms), Ok(LogEvent { position: EventPosition { partition: p, id: id(ms), partitions: 16 }, payload }))
     }
 
     fn read(entries: Vec<(StreamId, Result<LogEvent<ValkeyPosition>, String>)>, limit: usize) -> PartitionRead {
@@ -367,7 +368,7 @@ mod tests {
     }
 
     fn ms_of(batch: &ReadBatch<ValkeyPosition>) -> Vec<u64> {
-        batch.events.iter().map(|e| e.position.1.ms).collect()
+        batch.events.iter().map(|e| e.position.id.ms).collect()
     }
 
     #[test]

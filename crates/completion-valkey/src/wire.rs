@@ -11,7 +11,7 @@ use completion_core::{CompletionPayload, Cursor, ExecutionId, FlowId, Namespace,
 use serde::Deserialize;
 
 use crate::keys::Keyspace;
-use crate::position::{BACKEND, StreamId, ValkeyPosition};
+use crate::position::{BACKEND, EventPosition, StreamId, ValkeyPosition};
 
 /// Version of the message body this build reads (`"v"`). Newer versions stay readable as
 /// long as they keep these fields.
@@ -85,7 +85,8 @@ pub(crate) fn parse_message(body: &[u8], keys: &Keyspace) -> Result<Announcement
         m.completed_at_ms,
         placeholder_cursor(),
     );
-    Ok(Announcement { event: LogEvent { position: (m.partition, id), payload }, prev })
+    let position = EventPosition { partition: m.partition, id, partitions: keys.partitions() };
+    Ok(Announcement { event: LogEvent { position, payload }, prev })
 }
 
 /// The cursor a payload carries until the hub stamps the stream's own.
@@ -95,6 +96,7 @@ fn placeholder_cursor() -> Cursor {
 
 /// Parses one log entry's fields (`field, value, field, value, ...`).
 pub(crate) fn parse_entry(
+    keys: &Keyspace,
     partition: u16,
     id: StreamId,
     fields: &[(String, String)],
@@ -111,7 +113,7 @@ pub(crate) fn parse_entry(
         need("completed_at_ms")?.parse().map_err(|_| format!("log entry {id} has a bad `completed_at_ms`"))?,
         placeholder_cursor(),
     );
-    Ok(LogEvent { position: (partition, id), payload })
+    Ok(LogEvent { position: EventPosition { partition, id, partitions: keys.partitions() }, payload })
 }
 
 #[cfg(test)]
@@ -126,7 +128,7 @@ mod tests {
             r#"{{"v":1,"partition":{p},"id":"10-1","prev":"9-0","execution_id":"e-1","namespace":"ns","outcome":"failed","tags":{{"a":"b"}},"completed_at_ms":10}}"#
         );
         let a = parse_message(body.as_bytes(), &keys).unwrap();
-        assert_eq!(a.event.position, (p, StreamId { ms: 10, seq: 1 }));
+        assert_eq!(a.event.position, EventPosition { partition: p, id: StreamId { ms: 10, seq: 1 }, partitions: 4 });
         assert_eq!(a.prev, StreamId { ms: 9, seq: 0 });
         assert_eq!(a.event.payload.outcome(), Outcome::Failed);
         assert_eq!(a.event.payload.tags().get("a").map(|v| v.as_str()), Some("b"));
