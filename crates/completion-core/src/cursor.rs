@@ -108,6 +108,8 @@ impl From<Cursor> for String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -122,5 +124,33 @@ mod tests {
         assert!(Cursor::parse(":42").is_err());
         assert!(Cursor::parse("Memory:1").is_err());
         assert!(Cursor::parse("memory:\n").is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text parses or is refused with a reason naming the cursor; what parses keeps
+        /// its text exactly and names its backend.
+        #[test]
+        fn any_text_parses_exactly_or_is_refused(text in "[a-z-]{0,8}:?.{0,64}|.{0,64}") {
+            match Cursor::parse(&text) {
+                Ok(cursor) => {
+                    prop_assert_eq!(cursor.as_str(), text.as_str());
+                    prop_assert!(text.starts_with(cursor.backend()));
+                    prop_assert!(cursor.position_for(cursor.backend()).is_ok());
+                }
+                Err(e) => prop_assert!(e.to_string().contains("cursor"), "{}", e),
+            }
+        }
+
+        /// A cursor a backend makes (a backend name and a position without control
+        /// characters) comes back exactly from its text.
+        #[test]
+        fn made_cursors_round_trip(backend in "[a-z][a-z-]{0,15}", position in "[^\\p{Cc}]{0,200}") {
+            let made = Cursor::new(&backend, &position);
+            let back = Cursor::parse(&made.to_string()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back.position_for(&backend).map_err(|e| TestCaseError::fail(e.to_string()))?, position.as_str());
+            prop_assert_eq!(back, made);
+        }
     }
 }

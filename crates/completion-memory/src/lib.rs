@@ -177,14 +177,7 @@ impl Feed<MemoryPosition> for StateReader {
 #[async_trait]
 impl LogReader<MemoryPosition> for StateReader {
     fn decode_cursor(&self, cursor: &Cursor) -> Result<MemoryPosition, EngineError> {
-        let position = cursor.position_for(BACKEND)?;
-        let seq: u64 = position
-            .parse()
-            .map_err(|_| EngineError::invalid("cursor", cursor.as_str(), "the position is not a sequence number"))?;
-        if seq > self.lock().log.head().seq() {
-            return Err(EngineError::invalid("cursor", cursor.as_str(), "points past the end of this backend's log"));
-        }
-        Ok(MemoryPosition(Some(seq)))
+        MemoryPosition::decode(cursor, self.lock().log.head())
     }
 
     async fn read_after(

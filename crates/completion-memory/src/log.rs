@@ -3,7 +3,9 @@
 use std::collections::VecDeque;
 
 use completion_core::hub::{LogEvent, Position, ReadBatch, TrimmedGap};
-use completion_core::{CompletionPayload, Cursor, Retention, ScannerFilter};
+use completion_core::{CompletionPayload, Cursor, EngineError, Retention, ScannerFilter};
+
+use crate::BACKEND;
 
 /// A position in the memory log: the sequence number of the last event covered.
 ///
@@ -19,6 +21,19 @@ impl MemoryPosition {
     /// The sequence number of the last event covered (0 for the origin).
     pub fn seq(self) -> u64 {
         self.0.unwrap_or(0)
+    }
+
+    /// Decodes a cursor of a log whose newest event is `head`; a position past it is
+    /// refused (it was made by another instance).
+    pub fn decode(cursor: &Cursor, head: MemoryPosition) -> Result<Self, EngineError> {
+        let position = cursor.position_for(BACKEND)?;
+        let seq: u64 = position
+            .parse()
+            .map_err(|_| EngineError::invalid("cursor", cursor.as_str(), "the position is not a sequence number"))?;
+        if seq > head.seq() {
+            return Err(EngineError::invalid("cursor", cursor.as_str(), "points past the end of this backend's log"));
+        }
+        Ok(MemoryPosition(Some(seq)))
     }
 }
 
@@ -39,7 +54,7 @@ impl Position for MemoryPosition {
     }
 
     fn to_cursor(&self) -> Cursor {
-        Cursor::new("memory", self.seq())
+        Cursor::new(BACKEND, self.seq())
     }
 }
 
@@ -107,5 +122,39 @@ impl CompletionLog {
             }
         }
         ReadBatch { events, scanned_to, gap, more: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every position a stream can stamp on an event (the newest event covered, at or
+        /// below the log's head) comes back exactly from its cursor text.
+        #[test]
+        fn every_reachable_position_round_trips(head in 1..u64::MAX, at in any::<proptest::sample::Index>()) {
+            let position = MemoryPosition(Some(1 + at.index(usize::try_from(head).unwrap_or(usize::MAX)) as u64));
+            let text = position.to_cursor().to_string();
+            let cursor = Cursor::parse(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let back = MemoryPosition::decode(&cursor, MemoryPosition(Some(head)))
+                .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(back, position);
+            prop_assert_eq!(back.to_cursor(), position.to_cursor());
+        }
+
+        /// Any cursor text decodes or is refused with a reason; it never panics.
+        #[test]
+        fn any_cursor_text_never_panics(text in "memory:[0-9+-]{0,24}|.{0,40}", head in any::<u64>()) {
+            if let Ok(cursor) = Cursor::parse(&text) {
+                if let Err(e) = MemoryPosition::decode(&cursor, MemoryPosition(Some(head))) {
+                    prop_assert!(e.to_string().contains("cursor"), "{}", e);
+                }
+            }
+        }
     }
 }

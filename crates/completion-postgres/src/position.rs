@@ -80,6 +80,8 @@ impl Position for PgPosition {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -108,5 +110,53 @@ mod tests {
         assert_eq!(p, PgPosition { xid: 9, id: i64::MAX });
         assert!(p.is_new(&PgPosition { xid: 10, id: 0 }));
         assert!(!p.is_new(&PgPosition { xid: 9, id: 3 }));
+    }
+
+    /// Positions a stream reaches: from the origin, through events of any transaction and
+    /// reads that found nothing more below a horizon.
+    fn reachable() -> impl Strategy<Value = PgPosition> {
+        let step = prop_oneof![
+            (any::<u64>(), 1..=i64::MAX).prop_map(|(xid, id)| (PgPosition { xid, id }, false)),
+            (1..=u64::MAX).prop_map(|h| (PgPosition::below(h), true)),
+        ];
+        proptest::collection::vec(step, 0..8).prop_map(|steps| {
+            let mut p = PgPosition::ORIGIN;
+            for (step, read) in steps {
+                if read { p.merge(&step) } else { p.advance(&step) }
+            }
+            p
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn every_reachable_position_round_trips(position in reachable()) {
+            let text = position.to_cursor().to_string();
+            let cursor = Cursor::parse(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let back = PgPosition::parse(&cursor).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(back, position);
+        }
+
+        /// Any cursor text, and mutations of real ones, decode or are refused with a reason.
+        #[test]
+        fn any_cursor_text_never_panics(
+            position in reachable(),
+            text in "postgres:[0-9.+-]{0,44}|.{0,40}",
+            at in any::<proptest::sample::Index>(),
+            ch in any::<char>(),
+        ) {
+            let mut mutated: Vec<char> = position.to_cursor().to_string().chars().collect();
+            let i = at.index(mutated.len());
+            mutated[i] = ch;
+            for text in [text, mutated.into_iter().collect()] {
+                if let Ok(cursor) = Cursor::parse(&text) {
+                    if let Err(e) = PgPosition::parse(&cursor) {
+                        prop_assert!(e.to_string().contains("cursor"), "{}", e);
+                    }
+                }
+            }
+        }
     }
 }

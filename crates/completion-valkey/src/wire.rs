@@ -118,6 +118,8 @@ pub(crate) fn parse_entry(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -146,5 +148,89 @@ mod tests {
         assert_eq!(tags_from_json(&tags_to_json(&tags)).unwrap(), tags);
         assert_eq!(tags_to_json(&Tags::new()), "{}");
         assert!(tags_from_json("[]").is_err());
+    }
+
+    /// A message as the library writes it, for execution `id` of `keys`.
+    fn message(keys: &Keyspace, id: &str, ns: &str, ms: u64) -> String {
+        let p = keys.partition_of(id);
+        let body = serde_json::json!({
+            "v": 4, "partition": p, "id": format!("{ms}-0"), "prev": "0-0", "execution_id": id,
+            "namespace": ns, "flow_id": "", "outcome": "succeeded", "tags": {"k": "v"}, "completed_at_ms": ms / 1000,
+        });
+        body.to_string()
+    }
+
+    fn mutate(text: &str, at: proptest::sample::Index, how: u8, with: char) -> Vec<u8> {
+        let mut bytes = text.as_bytes().to_vec();
+        let i = at.index(bytes.len());
+        let mut buf = [0u8; 4];
+        let with = with.encode_utf8(&mut buf).as_bytes();
+        match how {
+            0 => {
+                bytes.remove(i);
+            }
+            1 => {
+                bytes.splice(i..=i, with.iter().copied());
+            }
+            2 => {
+                bytes.splice(i..i, with.iter().copied());
+            }
+            _ => bytes.truncate(i),
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A message of any execution id and namespace parses back to what was sent.
+        #[test]
+        fn messages_round_trip(id in "[!-z|~]{1,64}", ns in "[a-z0-9._-]{1,32}", ms in 1..u64::MAX / 2, partitions in 1..=256u16) {
+            prop_assume!(ExecutionId::new(id.clone()).is_ok() && Namespace::new(ns.clone()).is_ok());
+            let keys = Keyspace::new("t", partitions);
+            let a = parse_message(message(&keys, &id, &ns, ms).as_bytes(), &keys).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(a.event.payload.execution_id().as_str(), id.as_str());
+            prop_assert_eq!(a.event.payload.namespace().as_str(), ns.as_str());
+            prop_assert_eq!(a.event.position.id, StreamId { ms, seq: 0 });
+            prop_assert_eq!(a.event.position.partitions, partitions);
+        }
+
+        /// A mutated message (a byte dropped, changed or added, or cut short) or random bytes
+        /// parse or are refused with a reason (the feed skips and counts those); never a panic.
+        #[test]
+        fn mutated_and_random_messages_never_panic(
+            at in any::<proptest::sample::Index>(),
+            how in 0..4u8,
+            with in prop_oneof![Just('"'), Just('\\'), Just('{'), Just('}'), Just(','), Just('9'), any::<char>()],
+            random in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let keys = Keyspace::new("t", 16);
+            let good = message(&keys, "exec-1", "ns", 1_700_000_000_000_000);
+            for body in [mutate(&good, at, how, with), random] {
+                if let Err(reason) = parse_message(&body, &keys) {
+                    prop_assert!(!reason.is_empty());
+                }
+            }
+        }
+
+        /// Log entries with any fields (missing, extra, garbled values) parse or are refused
+        /// with a reason; never a panic.
+        #[test]
+        fn any_log_entry_fields_never_panic(
+            fields in proptest::collection::vec(
+                (prop_oneof![
+                    Just("execution_id".to_string()), Just("namespace".to_string()), Just("flow_id".to_string()),
+                    Just("outcome".to_string()), Just("tags".to_string()), Just("completed_at_ms".to_string()),
+                    ".{0,12}",
+                ], prop_oneof![Just("{}".to_string()), Just("succeeded".to_string()), "[0-9]{1,22}", ".{0,40}"]),
+                0..10,
+            ),
+            partition in any::<u16>(),
+        ) {
+            let keys = Keyspace::new("t", 16);
+            if let Err(reason) = parse_entry(&keys, partition, StreamId { ms: 1, seq: 0 }, &fields) {
+                prop_assert!(!reason.is_empty());
+            }
+        }
     }
 }
