@@ -5,8 +5,8 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | done (also: `tail` stopped by Ctrl-C / SIGTERM) |
-//! | 1 | the server refused or failed an operation, or a stream ended |
+//! | 0 | done (also: `tail` stopped by Ctrl-C / SIGTERM, or by a closed stdout or stderr) |
+//! | 1 | the server refused or failed an operation, a stream ended, or the output could not be written |
 //! | 2 | usage: bad arguments, bad URL, bad cursor, bad namespace or tag |
 //! | 3 | the server could not be reached (refused, unresolvable, timed out) |
 //! | 4 | the server holds a schema or function library this build cannot use |

@@ -16,6 +16,7 @@ mod error;
 mod migrate;
 mod output;
 mod stats;
+mod stdio;
 mod tail;
 mod url;
 
@@ -83,14 +84,14 @@ struct TargetArgs {
     /// Valkey/Redis key prefix [default: completions]
     #[arg(long)]
     prefix: Option<String>,
-    /// Valkey/Redis partition count of the prefix [default: 16]
-    #[arg(long)]
+    /// Valkey/Redis partition count of the prefix, 1 to 256 [default: 16]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     partitions: Option<u16>,
     /// PostgreSQL schema [default: completions]
     #[arg(long)]
     schema: Option<String>,
     /// Limit on connecting, e.g. 500ms, 2s [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     connect_timeout: Option<Duration>,
 }
 
@@ -122,6 +123,11 @@ impl TargetArgs {
     }
 }
 
+/// A `--connect-timeout` value (humantime's syntax), the error naming what is expected.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("not a duration such as 500ms, 2s or 1m ({e})"))
+}
+
 fn quote(words: impl IntoIterator<Item = String>) -> String {
     words
         .into_iter()
@@ -131,10 +137,14 @@ fn quote(words: impl IntoIterator<Item = String>) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     init_logging();
-    // One line, never a backtrace, should a bug ever panic.
-    std::panic::set_hook(Box::new(|info| eprintln!("completions: internal error: {info}")));
+    // One line, never a backtrace, should a bug ever panic (and no second panic when stderr
+    // is closed).
+    std::panic::set_hook(Box::new(|info| stdio::status(&format!("completions: internal error: {info}"))));
     let target = match &cli.command {
         Command::Tail { target, .. } | Command::Migrate { target } | Command::Stats { target, .. } => target.clone(),
     };
@@ -142,7 +152,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("completions: cannot start the async runtime: {e}");
+            stdio::status(&format!("completions: cannot start the async runtime: {e}"));
             return ExitCode::from(Kind::Failed.code());
         }
     };
@@ -152,7 +162,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("completions: {}", e.line(secret.as_deref()));
+            stdio::status(&format!("completions: {}", e.line(secret.as_deref())));
             e.exit_code()
         }
     }
@@ -191,10 +201,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let url_target = url::parse(&target.url)?;
             let options = target.options();
             options.check_for(&url_target)?;
-            for line in migrate::run(&url_target, &options).await? {
-                println!("{line}");
-            }
-            Ok(())
+            let lines = migrate::run(&url_target, &options).await?;
+            print_lines(lines.iter().map(String::as_str))
         }
         Command::Stats { target, json } => {
             let url_target = url::parse(&target.url)?;
@@ -203,15 +211,47 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let backend = connect::open(&url_target, &options).await?;
             let stats = stats::gather(&backend, &url::redact(&target.url)).await?;
             if json {
-                println!("{}", stats.to_json());
+                print_lines([stats.to_json().as_str()])
             } else {
-                for line in stats.to_lines() {
-                    println!("{line}");
-                }
+                print_lines(stats.to_lines().iter().map(String::as_str))
             }
-            Ok(())
         }
     }
+}
+
+/// Reports what clap found wrong with the arguments: `--help` and `--version` as clap prints
+/// them (exit 0), a missing subcommand with the usage text, anything else as one line
+/// (`completions: unexpected argument '--nope' found; see `completions --help``), exit 2.
+/// Never panics on a closed stream.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(Kind::Usage.code()));
+    }
+    stdio::status(&format!("completions: {}; see `completions --help`", clap_line(e)));
+    ExitCode::from(Kind::Usage.code())
+}
+
+/// The message of a clap error as one line: its first paragraph (what is wrong), without
+/// the `error: ` in front, the tips and the usage that follow.
+fn clap_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let paragraph: Vec<&str> = text.lines().map(str::trim).take_while(|line| !line.is_empty()).collect();
+    let line = paragraph.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// Prints the output of a one-shot command on stdout. A closed stdout (`| head -1`) or any
+/// other write failure is a failure of the command (exit 1): its output was not delivered.
+fn print_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<(), CliError> {
+    for line in lines {
+        stdio::out(line).map_err(|e| {
+            let why = if stdio::is_closed(&e) { "stdout was closed".to_string() } else { e.to_string() };
+            CliError::new(Kind::Failed, format!("cannot write the output: {why}"))
+        })?;
+    }
+    Ok(())
 }
 
 /// Logs to stderr as `RUST_LOG` says; nothing without it, so that output stays clean.

@@ -11,12 +11,13 @@
 //!   it handled (`completions: last cursor: ...`) and the exact command that resumes right
 //!   after it, and exits 0. Items already received but not printed are not counted: the
 //!   resume command prints them. Without any item, the resume command repeats `--from`.
-//! - When stdout is closed (`| head`), it stops the same way.
+//! - When stdout or stderr is closed (`| head`, `2>&1 | head`), it stops the same way, as
+//!   soon as it notices (the kernel reports a pipe whose reader closed; a write to it
+//!   fails): exit 0, with the cursor lines on whichever stream is still open. It never
+//!   panics on a closed stream.
 //!
 //! Limit: with `--from now` and no item received, there is no cursor to resume from;
 //! completions committed between two runs are then not printed by the second.
-
-use std::io::Write;
 
 use completion_core::{Cursor, Namespace, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue};
 use futures_util::StreamExt;
@@ -24,6 +25,7 @@ use futures_util::StreamExt;
 use crate::connect::Backend;
 use crate::error::{CliError, Kind};
 use crate::output::{self, Format};
+use crate::stdio::{self, Closed};
 
 /// What `tail` was asked for, checked before anything connects.
 #[derive(Clone, Debug)]
@@ -105,7 +107,10 @@ fn usage(option: &str, e: completion_core::EngineError) -> CliError {
 /// Why the loop stopped.
 enum Stop {
     Signal(&'static str),
-    StdoutClosed,
+    /// `stdout` or `stderr` was closed.
+    Closed(&'static str),
+    /// Writing to stdout failed for another reason than a closed reader (a full disk).
+    StdoutFailed(std::io::Error),
 }
 
 /// Runs `tail` on `backend` until a signal. `shown_url` is the redacted URL for the
@@ -119,71 +124,89 @@ pub async fn run(
     // Installed before subscribing: a signal that comes right after the readiness line must
     // find the handler in place, not kill the process.
     let mut signals = Signals::new()?;
+    let mut closed = Closed::new();
     let completions = backend.completions();
     // A long catch-up or a server that stops answering can hold the subscribe call: a signal
-    // must still end the command.
+    // or a closed stream must still end the command.
     let mut stream = tokio::select! {
         subscribed = completions.subscribe_from(plan.from.clone(), &plan.filter) => subscribed.map_err(CliError::from)?,
         signal = signals.next() => {
-            eprintln!("completions: {signal} before the subscription was live; nothing was printed");
+            stdio::status(&format!("completions: {signal} before the subscription was live; nothing was printed"));
+            return Ok(());
+        }
+        stream = closed.next() => {
+            stdio::status(&format!("completions: {stream} was closed before the subscription was live; nothing was printed"));
             return Ok(());
         }
     };
-    eprintln!("completions: tailing {} {shown_url} ({}); Ctrl-C to stop", completions.backend_name(), plan.describe());
-
+    let ready = format!(
+        "completions: tailing {} {shown_url} ({}); Ctrl-C to stop",
+        completions.backend_name(),
+        plan.describe()
+    );
     let mut last: Option<Cursor> = match &plan.from {
         StartFrom::After(cursor) => Some(cursor.clone()),
         _ => None,
     };
-    let mut stdout = std::io::stdout();
-    let stop = loop {
-        tokio::select! {
-            biased;
-            signal = signals.next() => break Stop::Signal(signal),
-            item = stream.next() => {
-                let (line, cursor) = match item {
-                    Some(StreamItem::Completion(c)) => {
-                        let wanted = plan.extra_tags.iter().all(|(k, v)| c.tags().get(k.as_str()) == Some(v));
-                        (wanted.then(|| output::completion(plan.format, &c)), c.cursor().clone())
+    let stop = if stdio::err(&ready).is_err() {
+        Stop::Closed("stderr")
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                signal = signals.next() => break Stop::Signal(signal),
+                stream = closed.next() => break Stop::Closed(stream),
+                item = stream.next() => {
+                    let (line, cursor) = match item {
+                        Some(StreamItem::Completion(c)) => {
+                            let wanted = plan.extra_tags.iter().all(|(k, v)| c.tags().get(k.as_str()) == Some(v));
+                            (wanted.then(|| output::completion(plan.format, &c)), c.cursor().clone())
+                        }
+                        Some(StreamItem::Gap(g)) => (Some(output::gap(plan.format, &g)), g.resumed_at.clone()),
+                        Some(_) => continue, // a kind of item this build does not know
+                        None => {
+                            report_last(last.as_ref(), &plan, &resume);
+                            return Err(CliError::new(Kind::Failed, "the stream ended: the backend was closed"));
+                        }
+                    };
+                    if let Some(line) = line {
+                        match stdio::out(&line) {
+                            Ok(()) => {}
+                            Err(e) if stdio::is_closed(&e) => break Stop::Closed("stdout"),
+                            Err(e) => break Stop::StdoutFailed(e),
+                        }
                     }
-                    Some(StreamItem::Gap(g)) => (Some(output::gap(plan.format, &g)), g.resumed_at.clone()),
-                    Some(_) => continue, // a kind of item this build does not know
-                    None => {
-                        report_last(last.as_ref(), &plan, &resume);
-                        return Err(CliError::new(Kind::Failed, "the stream ended: the backend was closed"));
-                    }
-                };
-                if let Some(line) = line {
-                    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
-                        break Stop::StdoutClosed;
-                    }
+                    last = Some(cursor);
                 }
-                last = Some(cursor);
             }
         }
     };
     match stop {
-        Stop::Signal(name) => eprintln!("completions: stopped by {name}"),
-        Stop::StdoutClosed => eprintln!("completions: stopped: stdout was closed"),
+        Stop::Signal(name) => stdio::status(&format!("completions: stopped by {name}")),
+        Stop::Closed(stream) => stdio::status(&format!("completions: stopped: {stream} was closed")),
+        Stop::StdoutFailed(e) => {
+            report_last(last.as_ref(), &plan, &resume);
+            return Err(CliError::new(Kind::Failed, format!("stopped: cannot write to stdout: {e}")));
+        }
     }
     report_last(last.as_ref(), &plan, &resume);
     Ok(())
 }
 
-/// Tells where to resume, on stderr.
+/// Tells where to resume, on stderr (if it is still open).
 fn report_last(last: Option<&Cursor>, plan: &Plan, resume: &impl Fn(&str) -> String) {
     match last {
         Some(cursor) => {
-            eprintln!("completions: last cursor: {cursor}");
-            eprintln!("completions: resume with: {}", resume(cursor.as_str()));
+            stdio::status(&format!("completions: last cursor: {cursor}"));
+            stdio::status(&format!("completions: resume with: {}", resume(cursor.as_str())));
         }
         None => {
             let from = match &plan.from {
                 StartFrom::Earliest => "earliest",
                 _ => "now",
             };
-            eprintln!("completions: no completion received, so no cursor to resume after");
-            eprintln!("completions: run again with: {}", resume(from));
+            stdio::status("completions: no completion received, so no cursor to resume after");
+            stdio::status(&format!("completions: run again with: {}", resume(from)));
         }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, run};
+use common::{Stream, assert_no_panic, free_port, run, run_with_closed};
 
 #[test]
 fn unknown_schemes_and_garbage_are_usage_errors() {
@@ -55,10 +55,24 @@ fn unreachable_servers_fail_with_one_line_and_code_3_without_the_password() {
 }
 
 #[test]
-fn a_bad_connect_timeout_is_a_usage_error() {
-    let done = run(&["stats", "memory:", "--connect-timeout", "soon"]);
+fn bad_flags_are_one_line_usage_errors() {
+    for (args, says) in [
+        (vec!["stats", "memory:", "--connect-timeout", "soon"], "'soon' for '--connect-timeout"),
+        (vec!["tail", "memory:", "--nope"], "unexpected argument '--nope'"),
+        (vec!["tail", "redis://127.0.0.1:1", "--partitions", "0"], "0 is not in 1..=256"),
+        (vec!["tail", "redis://127.0.0.1:1", "--partitions", "many"], "'many' for '--partitions"),
+        (vec!["tail"], "<URL>"),
+        (vec!["bogus"], "unrecognized subcommand 'bogus'"),
+    ] {
+        let done = run(&args);
+        let line = done.assert_one_line_failure(2);
+        assert!(line.contains(says) && line.ends_with("see `completions --help`"), "{args:?}: {line}");
+    }
+    let done = run(&[]);
     assert_eq!(done.status.code(), Some(2), "{done:#?}");
-    assert!(!format!("{done:?}").contains("panicked"));
+    assert!(done.stderr.iter().any(|l| l.starts_with("Usage: completions")), "{done:#?}");
+    let done = run(&["--version"]);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
 }
 
 #[test]
@@ -71,4 +85,33 @@ fn the_memory_backend_answers_migrate_and_stats() {
     let stats: serde_json::Value = serde_json::from_str(&done.stdout[0]).expect("JSON");
     assert_eq!(stats["server"]["backend"], "memory");
     assert_eq!(stats["counters"]["delivered"], 0);
+}
+
+#[test]
+fn a_closed_stdout_fails_stats_and_migrate_in_one_line_with_code_1() {
+    for args in [vec!["stats", "memory:"], vec!["stats", "memory:", "--json"], vec!["migrate", "memory:"]] {
+        let done = run_with_closed(&args, Stream::Stdout);
+        assert_no_panic(&done);
+        let line = done.assert_one_line_failure(1);
+        assert_eq!(line, "completions: cannot write the output: stdout was closed", "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_keeps_the_exit_code_of_the_failure() {
+    for (args, code) in [
+        (vec!["tail", "garbage"], 2),
+        (vec!["stats", "redis://127.0.0.1:1/999"], 2),
+        (vec!["tail", "memory:", "--nope"], 2),
+        (vec!["stats", "memory:"], 0),
+    ] {
+        let done = run_with_closed(&args, Stream::Stderr);
+        assert_no_panic(&done);
+        assert_eq!(done.status.code(), Some(code), "{args:?}: {done:#?}");
+    }
+    let port = free_port().to_string();
+    let done =
+        run_with_closed(&["stats", &format!("redis://127.0.0.1:{port}"), "--connect-timeout", "2s"], Stream::Stderr);
+    assert_no_panic(&done);
+    assert_eq!(done.status.code(), Some(3), "{done:#?}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{run, runtime, unique};
+use common::{Running, Stream, assert_no_panic, complete, run, runtime, unique};
 use completion_testserver::{ValkeyOptions, ValkeyServer};
 use completion_valkey::{LIBRARY_VERSION, ValkeyBackend, ValkeyConfig};
 
@@ -93,4 +93,71 @@ fn a_prefix_with_another_partition_count_is_refused_in_one_line() {
     let done = run(&["stats", &target[0], "--prefix", &target[2], "--partitions", "4"]);
     let line = done.assert_one_line_failure(4);
     assert!(line.contains("partitions"), "{line}");
+}
+
+/// The issue's pipeline: `tail --from earliest 2>&1 | head -3` must end with exit 0 once
+/// `head` is gone, not abort writing to the closed pipe.
+#[test]
+fn tail_into_head_stops_when_the_pipe_closes() {
+    let (target, writer) = fresh();
+    for n in 0..5 {
+        complete(&writer, &format!("piped-{n}"), "pipes", &[]);
+    }
+    let script = r#""$0" tail "$1" --prefix "$2" --from earliest 2>&1 | head -3; echo "tail exited ${PIPESTATUS[0]}""#;
+    let output = std::process::Command::new("bash")
+        .args(["-c", script, common::binary(), &target[0], &target[2]])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running bash");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].starts_with("completions: tailing "), "{stdout}");
+    assert!(lines[1].contains("piped-0") && lines[2].contains("piped-1"), "{stdout}");
+    assert_eq!(lines[3], "tail exited 0", "{stdout}");
+    assert!(!stdout.contains("panicked"), "{stdout}");
+}
+
+#[test]
+fn tail_stops_like_on_ctrl_c_when_its_stdout_closes() {
+    let (target, writer) = fresh();
+    complete(&writer, "first", "pipes", &[]);
+    let mut args = vec!["tail", "--from", "earliest"];
+    args.extend(target.iter().map(String::as_str));
+    // The reader closes stdout after the first line; nothing more is written after that.
+    let mut tail = Running::start_closing(&args, Some((Stream::Stdout, 1)));
+    tail.stderr_line(|line| line.starts_with("completions: tailing "));
+    let done = tail.finish();
+    assert_no_panic(&done);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
+    assert!(done.stdout[0].contains("first"), "{done:#?}");
+    assert!(done.stderr.iter().any(|l| l == "completions: stopped: stdout was closed"), "{done:#?}");
+    common::last_cursor(&done.stderr);
+}
+
+#[test]
+fn tail_stops_like_on_ctrl_c_when_its_stderr_closes() {
+    let (target, _writer) = fresh();
+    let mut args = vec!["tail"];
+    args.extend(target.iter().map(String::as_str));
+    // The reader closes stderr after the readiness line; tail has nothing to print, and
+    // must notice by itself.
+    let tail = Running::start_closing(&args, Some((Stream::Stderr, 1)));
+    let done = tail.finish();
+    assert_no_panic(&done);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
+    assert!(done.stderr[0].starts_with("completions: tailing "), "{done:#?}");
+    assert!(done.stdout.is_empty(), "{done:#?}");
+}
+
+#[test]
+fn tail_with_stderr_closed_from_the_start_still_prints_and_stops() {
+    let (target, writer) = fresh();
+    complete(&writer, "seen", "pipes", &[]);
+    let mut args = vec!["tail", "--from", "earliest", "--json"];
+    args.extend(target.iter().map(String::as_str));
+    // stderr closed before the start: the readiness line fails, tail stops at once, exit 0.
+    let done = common::run_with_closed(&args, Stream::Stderr);
+    assert_no_panic(&done);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
 }

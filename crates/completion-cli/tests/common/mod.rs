@@ -1,5 +1,5 @@
 //! Running the built `completions` binary from tests: one-shot runs, and `tail` children
-//! whose stdout and stderr lines are read as they come, with time limits (never sleeps).
+//! whose stdout and stderr lines are read as they come, with time limits (no fixed sleeps).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -86,12 +86,14 @@ pub struct Running {
     pub stderr_seen: Vec<String>,
 }
 
-fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+/// Reads `pipe` line by line on a thread of its own; with `close_after`, it closes the
+/// pipe (drops its read end) once it read that many lines.
+fn lines_of(pipe: impl std::io::Read + Send + 'static, close_after: Option<usize>) -> Receiver<String> {
     let (send, receive) = channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
+        for (n, line) in BufReader::new(pipe).lines().enumerate() {
             let Ok(line) = line else { return };
-            if send.send(line).is_err() {
+            if send.send(line).is_err() || close_after == Some(n + 1) {
                 return;
             }
         }
@@ -99,9 +101,46 @@ fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     receive
 }
 
+/// Which of the child's output streams a test closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `completions args...` to the end with `closed` a pipe whose read end was closed
+/// before the process started (every write to it fails with EPIPE); the other stream is read.
+pub fn run_with_closed(args: &[&str], closed: Stream) -> Finished {
+    let (read, write) = rustix::pipe::pipe().expect("a pipe");
+    drop(read);
+    let mut command = Command::new(binary());
+    command.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    match closed {
+        Stream::Stdout => command.stdout(Stdio::from(write)),
+        Stream::Stderr => command.stderr(Stdio::from(write)),
+    };
+    let output = command.output().unwrap_or_else(|e| panic!("running {}: {e}", binary()));
+    let lines = |bytes: &[u8]| String::from_utf8_lossy(bytes).lines().map(str::to_string).collect::<Vec<_>>();
+    Finished { status: output.status, stdout: lines(&output.stdout), stderr: lines(&output.stderr) }
+}
+
+/// Panics if `done` shows a panic or an abort: exit 101 or 134, a signal, or "panicked".
+pub fn assert_no_panic(done: &Finished) {
+    assert!(done.status.code().is_some(), "killed by a signal: {done:#?}");
+    assert!(!matches!(done.status.code(), Some(101 | 134)), "{done:#?}");
+    let all = format!("{:?}{:?}", done.stdout, done.stderr);
+    assert!(!all.contains("panicked") && !all.contains("internal error"), "{done:#?}");
+}
+
 impl Running {
     /// Starts `completions args...`.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_closing(args, None)
+    }
+
+    /// Starts `completions args...`; with `close`, the test closes that stream (drops the
+    /// read end of its pipe) once it read that many lines of it.
+    pub fn start_closing(args: &[&str], close: Option<(Stream, usize)>) -> Self {
         let mut child = Command::new(binary())
             .args(args)
             .env_remove("RUST_LOG")
@@ -110,8 +149,9 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary()));
-        let stdout = lines_of(child.stdout.take().expect("piped stdout"));
-        let stderr = lines_of(child.stderr.take().expect("piped stderr"));
+        let after = |stream| close.filter(|(s, _)| *s == stream).map(|(_, n)| n);
+        let stdout = lines_of(child.stdout.take().expect("piped stdout"), after(Stream::Stdout));
+        let stderr = lines_of(child.stderr.take().expect("piped stderr"), after(Stream::Stderr));
         Self { child, stdout, stderr, stderr_seen: Vec::new() }
     }
 
@@ -158,20 +198,28 @@ impl Running {
         assert!(status.success(), "kill -INT failed");
     }
 
-    /// Waits for the process to exit (within the deadline: its pipes close when it does)
-    /// and collects what it printed.
+    /// Waits for the process to exit (within the deadline: its pipes close when it does,
+    /// or the test closed them) and collects what it printed.
     pub fn finish(mut self) -> Finished {
         let until = Instant::now() + DEADLINE;
         let mut stderr = std::mem::take(&mut self.stderr_seen);
-        loop {
-            match self.stderr.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(line) => stderr.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("the process did not exit; stderr: {stderr:#?}"),
+        let mut stdout = Vec::new();
+        for (lines, into) in [(&self.stderr, &mut stderr), (&self.stdout, &mut stdout)] {
+            loop {
+                match lines.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(line) => into.push(line),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => panic!("the process did not exit; stderr: {into:#?}"),
+                }
             }
         }
-        let stdout: Vec<String> = self.stdout.iter().collect();
-        let status = self.child.wait().expect("waiting for the child");
+        let status = loop {
+            match self.child.try_wait().expect("waiting for the child") {
+                Some(status) => break status,
+                None if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("the process did not exit; stderr: {stderr:#?}, stdout: {stdout:#?}"),
+            }
+        };
         Finished { status, stdout, stderr }
     }
 }
