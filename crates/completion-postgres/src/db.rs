@@ -161,6 +161,16 @@ pub(crate) fn pool(
     builder.build().map_err(|e| EngineError::invalid("pool_size", size.to_string(), e.to_string()))
 }
 
+/// What a checked log read learned besides its events.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ReadNotes {
+    /// A terminal write was in flight just before the read's snapshot.
+    pub in_flight: bool,
+    /// The read saw committed events above the horizon, which it held back: the horizon it
+    /// read below. They become deliverable once the horizon passes it.
+    pub held_back_below: Option<u64>,
+}
+
 /// The pooled operations of one instance.
 pub(crate) struct Db {
     pool: Pool,
@@ -340,15 +350,15 @@ impl Db {
     }
 
     /// [`read`](Self::read), preceded on the same connection by `writers_in_flight()` (see
-    /// the V2 and V3 migrations): returns whether a terminal write was in flight just before the
-    /// read's snapshot was taken. The two statements are sent together (one round trip) and
-    /// run in that order, each in a transaction of its own.
+    /// the V2 and V3 migrations): also says whether a terminal write was in flight just
+    /// before the read's snapshot was taken. The two statements are sent together (one round
+    /// trip) and run in that order, each in a transaction of its own.
     pub async fn read_checked(
         &self,
         after: &PgPosition,
         filter: &ScannerFilter,
         limit: usize,
-    ) -> Result<(ReadBatch<PgPosition>, bool), EngineError> {
+    ) -> Result<(ReadBatch<PgPosition>, ReadNotes), EngineError> {
         self.read_inner(after, filter, limit, true).await
     }
 
@@ -358,7 +368,7 @@ impl Db {
         filter: &ScannerFilter,
         limit: usize,
         check: bool,
-    ) -> Result<(ReadBatch<PgPosition>, bool), EngineError> {
+    ) -> Result<(ReadBatch<PgPosition>, ReadNotes), EngineError> {
         const OP: &str = "log read";
         let xid = after.xid.to_string();
         let limit_param = limit.max(1) as i64;
@@ -446,11 +456,12 @@ impl Db {
         };
         let gap = (*after != PgPosition::ORIGIN && *after < watermark)
             .then_some(TrimmedGap { resumed_at: watermark, missed: None });
-        Ok((ReadBatch { events, scanned_to, gap, more }, in_flight))
+        let notes = ReadNotes { in_flight, held_back_below: (held > 0).then_some(horizon) };
+        Ok((ReadBatch { events, scanned_to, gap, more }, notes))
     }
 
     /// The oldest running transaction id, as seen by a fresh snapshot.
-    async fn horizon(&self) -> Result<u64, EngineError> {
+    pub async fn horizon(&self) -> Result<u64, EngineError> {
         const OP: &str = "horizon";
         let rows = self.query(OP, &self.sql.horizon, &[]).await.map_err(|f| f.into_engine(OP))?;
         let row =

@@ -18,13 +18,18 @@
 //! Poll-only mode (`listen: false`) is the same task without the LISTEN connection: the
 //! safety timer is the poll interval.
 //!
-//! Limits: events are delivered only once the horizon (oldest running transaction id) has
-//! passed them, so one long-running transaction that holds an xid delays every later
-//! completion until it ends (see [`PostgresStats::held_back_events`](crate::PostgresStats)).
+//! Limits: events are delivered only once the horizon (oldest running transaction id of the
+//! cluster) has passed them, so one long-running transaction that holds an xid delays every
+//! later completion until it ends (see [`PostgresStats::held_back_events`](crate::PostgresStats)).
+//! Such a transaction may end without any notification (it commits having written no
+//! completion, rolls back, or runs in another database), so while a read held events back
+//! the feed looks at the horizon on a short backoff (`in_flight_recheck` doubling up to 32
+//! times that) and reads again as soon as it moved ([`HeldBack`]): held-back events arrive
+//! within that pause of the transaction's end, not at the next safety read.
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,16 +62,24 @@ pub(crate) struct PgReader {
     pub check_in_flight: bool,
     /// Set when a checked read found terminal writes in flight; taken by the feed.
     pub in_flight: AtomicBool,
+    /// The horizon below which the last checked read held committed events back (0: it held
+    /// none back); read by the feed.
+    pub held_back_below: AtomicU64,
 }
 
 impl PgReader {
     pub(crate) fn new(db: Arc<Db>, check_in_flight: bool) -> Self {
-        Self { db, check_in_flight, in_flight: AtomicBool::new(false) }
+        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_below: AtomicU64::new(0) }
     }
 
     /// Whether a read since the last call found terminal writes in flight.
     fn take_in_flight(&self) -> bool {
         self.in_flight.swap(false, Ordering::Relaxed)
+    }
+
+    /// The horizon below which the last checked read held events back, if it held any.
+    fn held_back_below(&self) -> Option<u64> {
+        Some(self.held_back_below.load(Ordering::Relaxed)).filter(|h| *h > 0)
     }
 }
 
@@ -85,10 +98,11 @@ impl LogReader<PgPosition> for PgReader {
         if !self.check_in_flight {
             return self.db.read(after, filter, limit).await;
         }
-        let (batch, in_flight) = self.db.read_checked(after, filter, limit).await?;
-        if in_flight {
+        let (batch, notes) = self.db.read_checked(after, filter, limit).await?;
+        if notes.in_flight {
             self.in_flight.store(true, Ordering::Relaxed);
         }
+        self.held_back_below.store(notes.held_back_below.unwrap_or(0), Ordering::Relaxed);
         Ok(batch)
     }
 }
@@ -166,6 +180,9 @@ impl FeedTask {
         // a transaction held open after a terminal write does not keep the feed reading
         // every millisecond.
         let mut recheck = feed.in_flight_recheck;
+        // Set while the last read held committed events back above the horizon: the feed
+        // then looks at the horizon on a short backoff and reads again once it moved.
+        let mut held: Option<HeldBack> = None;
         loop {
             let mut wake = false;
             tokio::select! {
@@ -204,6 +221,23 @@ impl FeedTask {
                 }
                 _ = safety.tick() => wake = true,
                 _ = sleep_until(read_retry_at) => wake = true,
+                _ = sleep_until(held.map(|h| h.check_at)) => {
+                    Stats::bump(&feed.stats.held_back_checks);
+                    let most = feed.in_flight_recheck * RECHECK_BACKOFF;
+                    match (feed.db.horizon().await, held.as_mut()) {
+                        // The read that follows decides whether anything is still held back.
+                        (Ok(horizon), Some(h)) if horizon > h.below => {
+                            held = None;
+                            wake = true;
+                        }
+                        (Ok(_), Some(h)) => h.back_off(most),
+                        (Err(error), Some(h)) => {
+                            tracing::debug!(%error, "checking the horizon for held-back events failed");
+                            h.back_off(most);
+                        }
+                        (_, None) => {}
+                    }
+                }
             }
             if !wake {
                 continue;
@@ -241,7 +275,12 @@ impl FeedTask {
                         read_retry_at = None;
                         busy_until = None;
                     }
-                    tracing::trace!(published, in_flight, "resync");
+                    held = match (feed.reader.held_back_below(), held) {
+                        (Some(below), Some(h)) if h.below == below => Some(h),
+                        (Some(below), _) => Some(HeldBack::new(below, feed.in_flight_recheck)),
+                        (None, _) => None,
+                    };
+                    tracing::trace!(published, in_flight, held_back_below = ?held.map(|h| h.below), "resync");
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?read_pause, "reading the completion log failed");
@@ -255,6 +294,34 @@ impl FeedTask {
             listener.close().await;
         }
         tracing::debug!("feed stopped: no stream left");
+    }
+}
+
+/// Committed events a read held back above the horizon, and when the feed looks at the
+/// horizon next.
+///
+/// A transaction that holds the horizon back may end without a notification to the feed
+/// (it commits without a terminal write, rolls back, or runs in another database of the
+/// cluster: the horizon is cluster-wide), so the feed cannot wait for one: it looks at the
+/// horizon after `in_flight_recheck`, then at doubling pauses up to `RECHECK_BACKOFF`
+/// times that, and reads the log once the horizon passed the one the events were held
+/// below. Nothing of this runs while no event is held back.
+#[derive(Clone, Copy, Debug)]
+struct HeldBack {
+    /// The horizon the read held events back below.
+    below: u64,
+    pause: Duration,
+    check_at: Instant,
+}
+
+impl HeldBack {
+    fn new(below: u64, first: Duration) -> Self {
+        Self { below, pause: first, check_at: Instant::now() + first }
+    }
+
+    fn back_off(&mut self, most: Duration) {
+        self.pause = (self.pause * 2).min(most);
+        self.check_at = Instant::now() + self.pause;
     }
 }
 

@@ -14,6 +14,7 @@ pub(crate) struct Stats {
     pub prune_runs: AtomicU64,
     pub pruned_events: AtomicU64,
     pub in_flight_rechecks: AtomicU64,
+    pub held_back_checks: AtomicU64,
 }
 
 impl Stats {
@@ -32,6 +33,7 @@ impl Stats {
             prune_runs: get(&self.prune_runs),
             pruned_events: get(&self.pruned_events),
             in_flight_rechecks: get(&self.in_flight_rechecks),
+            held_back_checks: get(&self.held_back_checks),
         }
     }
 }
@@ -60,4 +62,8 @@ pub struct PostgresStats {
     /// Feed reads that found terminal writes in flight (with coalesced NOTIFYs) and so
     /// scheduled another read `in_flight_recheck` later.
     pub in_flight_rechecks: u64,
+    /// Horizon checks the feed made while a read held committed events back (on a backoff
+    /// from `in_flight_recheck` to 32 times that), to read again as soon as the transaction
+    /// holding them back ended.
+    pub held_back_checks: u64,
 }

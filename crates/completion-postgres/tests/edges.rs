@@ -735,10 +735,20 @@ async fn the_in_flight_check_leaves_no_lock_behind() {
 /// coalescing writer). The narrow races of the coalescing protocol have tests of
 /// their own above; this one does not reproduce them (it passes with a check that always
 /// answers false).
+///
+/// Unrelated load runs beside them: short write transactions on a table of the test's own,
+/// in the same database and in another one, and one session idle in transaction (holding an
+/// xid, so holding every completion back) from before the first write until the writers are
+/// done. Its end releases all of them, found by the feeds' horizon checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_and_two_feeds_need_no_safety_read() {
     const N: usize = 400;
-    let (config, _) = config("twofeeds").await;
+    let (config, url) = config("twofeeds").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unrelated = unrelated_load(&url, stop.clone()).await;
+    let mut idle = common::admin(&url).await;
+    let idle_tx = idle.transaction().await.expect("begin the idle transaction");
+    idle_tx.query_one("SELECT pg_current_xact_id()", &[]).await.expect("take an xid");
     let config = config.with_safety_interval(Duration::from_secs(3600));
     let instances = [Arc::new(connect(config.clone()).await), Arc::new(connect(config).await)];
     let ns = namespace("twofeeds");
@@ -768,6 +778,7 @@ async fn concurrent_writers_and_two_feeds_need_no_safety_read() {
             .expect("the writers finished within the deadline")
             .expect("writer task");
     }
+    idle_tx.commit().await.expect("end the idle transaction");
     let mut orders = Vec::new();
     for stream in &mut streams {
         let order: Vec<ExecutionId> =
@@ -778,6 +789,42 @@ async fn concurrent_writers_and_two_feeds_need_no_safety_read() {
     let delivered: HashSet<&ExecutionId> = orders[0].iter().collect();
     assert!(ids.iter().all(|id| delivered.contains(id)), "every completion delivered once");
     assert_eq!(delivered.len(), N);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in unrelated {
+        let writes = task.await.expect("unrelated writer");
+        assert!(writes > 0, "the unrelated load ran");
+    }
+}
+
+/// Short write transactions on a table of the test's own, one task in the server's database
+/// and one in a database of their own, until `stop`; each task answers how many it committed.
+async fn unrelated_load(url: &str, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<u64>> {
+    let other_db = common::unique_schema("unrelated");
+    common::admin(url).await.batch_execute(&format!("CREATE DATABASE {other_db}")).await.expect("create database");
+    let other_url = format!("{}/{other_db}", url.rsplit_once('/').expect("the url names a database").0);
+    let table = common::unique_schema("unrelated_jobs");
+    let mut tasks = Vec::new();
+    for url in [url.to_string(), other_url] {
+        let client = common::admin(&url).await;
+        client
+            .batch_execute(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, state text NOT NULL)"))
+            .await
+            .expect("create the unrelated table");
+        let (stop, table) = (stop.clone(), table.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sql = format!(
+                    "BEGIN; INSERT INTO {table} VALUES ({writes}, 'running'); \
+                     UPDATE {table} SET state = 'done' WHERE id = {writes}; COMMIT"
+                );
+                client.batch_execute(&sql).await.expect("an unrelated write");
+                writes += 1;
+            }
+            writes
+        }));
+    }
+    tasks
 }
 
 /// A stream opened while a write that skipped its NOTIFY is in flight, its notifier having
@@ -801,4 +848,69 @@ async fn a_skipper_in_flight_when_the_feed_starts_is_delivered() {
     let got = collect_in(&mut stream, &ns, 1).await;
     assert_eq!(got[0].execution_id(), &skipper, "the skipper, committed after subscribe returned");
     assert_eq!(backend.stats().notifications, 0, "no notification reached this feed");
+}
+
+/// How the transaction that holds a completion back ends, in
+/// [`held_back_completions_are_released_when_the_holder_ends`].
+#[derive(Clone, Copy, Debug)]
+enum HolderEnds {
+    /// It commits having written nothing of ours: no notification.
+    Commit,
+    /// It rolls back: no notification.
+    Rollback,
+    /// It runs in another database of the cluster (the horizon is cluster-wide) and commits.
+    CommitInAnotherDatabase,
+    /// It finishes an execution itself, so its commit notifies.
+    CommitHavingFinished,
+}
+
+/// A transaction that took its xid before a completion was written holds that completion
+/// back (the horizon); when it ends, the completion is delivered without waiting for the
+/// safety read (10 minutes away here), however it ends: committing having written nothing,
+/// rolling back, committing in another database, or committing a completion of its own.
+/// Only the last of these notifies; the others are found by the feed's horizon checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_completions_are_released_when_the_holder_ends() {
+    let (config, url) = config("release").await;
+    let backend = connect(config.with_safety_interval(Duration::from_secs(600))).await;
+    let ns = namespace("release");
+    let other_db = common::unique_schema("otherdb");
+    common::admin(&url).await.batch_execute(&format!("CREATE DATABASE {other_db}")).await.expect("create database");
+    let other_url = format!("{}/{other_db}", url.rsplit_once('/').expect("the url names a database").0);
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    for ends in [
+        HolderEnds::Commit,
+        HolderEnds::Rollback,
+        HolderEnds::CommitInAnotherDatabase,
+        HolderEnds::CommitHavingFinished,
+    ] {
+        let own = create(&backend, &ns, None, &Tags::new()).await;
+        let x = create(&backend, &ns, None, &Tags::new()).await;
+        let mut holder =
+            common::admin(if matches!(ends, HolderEnds::CommitInAnotherDatabase) { &other_url } else { &url }).await;
+        let tx = holder.transaction().await.expect("begin");
+        tx.query_one("SELECT pg_current_xact_id()", &[]).await.expect("take an xid");
+        let reads = backend.stats().held_back_reads;
+        backend.complete(&x).await.expect("complete x");
+        wait_until(&format!("{ends:?}: the feed to hold X back"), async || backend.stats().held_back_reads > reads)
+            .await;
+        assert!(ready_now(&mut stream).is_none(), "{ends:?}: X is held back while the older transaction is open");
+        let checks = backend.stats().held_back_checks;
+        match ends {
+            HolderEnds::Rollback => tx.rollback().await.expect("rollback"),
+            HolderEnds::CommitHavingFinished => {
+                let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL)", backend.schema());
+                tx.query_one(&finish, &[&own.as_str()]).await.expect("finish inside the holder");
+                tx.commit().await.expect("commit");
+            }
+            _ => tx.commit().await.expect("commit"),
+        }
+        let expected = if matches!(ends, HolderEnds::CommitHavingFinished) { vec![own, x] } else { vec![x] };
+        let got: Vec<ExecutionId> =
+            collect_in(&mut stream, &ns, expected.len()).await.iter().map(|c| c.execution_id().clone()).collect();
+        assert_eq!(got, expected, "{ends:?}: delivered once the holder ended, in transaction order");
+        if !matches!(ends, HolderEnds::CommitHavingFinished) {
+            assert!(backend.stats().held_back_checks > checks, "{ends:?}: found by a horizon check");
+        }
+    }
 }
