@@ -145,16 +145,43 @@ pub async fn guarded<T>(
     let guard = limit.saturating_mul(2) + Duration::from_secs(5);
     match tokio::time::timeout(guard, connect).await {
         Ok(Ok(backend)) => Ok(backend),
-        Ok(Err(e)) => {
-            let e = CliError::from(e);
-            match e.kind {
-                Kind::Connect => Err(e.context(format!("cannot reach {}", redact(url)))),
-                _ => Err(e),
-            }
-        }
+        Ok(Err(e)) => Err(unreachable(url, e)),
         Err(_) => Err(CliError::new(
             Kind::Connect,
             format!("cannot reach {}: no answer within {}", redact(url), humantime::format_duration(guard)),
         )),
+    }
+}
+
+/// A failure of a first contact with the server at `url`: when it could not be reached,
+/// `cannot reach URL: <the reason, as the system gave it>`, without the library's wrapping
+/// (`valkey transport error during connect: could not connect to URL: ...`).
+fn unreachable(url: &str, e: completion_core::EngineError) -> CliError {
+    let shown = redact(url);
+    let reason = match &e {
+        completion_core::EngineError::Transport { source, .. } => {
+            let mut reason = source.to_string();
+            let mut cause = source.source();
+            while let Some(next) = cause {
+                let text = next.to_string();
+                if !reason.contains(&text) {
+                    reason = format!("{reason}: {text}");
+                }
+                cause = next.source();
+            }
+            Some(reason)
+        }
+        _ => None,
+    };
+    let e = CliError::from(e);
+    if e.kind != Kind::Connect {
+        return e;
+    }
+    match reason {
+        Some(reason) => {
+            let reason = reason.strip_prefix(&format!("could not connect to {shown}: ")).unwrap_or(&reason);
+            CliError::new(Kind::Connect, format!("cannot reach {shown}: {reason}"))
+        }
+        None => e.context(format!("cannot reach {shown}")),
     }
 }

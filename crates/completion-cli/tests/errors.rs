@@ -115,3 +115,58 @@ fn a_closed_stderr_keeps_the_exit_code_of_the_failure() {
     assert_no_panic(&done);
     assert_eq!(done.status.code(), Some(3), "{done:#?}");
 }
+
+#[test]
+fn bad_url_parts_are_named_in_one_line_with_code_2_before_connecting() {
+    // Nothing listens on port 1: a connect attempt would fail with code 3, not 2.
+    for (url, says) in [
+        ("redis://127.0.0.1:notaport", "the port `notaport` is not a number from 1 to 65535"),
+        ("redis://127.0.0.1:1?node=]]", "the query parameter `node` is for cluster URLs"),
+        ("redis://127.0.0.1:1?tls=yes", "unknown query parameter `tls`"),
+        ("redis://127.0.0.1:1/999", "the database `999` (the URL's path) must be a number from 0 to 255"),
+        ("redis://127.0.0.1:1/0/1", "must be one database number"),
+        ("redis-cluster://127.0.0.1:1?node=]]", "`node=]]` must be host:port"),
+        ("redis-cluster://127.0.0.1:1/2", "a cluster has database 0 only"),
+        ("redis://u:hunter2#x@127.0.0.1:1", "percent-encoded"),
+        ("postgres://u@127.0.0.1:notaport/db", "`notaport` is not a port number from 1 to 65535"),
+        ("postgres://u@127.0.0.1:1/db?foo=bar", "unknown query parameter `foo`; accepted: user, password, dbname"),
+        ("postgres://u@127.0.0.1:1/db?sslmode=bogus", "`sslmode=bogus` must be one of disable, prefer, require"),
+        ("postgres://u@127.0.0.1:1/db?password=hunter2&port=x", "`port=x` must be"),
+    ] {
+        for command in ["tail", "stats", "migrate"] {
+            let done = run(&[command, url]);
+            assert_no_panic(&done);
+            let line = done.assert_one_line_failure(2);
+            assert!(line.contains(says), "{command} {url}: {line}");
+            assert!(!line.contains("hunter2") && !line.contains("Invalid") && !line.contains("Os {"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn bad_cursors_and_schemas_are_one_line_usage_errors() {
+    for (args, says) in [
+        (vec!["tail", "memory:", "--from", "memory:"], "invalid cursor \"memory:\""),
+        (vec!["tail", "memory:", "--from", "memory:x"], "invalid cursor \"memory:x\""),
+        (vec!["tail", "memory:", "--from", "valkey:1-0"], "`valkey` backend"),
+        (vec!["tail", "postgres://127.0.0.1:1/db", "--from", "nocolon"], "--from"),
+        (vec!["stats", "postgres://127.0.0.1:1/db", "--schema", "Bad-Name"], "invalid schema \"Bad-Name\""),
+        (vec!["tail", "postgres://127.0.0.1:1/db", "--schema", "pg_catalog"], "schema"),
+        (vec!["stats", "redis://127.0.0.1:1", "--prefix", "a{b}"], "key prefix"),
+    ] {
+        let done = run(&args);
+        assert_no_panic(&done);
+        let line = done.assert_one_line_failure(2);
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn unreachable_servers_are_named_in_plain_words() {
+    let port = free_port();
+    for url in [format!("redis://127.0.0.1:{port}"), format!("postgres://u@127.0.0.1:{port}/db")] {
+        let line = run(&["stats", &url, "--connect-timeout", "2s"]).assert_one_line_failure(3).to_string();
+        assert!(line.starts_with(&format!("completions: cannot reach {url}: ")), "{line}");
+        assert!(line.contains("Connection refused") && !line.contains("Os {") && !line.contains("kind:"), "{line}");
+    }
+}

@@ -161,3 +161,27 @@ fn tail_with_stderr_closed_from_the_start_still_prints_and_stops() {
     assert_no_panic(&done);
     assert_eq!(done.status.code(), Some(0), "{done:#?}");
 }
+
+#[test]
+fn a_malformed_valkey_cursor_is_a_one_line_usage_error() {
+    let (target, _writer) = fresh();
+    for cursor in ["valkey:16:zz", "valkey:16:1-0,1-0", "valkey:x:1-0"] {
+        let mut args = vec!["tail", "--from", cursor];
+        args.extend(target.iter().map(String::as_str));
+        let done = run(&args);
+        assert_no_panic(&done);
+        let line = done.assert_one_line_failure(2);
+        assert!(line.contains("cursor"), "{cursor}: {line}");
+    }
+}
+
+#[test]
+fn a_database_the_server_lacks_is_named_in_one_line() {
+    // The throwaway server has the default 16 databases: 0 to 15.
+    let (target, _writer) = fresh();
+    let url = format!("{}/200", target[0].trim_end_matches('/'));
+    let done = run(&["stats", &url, "--prefix", &target[2]]);
+    assert_no_panic(&done);
+    let line = done.assert_one_line_failure(2);
+    assert!(line.contains("invalid database \"200\": the server has no such database"), "{line}");
+}

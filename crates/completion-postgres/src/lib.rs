@@ -47,6 +47,7 @@ mod position;
 mod schema;
 mod stats;
 mod tls;
+mod url_parts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,10 +207,21 @@ impl PostgresBackend {
         match tokio::time::timeout(config.connect_timeout, db.ping()).instrument(span.clone()).await {
             Ok(Ok(())) => {}
             Ok(Err(EngineError::Transport { source, .. })) => {
+                // With the causes: tokio-postgres says "error connecting to server", its
+                // source says why ("Connection refused (os error 111)").
+                let mut why = source.to_string();
+                let mut cause = source.source();
+                while let Some(next) = cause {
+                    let text = next.to_string();
+                    if !why.contains(&text) {
+                        why = format!("{why}: {text}");
+                    }
+                    cause = next.source();
+                }
                 return Err(EngineError::transport(
                     BACKEND,
                     "connect",
-                    format!("connecting to {server} failed: {source}"),
+                    format!("connecting to {server} failed: {why}"),
                 ));
             }
             Ok(Err(EngineError::Timeout { .. })) | Err(_) => {

@@ -76,6 +76,30 @@ pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
     }
 }
 
+/// fred's text of an I/O error, which is the error's `Debug` form (`Os { code: 111, kind:
+/// ConnectionRefused, message: "Connection refused" }`), as the error's own sentence
+/// (`Connection refused (os error 111)`); other text unchanged.
+pub(crate) fn plain_io_error(details: &str) -> String {
+    let field = |name: &str| {
+        let start = details.find(&format!("{name}: "))? + name.len() + 2;
+        let rest = &details[start..];
+        match rest.strip_prefix('"') {
+            Some(quoted) => quoted.find('"').map(|end| quoted[..end].to_string()),
+            None => rest.find([',', ' ', '}']).map(|end| rest[..end].to_string()),
+        }
+    };
+    if details.starts_with("Os {") {
+        if let (Some(message), Some(code)) = (field("message"), field("code")) {
+            return format!("{message} (os error {code})");
+        }
+    } else if details.starts_with("Custom {") || details.starts_with("Kind(") {
+        if let Some(error) = field("error") {
+            return error;
+        }
+    }
+    details.to_string()
+}
+
 /// Whether fred gave up on a command because the cluster redirected it (`MOVED`/`ASK`) more
 /// often than allowed: on the command connection of a cluster, at the first redirection.
 fn is_redirection(error: &Error) -> bool {
@@ -112,9 +136,7 @@ pub(crate) enum Role {
 pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<Client, EngineError> {
     let target = config.target()?;
     let tls = target.tls;
-    let parsed = if target.cluster { Config::from_url_clustered(&target.url) } else { Config::from_url(&target.url) };
-    let mut fred_config =
-        parsed.map_err(|e| EngineError::invalid("url", redact_url(&config.url), e.details().to_string()))?;
+    let mut fred_config = target.fred_config(&config.url)?;
     // Our own TLS setup rather than fred's from the `rediss` scheme: fred's refuses to start
     // when any system root certificate fails to load, and cannot add a CA file.
     #[cfg(feature = "tls")]
@@ -179,15 +201,27 @@ pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<
         .build()
         .map_err(|e| map_error("connect", e))?;
     let redacted = redact_url(&config.url);
+    let database = client.client_config().database;
     match tokio::time::timeout(connect_timeout, client.init()).await {
         Ok(Ok(_task)) => Ok(client),
         Ok(Err(e)) if *e.kind() == ErrorKind::Timeout => {
             tracing::warn!(url = %redacted, ?connect_timeout, "connecting timed out");
             Err(EngineError::Timeout { backend: BACKEND, op: "connect", after: connect_timeout })
         }
-        Ok(Err(e)) => {
-            Err(EngineError::transport(BACKEND, "connect", format!("could not connect to {redacted}: {}", e.details())))
-        }
+        // fred SELECTs the database as it connects: the server's refusal ends the connect.
+        Ok(Err(e)) if e.details().contains("DB index is out of range") => Err(EngineError::invalid(
+            "database",
+            database.map(|db| db.to_string()).unwrap_or_default(),
+            format!(
+                "the server has no such database ({}): it has as many as its `databases` setting says, 16 by default",
+                e.details().trim()
+            ),
+        )),
+        Ok(Err(e)) => Err(EngineError::transport(
+            BACKEND,
+            "connect",
+            format!("could not connect to {redacted}: {}", plain_io_error(e.details())),
+        )),
         Err(_) => {
             // The attempt may still finish later: make sure its connection closes then.
             tokio::spawn(async move {

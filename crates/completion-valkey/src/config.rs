@@ -259,6 +259,7 @@ impl ValkeyConfig {
             ));
         }
         let target = self.target()?;
+        target.fred_config(&self.url)?;
         if target.cluster && self.database.is_some_and(|db| db != 0) {
             return Err(EngineError::invalid(
                 "database",
@@ -276,7 +277,9 @@ impl ValkeyConfig {
 
     /// Where to connect: the URL for the client library (`redis://...`, or
     /// `redis-cluster://...` in cluster mode), whether it asks for TLS, whether it is a
-    /// cluster. The scheme is checked by [`Self::plain_url`], after taking off `-cluster`.
+    /// cluster. The scheme is checked by [`Self::plain_url`], after taking off `-cluster`;
+    /// every other part by [`crate::url_parts::check`] (no unknown query parameter, a
+    /// database from 0 to 255, ...).
     pub(crate) fn target(&self) -> Result<Target, EngineError> {
         let cluster = self.is_cluster();
         let (url, tls) = match self.url.split_once("://") {
@@ -298,6 +301,7 @@ impl ValkeyConfig {
             Some(rest) if cluster => format!("redis-cluster://{rest}"),
             _ => url,
         };
+        crate::url_parts::check(&url, &self.url, cluster)?;
         Ok(Target { url, tls, cluster })
     }
 
@@ -336,6 +340,22 @@ pub(crate) struct Target {
     pub tls: bool,
     /// Whether to talk to a cluster.
     pub cluster: bool,
+}
+
+impl Target {
+    /// fred's config of this target's URL (without this crate's settings). `original` is
+    /// the URL as given, for errors. [`crate::url_parts::check`] has refused what fred
+    /// would; should fred still refuse something, its reason is passed on.
+    pub(crate) fn fred_config(&self, original: &str) -> Result<fred::prelude::Config, EngineError> {
+        let parsed = if self.cluster {
+            fred::prelude::Config::from_url_clustered(&self.url)
+        } else {
+            fred::prelude::Config::from_url(&self.url)
+        };
+        parsed.map_err(|e| {
+            EngineError::invalid("url", redact_url(original), format!("the client library refused it: {}", e.details()))
+        })
+    }
 }
 
 /// Reads a duration as milliseconds (a number) or as text with a unit (`ms`, `s`, `m`).

@@ -42,6 +42,7 @@ mod reader;
 mod stats;
 mod store;
 mod subscriber;
+mod url_parts;
 mod wire;
 
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,184 @@
+//! Every part of a Valkey/Redis URL checked before fred reads it, each error naming the part
+//! at fault in a plain sentence.
+//!
+//! fred reads the host, the port, the credentials, the database (the path, standalone only)
+//! and `node=host:port` query parameters (cluster only), and silently ignores anything else:
+//! a typo in a query parameter, a database path on a cluster URL. This check refuses those,
+//! and words fred's own complaints (`InvalidPort`, `Invalid integer string.`) as sentences.
+//!
+//! | part | accepted |
+//! |---|---|
+//! | host | a name, an IPv4 address or a bracketed IPv6 address; required |
+//! | port | 1 to 65535; default 6379 |
+//! | path (standalone) | none, `/`, or `/N` with N the database, 0 to 255 (fred's `u8`; the server refuses a number at or above its `databases` setting, 16 by default) |
+//! | path (cluster) | none, `/` or `/0`: a cluster has database 0 only |
+//! | query (standalone) | none |
+//! | query (cluster) | `node=host:port`, repeated: more seed nodes |
+//! | fragment (`#...`) | none |
+
+use completion_core::{EngineError, redact_url};
+use url::Url;
+
+/// The highest database number the client can select (fred keeps it in a `u8`).
+pub(crate) const MAX_DATABASE: u8 = u8::MAX;
+
+/// Checks `url` (`redis://...` or `redis-cluster://...`, as [`crate::ValkeyConfig`]
+/// normalizes it); `original` is the URL as the user wrote it, shown (redacted) in errors.
+/// Returns the database the path names, if any.
+pub(crate) fn check(url: &str, original: &str, cluster: bool) -> Result<Option<u8>, EngineError> {
+    let shown = redact_url(original);
+    let bad = |reason: String| EngineError::invalid("url", &shown, reason);
+    let parsed = Url::parse(url).map_err(|e| bad(parse_error(e, &shown, original)))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host".into()));
+    }
+    if parsed.port() == Some(0) {
+        return Err(bad("the port 0 cannot be connected to: use 1 to 65535".into()));
+    }
+    if parsed.fragment().is_some() {
+        return Err(bad(
+            "has a `#` fragment, which a Valkey URL does not take (write a `#` in a password as %23)".into()
+        ));
+    }
+    let database = database(parsed.path(), cluster).map_err(bad)?;
+    for segment in parsed.query().unwrap_or_default().split('&').filter(|s| !s.is_empty()) {
+        query_parameter(segment, cluster).map_err(bad)?;
+    }
+    Ok(database)
+}
+
+/// The database of the URL's path.
+fn database(path: &str, cluster: bool) -> Result<Option<u8>, String> {
+    let number = match path.strip_prefix('/') {
+        None | Some("") => return Ok(None),
+        Some(number) => number,
+    };
+    let range = format!("0 to {MAX_DATABASE}, and below the server's `databases` setting (16 by default)");
+    if number.contains('/') {
+        return Err(format!("the path `{path}` must be one database number (`/N`, N from {range})"));
+    }
+    let database = number
+        .parse::<u8>()
+        .ok()
+        .filter(|_| number.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("the database `{number}` (the URL's path) must be a number from {range}"))?;
+    if cluster && database != 0 {
+        return Err(format!("the database `{number}` (the URL's path): a cluster has database 0 only"));
+    }
+    Ok(Some(database))
+}
+
+/// One `key=value` of the query.
+fn query_parameter(segment: &str, cluster: bool) -> Result<(), String> {
+    let accepted = if cluster {
+        "a cluster URL takes only `node=host:port` (more seed nodes)"
+    } else {
+        "a standalone URL takes none (`node=host:port` is for redis-cluster:// and valkey-cluster:// URLs)"
+    };
+    let Some((key, value)) = url::form_urlencoded::parse(segment.as_bytes()).next() else { return Ok(()) };
+    if !segment.contains('=') {
+        return Err(format!("the query parameter `{key}` has no value: {accepted}"));
+    }
+    if key == "node" && !cluster {
+        return Err(
+            "the query parameter `node` is for cluster URLs (redis-cluster://, valkey-cluster://): a standalone URL \
+             takes no query parameters"
+                .into(),
+        );
+    }
+    if key != "node" {
+        return Err(format!("unknown query parameter `{key}`: {accepted}"));
+    }
+    // As fred reads it: exactly one `:`, then a port.
+    let node = value
+        .split_once(':')
+        .filter(|(host, port)| !host.is_empty() && !port.contains(':') && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if node.is_none() {
+        return Err(format!(
+            "the query parameter `node={value}` must be host:port, with a port from 1 to 65535 (an IPv6 address cannot \
+             be given here)"
+        ));
+    }
+    Ok(())
+}
+
+/// A sentence for what the `url` crate found wrong, naming the part when it can be found.
+fn parse_error(e: url::ParseError, shown: &str, original: &str) -> String {
+    use url::ParseError;
+    let password = completion_core::url_password(original).is_some();
+    // The host and port as the url crate cut them: the authority ends at the first `/`, `?`
+    // or `#`. With a password in the URL, an unencoded one of those may have cut it inside
+    // the password: then no part is named, lest it be a piece of the password.
+    let authority = original.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (host_port, None),
+    };
+    let (host, port) = if password || !shown.contains(host_port) { ("", None) } else { (host, port) };
+    let name = |what: &str, text: &str| if text.is_empty() { what.to_string() } else { format!("{what} `{text}`") };
+    let (host, port) = (name("the host", host), name("the port", port.unwrap_or_default()));
+    let mut sentence = match e {
+        ParseError::EmptyHost => "names no host".to_string(),
+        ParseError::InvalidPort => format!("{port} is not a number from 1 to 65535"),
+        ParseError::InvalidIpv6Address => format!("{host} is not an IPv6 address"),
+        ParseError::InvalidIpv4Address => format!("{host} is not an IPv4 address"),
+        ParseError::InvalidDomainCharacter | ParseError::IdnaError => {
+            format!("{host} is not a host name (it holds a character a host name cannot have)")
+        }
+        other => format!("is not a URL: {other}"),
+    };
+    if password {
+        sentence.push_str(" (a password holding `/`, `?`, `#` or `@` must be percent-encoded: %2F, %3F, %23, %40)");
+    }
+    sentence
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(url: &str, cluster: bool) -> String {
+        check(url, url, cluster).expect_err(url).to_string()
+    }
+
+    #[test]
+    fn good_urls_pass_and_give_their_database() {
+        assert_eq!(check("redis://h", "valkey://h", false).unwrap(), None);
+        assert_eq!(check("redis://u:p@h:6380/", "redis://u:p@h:6380/", false).unwrap(), None);
+        assert_eq!(check("redis://h:1/255", "redis://h:1/255", false).unwrap(), Some(255));
+        assert_eq!(check("redis://[::1]:7000/2", "redis://[::1]:7000/2", false).unwrap(), Some(2));
+        let seeds = "redis-cluster://u:p@h1:7000?node=h2:7001&node=10.0.0.3:7002";
+        assert_eq!(check(seeds, seeds, true).unwrap(), None);
+        assert_eq!(check("redis-cluster://h:1/0", "redis-cluster://h:1/0", true).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn each_bad_part_is_named() {
+        for (url, cluster, says) in [
+            ("redis://127.0.0.1:notaport", false, "the port `notaport` is not a number from 1 to 65535"),
+            ("redis://h:65536", false, "the port `65536`"),
+            ("redis://h:0", false, "the port 0"),
+            ("redis://h:1/999", false, "the database `999` (the URL's path) must be a number from 0 to 255"),
+            ("redis://h:1/abc", false, "the database `abc`"),
+            ("redis://h:1/+1", false, "the database `+1`"),
+            ("redis://h:1/0/1", false, "the path `/0/1` must be one database number"),
+            ("redis://h:1?node=]]", false, "the query parameter `node` is for cluster URLs"),
+            ("redis://h:1?db=2", false, "unknown query parameter `db`"),
+            ("redis://h:1?x", false, "the query parameter `x` has no value"),
+            ("redis-cluster://h:1?node=]]", true, "`node=]]` must be host:port"),
+            ("redis-cluster://h:1?node=h2", true, "`node=h2` must be host:port"),
+            ("redis-cluster://h:1?node=h2:0", true, "`node=h2:0`"),
+            ("redis-cluster://h:1?node=h2:1&nodes=h3:1", true, "unknown query parameter `nodes`"),
+            ("redis-cluster://h:1/3", true, "a cluster has database 0 only"),
+            ("redis://h:1#x", false, "fragment"),
+            ("redis://[::1", false, "is not an IPv6 address"),
+            ("redis://:1", false, "names no host"),
+        ] {
+            let err = error(url, cluster);
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let err = error("redis://u:pa#ss@h:1", false);
+        assert!(!err.contains("pa#ss") && !err.contains("ss@") && err.contains("percent-encoded"), "{err}");
+    }
+}
