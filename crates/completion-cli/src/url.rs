@@ -156,4 +156,59 @@ mod tests {
             assert!(redact(url).contains("u:***@h"), "{url} -> {}", redact(url));
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::connect::{Options, postgres_config, valkey_config};
+
+        const SCHEMES: &[&str] = &[
+            "redis",
+            "valkey",
+            "redis-cluster",
+            "valkey-cluster",
+            "rediss",
+            "postgres",
+            "postgresql",
+            "memory",
+            "http",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text after any scheme, with a password in it: the CLI's parser and the
+            /// backend config it builds never panic, a refusal is a usage error of one line,
+            /// and the password never shows.
+            #[test]
+            fn any_url_never_panics_nor_shows_the_password(
+                scheme in proptest::sample::select(SCHEMES),
+                host in "[a-z0-9.:\\[\\]]{0,12}",
+                rest in "\\PC{0,40}",
+            ) {
+                let url = format!("{scheme}://user:hunter2@{host}{rest}");
+                match parse(&url) {
+                    Ok(target) => {
+                        // What `open` would check before connecting: errors only, no panic.
+                        let checked = match &target {
+                            Target::Valkey { url } => valkey_config(url, &Options::default()).check(),
+                            Target::Postgres { url } => postgres_config(url, &Options::default()).check(),
+                            Target::Memory => Ok(()),
+                        };
+                        if let Err(e) = checked {
+                            let e = CliError::from(e);
+                            let line = e.line(password(&url));
+                            prop_assert!(!line.contains("hunter2"), "{url}: {line}");
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.kind, crate::error::Kind::Usage);
+                        let line = e.line(None);
+                        prop_assert!(!line.contains('\n') && !line.contains("hunter2"), "{url}: {line}");
+                    }
+                }
+            }
+        }
+    }
 }

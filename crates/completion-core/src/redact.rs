@@ -14,18 +14,24 @@ fn userinfo_end(rest: &str) -> Option<usize> {
     rest[..query].rfind('@').or_else(|| rest.rfind('@'))
 }
 
-/// Byte range of the value of a `password=` query parameter in `rest`.
+/// Byte range of the value of the first `password=` query parameter in `rest`.
 fn query_password(rest: &str) -> Option<(usize, usize)> {
-    let query_at = rest.find('?')? + 1;
+    query_passwords(rest).into_iter().next()
+}
+
+/// Byte ranges of the values of every `password=` query parameter in `rest`.
+fn query_passwords(rest: &str) -> Vec<(usize, usize)> {
+    let Some(query_at) = rest.find('?').map(|at| at + 1) else { return Vec::new() };
     let mut at = query_at;
+    let mut ranges = Vec::new();
     for pair in rest[query_at..].split('&') {
         if let Some(value) = pair.strip_prefix("password=") {
             let start = at + "password=".len();
-            return Some((start, start + value.len()));
+            ranges.push((start, start + value.len()));
         }
         at += pair.len() + 1;
     }
-    None
+    ranges
 }
 
 /// The password in `url` (user info, `password=` query parameter, or libpq `password=`
@@ -52,7 +58,9 @@ pub fn redact_url(url: &str) -> String {
             .join(" ");
     };
     let mut rest = rest.to_string();
-    if let Some((start, end)) = query_password(&rest) {
+    // Every `password=` of the query, not only the first (tokio-postgres takes the last);
+    // from the end, so that the earlier ranges stay where they are.
+    for (start, end) in query_passwords(&rest).into_iter().rev() {
         rest.replace_range(start..end, "***");
     }
     if let Some(at) = userinfo_end(&rest) {
@@ -74,6 +82,10 @@ mod tests {
         assert_eq!(redact_url("postgres://me:p%40ss@db:5432/app"), "postgres://me:***@db:5432/app");
         assert_eq!(redact_url("postgres://me@db/app"), "postgres://me@db/app");
         assert_eq!(redact_url("host=db password=hunter2 user=me"), "host=db password=*** user=me");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=a&x=1&password=hunter2"),
+            "postgres://u@h/db?password=***&x=1&password=***"
+        );
         assert_eq!(
             redact_url("postgres://u@h/db?sslmode=require&password=hunter2"),
             "postgres://u@h/db?sslmode=require&password=***"

@@ -273,6 +273,14 @@ impl PostgresConfig {
         self
     }
 
+    /// Checks every setting without connecting, as
+    /// [`connect`](crate::PostgresBackend::connect) does first: the URL part by part (unknown
+    /// or malformed query parameters are refused by name), the schema name, the durations.
+    /// The error ([`EngineError::InvalidInput`]) names the setting and the value.
+    pub fn check(&self) -> Result<(), EngineError> {
+        self.validate().map(|_| ())
+    }
+
     /// Checks every setting and resolves the server address. Errors name the value.
     pub(crate) fn validate(&self) -> Result<Validated, EngineError> {
         let schema = Schema::new(&self.schema)?;

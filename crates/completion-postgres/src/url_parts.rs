@@ -175,4 +175,57 @@ mod tests {
         let err = check("postgres://u:se@cret@h:x/db").unwrap_err();
         assert!(!err.contains("cret"), "{err}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::{PARAMETERS, check};
+        use crate::PostgresConfig;
+
+        fn token() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9_.%,:\\-]{0,8}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text: the check and tokio-postgres's parser behind it never panic, and a
+            /// refusal is an invalid-input error.
+            #[test]
+            fn any_text_never_panics(text in "\\PC{0,60}", prefixed in any::<bool>()) {
+                let url = if prefixed { format!("postgres://{text}") } else { text };
+                let _ = check(&url);
+                if let Err(e) = PostgresConfig::from_url(url.clone()).validate() {
+                    prop_assert!(matches!(e, completion_core::EngineError::InvalidInput { .. }), "{url}: {e}");
+                }
+            }
+
+            /// Random query parameters, known names or not, with random values: accepted, or
+            /// refused naming the parameter (never showing a password's value).
+            #[test]
+            fn a_bad_query_parameter_is_named(
+                params in proptest::collection::vec(
+                    (prop_oneof![proptest::sample::select(PARAMETERS).prop_map(|(k, _)| k.to_string()), token()], token()),
+                    1..4,
+                ),
+                port in prop_oneof![Just(String::new()), token()],
+            ) {
+                let port_part = if port.is_empty() { String::new() } else { format!(":{port}") };
+                let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let url = format!("postgres://u@h{port_part}/db?{}", query.join("&"));
+                if let Err(e) = PostgresConfig::from_url(url.clone()).validate() {
+                    let text = e.to_string();
+                    let named = params.iter().any(|(k, _)| text.contains(&format!("`{k}")))
+                        || text.contains("port number")
+                        || text.contains("host");
+                    prop_assert!(named, "{url}: names no part: {text}");
+                    for (k, v) in &params {
+                        if k == "password" && v.len() > 2 {
+                            prop_assert!(!text.contains(&format!("password={v}")), "{url}: {text}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -209,6 +209,13 @@ impl ValkeyConfig {
         /// Sets how many unread messages the subscriber connection holds.
         with_message_capacity, message_capacity: usize);
 
+    /// Checks every value without connecting, as [`connect`](crate::ValkeyBackend::connect)
+    /// does first: the URL part by part, the prefix, the partition count, the durations.
+    /// The error ([`EngineError::InvalidInput`]) names the field and the value.
+    pub fn check(&self) -> Result<(), EngineError> {
+        self.validate()
+    }
+
     /// Checks every value; the error names the field and the value.
     pub(crate) fn validate(&self) -> Result<(), EngineError> {
         let prefix = &self.key_prefix;

@@ -181,4 +181,66 @@ mod tests {
         let err = error("redis://u:pa#ss@h:1", false);
         assert!(!err.contains("pa#ss") && !err.contains("ss@") && err.contains("percent-encoded"), "{err}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::check;
+        use crate::ValkeyConfig;
+
+        fn token() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9_.%\\-\\]\\[]{0,8}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text: the checks and fred's parser behind them never panic, and a refusal
+            /// is an invalid-input error.
+            #[test]
+            fn any_text_never_panics(url in "\\PC{0,60}", cluster in any::<bool>()) {
+                let _ = check(&url, &url, cluster);
+                let config = ValkeyConfig::new(url.clone());
+                if let Err(e) = config.validate() {
+                    prop_assert!(matches!(e, completion_core::EngineError::InvalidInput { .. }), "{url}: {e}");
+                }
+            }
+
+            /// A URL with one part replaced by random text: accepted, or refused by an error
+            /// that names that part.
+            #[test]
+            fn a_mutated_part_is_named(
+                port in prop_oneof![Just(String::new()), (1u16..).prop_map(|p| p.to_string()), token()],
+                path in prop_oneof![Just(String::new()), (0u16..300).prop_map(|d| d.to_string()), token()],
+                query in proptest::collection::vec((prop_oneof![Just("node".to_string()), token()], token()), 0..3),
+                cluster in any::<bool>(),
+            ) {
+                let port_part = if port.is_empty() { String::new() } else { format!(":{port}") };
+                let path_part = if path.is_empty() { String::new() } else { format!("/{path}") };
+                let query_part: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let query_part = if query_part.is_empty() { String::new() } else { format!("?{}", query_part.join("&")) };
+                let scheme = if cluster { "redis-cluster" } else { "redis" };
+                let url = format!("{scheme}://host{port_part}{path_part}{query_part}");
+                let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p != 0);
+                match ValkeyConfig::new(url.clone()).validate() {
+                    Ok(()) => {
+                        prop_assert!(port_ok, "{url}: a bad port passed");
+                        let db_ok = path.is_empty() || path.parse::<u8>().is_ok_and(|d| !cluster || d == 0);
+                        prop_assert!(db_ok, "{url}: a bad database passed");
+                        prop_assert!(cluster || query.is_empty(), "{url}: a standalone query passed");
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        let named = [
+                            !port_ok && (text.contains(&format!("`{port}`")) || text.contains("the port")),
+                            text.contains("database") || text.contains("the path"),
+                            query.iter().any(|(k, v)| text.contains(&format!("`{k}")) || text.contains(&format!("{k}={v}`"))),
+                            text.contains("host") || text.contains("is not a URL"),
+                        ];
+                        prop_assert!(named.iter().any(|n| *n), "{url}: names no part: {text}");
+                    }
+                }
+            }
+        }
+    }
 }
