@@ -37,13 +37,13 @@ fn migrate_creates_the_schema_once_then_is_a_no_op() {
     assert_eq!(
         first.stdout,
         [format!(
-            "postgres schema \"{schema}\": none -> version 3 (applied V1 completions, V2 coalesced_notify, V3 in_flight_check_without_pg_locks)"
+            "postgres schema \"{schema}\": none -> version 4 (applied V1 completions, V2 coalesced_notify, V3 in_flight_check_without_pg_locks, V4 tickets)"
         )],
         "{first:#?}"
     );
     let second = run(&["migrate", &url, "--schema", &schema]);
     assert_eq!(second.status.code(), Some(0), "{second:#?}");
-    assert_eq!(second.stdout, [format!("postgres schema \"{schema}\": already at version 3, nothing to do")]);
+    assert_eq!(second.stdout, [format!("postgres schema \"{schema}\": already at version 4, nothing to do")]);
 }
 
 #[test]

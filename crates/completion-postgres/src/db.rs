@@ -31,6 +31,10 @@ use crate::stats::Stats;
 use crate::tls::Tls;
 use crate::{BACKEND, PruneReport};
 
+/// Opens the transaction a log read runs in: READ COMMITTED whatever the server's default,
+/// so that each statement takes a snapshot of its own (the read's after the final ticket's).
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
 /// Attempts of one operation whose connection failed.
 const MAX_ATTEMPTS: u32 = 4;
 
@@ -166,9 +170,9 @@ pub(crate) fn pool(
 pub(crate) struct ReadNotes {
     /// A terminal write was in flight just before the read's snapshot.
     pub in_flight: bool,
-    /// The read saw committed events above the horizon, which it held back: the horizon it
-    /// read below. They become deliverable once the horizon passes it.
-    pub held_back_below: Option<u64>,
+    /// The read saw committed events above the final ticket, which it held back: the final
+    /// ticket it read up to. They become deliverable once the final ticket passes it.
+    pub held_back_below: Option<i64>,
 }
 
 /// The pooled operations of one instance.
@@ -339,7 +343,7 @@ impl Db {
         ))
     }
 
-    /// Up to `limit` events after `after` matching `filter`, below the horizon.
+    /// Up to `limit` events after `after` matching `filter`, up to the final ticket.
     pub async fn read(
         &self,
         after: &PgPosition,
@@ -370,7 +374,6 @@ impl Db {
         check: bool,
     ) -> Result<(ReadBatch<PgPosition>, ReadNotes), EngineError> {
         const OP: &str = "log read";
-        let xid = after.xid.to_string();
         let limit_param = limit.max(1) as i64;
         let namespace = filter.namespace.as_ref().map(Namespace::as_str);
         let tag = filter.tag.as_ref().map(|(k, v)| {
@@ -378,7 +381,7 @@ impl Db {
             one.insert(k.as_str(), v.as_str());
             serde_json::to_string(&one).unwrap_or_default()
         });
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&xid, &after.id, &limit_param];
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after.ticket, &limit_param];
         let shape = match (&namespace, &tag) {
             (None, None) => 0,
             (Some(ns), None) => {
@@ -395,52 +398,70 @@ impl Db {
                 3
             }
         };
-        let (in_flight, rows) = if check {
-            let (read_sql, check_sql, params) = (&self.sql.read[shape], &self.sql.in_flight, &params);
-            self.run(OP, |client| async move {
-                let (check, read) =
-                    tokio::try_join!(client.prepare_cached(check_sql), client.prepare_cached(read_sql))?;
-                // `try_join` polls its first future first, and tokio-postgres sends a request
-                // (and the server runs it) in the order the futures are first polled: the
-                // check runs before the read's snapshot is taken, in the same round trip.
-                let result =
-                    futures_util::future::try_join(client.query_one(&check, &[]), client.query(&read, params)).await;
+        let sql = &self.sql;
+        let (read_sql, params) = (&sql.read[shape], &params);
+        let (in_flight, final_ticket, rows) = self
+            .run(OP, |client| async move {
+                // tokio-postgres sends requests (and the server runs them) in the order the
+                // futures are first polled, and `try_join!` polls them in order: the in-flight
+                // check, then the final ticket, then the read, whose snapshot is so taken after
+                // both (migrations/V3, V4), all in one round trip. One READ COMMITTED
+                // transaction (each statement its own snapshot) keeps them on one server
+                // connection behind a transaction-mode pooler.
+                let (check, fin, read) = tokio::try_join!(
+                    async { if check { client.prepare_cached(&sql.in_flight).await.map(Some) } else { Ok(None) } },
+                    client.prepare_cached(&sql.final_ticket),
+                    client.prepare_cached(read_sql)
+                )?;
+                let result = tokio::try_join!(
+                    client.batch_execute(BEGIN_READ),
+                    async {
+                        match &check {
+                            Some(check) => client.query_one(check, &[]).await.map(Some),
+                            None => Ok(None),
+                        }
+                    },
+                    client.query_one(&fin, &[]),
+                    client.query(&read, params),
+                    client.batch_execute("COMMIT")
+                );
                 match result {
-                    Ok((in_flight, rows)) => Ok((in_flight.try_get::<_, bool>(0)?, rows)),
+                    Ok(((), in_flight, fin, rows, ())) => {
+                        let in_flight = match in_flight {
+                            Some(row) => row.try_get::<_, bool>(0)?,
+                            None => false,
+                        };
+                        Ok((in_flight, fin.try_get::<_, i64>(0)?, rows))
+                    }
                     Err(e) => {
                         // The check takes session locks; an error inside it releases them,
-                        // but a second cancel could cut that short (migrations/V3). Such a
-                        // connection must not go back to the pool: closing it ends its
-                        // session, and its locks with it.
+                        // but a second cancel could cut that short (migrations/V3), and the
+                        // transaction may be left open. Such a connection must not go back
+                        // to the pool: closing it ends its session, and its locks with it.
                         drop(Object::take(client));
                         Err(e)
                     }
                 }
             })
             .await
-            .map_err(|f| f.into_engine(OP))?
-        } else {
-            (false, self.query(OP, &self.sql.read[shape], &params).await.map_err(|f| f.into_engine(OP))?)
-        };
+            .map_err(|f| f.into_engine(OP))?;
         let header = rows.first().ok_or_else(|| EngineError::Incompatible {
             backend: BACKEND,
             reason: format!("the schema {} has no retention watermark row", self.schema.name()),
         })?;
-        let horizon = parse_xid(&column::<String>(header, 0)?, "horizon")?;
-        let watermark =
-            PgPosition { xid: parse_xid(&column::<String>(header, 1)?, "watermark")?, id: column(header, 2)? };
-        let held: i64 = column(header, 3)?;
-        self.stats.held_back_events.store(held.max(0) as u64, Ordering::Relaxed);
-        if held > 0 {
-            Stats::bump(&self.stats.held_back_reads);
-        }
+        let watermark = PgPosition::at(column(header, 0)?);
 
         let mut events = Vec::with_capacity(rows.len());
-        let mut last_row = None;
+        let (mut last_final, mut held) = (None, 0u64);
         for row in &rows {
-            let Some(xid) = column::<Option<String>>(row, 4)? else { continue };
-            let position = PgPosition { xid: parse_xid(&xid, "event xid")?, id: column(row, 5)? };
-            last_row = Some(position);
+            let Some(ticket) = column::<Option<i64>>(row, 1)? else { continue };
+            if ticket > final_ticket {
+                // Committed, but a writer that registered before it is still in flight.
+                held += 1;
+                continue;
+            }
+            let position = PgPosition::at(ticket);
+            last_final = Some(position);
             match event_payload(row, position) {
                 Ok(payload) => events.push(LogEvent { position, payload }),
                 Err(error) => {
@@ -449,71 +470,135 @@ impl Db {
                 }
             }
         }
-        let more = last_row.is_some() && rows.len() >= limit.max(1);
-        let scanned_to = match last_row {
+        self.stats.held_back_events.store(held, Ordering::Relaxed);
+        if held > 0 {
+            Stats::bump(&self.stats.held_back_reads);
+        }
+        // The read stopped at its limit inside the final part of the log: more may follow.
+        let more = held == 0 && last_final.is_some() && rows.len() >= limit.max(1);
+        let scanned_to = match last_final {
             Some(last) if more => last,
-            _ => (*after).max(PgPosition::below(horizon)),
+            _ => (*after).max(PgPosition::at(final_ticket)),
         };
         let gap = (*after != PgPosition::ORIGIN && *after < watermark)
             .then_some(TrimmedGap { resumed_at: watermark, missed: None });
-        let notes = ReadNotes { in_flight, held_back_below: (held > 0).then_some(horizon) };
+        let notes = ReadNotes { in_flight, held_back_below: (held > 0).then_some(final_ticket) };
         Ok((ReadBatch { events, scanned_to, gap, more }, notes))
     }
 
-    /// The oldest running transaction id, as seen by a fresh snapshot.
-    pub async fn horizon(&self) -> Result<u64, EngineError> {
-        const OP: &str = "horizon";
-        let rows = self.query(OP, &self.sql.horizon, &[]).await.map_err(|f| f.into_engine(OP))?;
-        let row =
-            rows.first().ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no horizon".into() })?;
-        parse_xid(&column::<String>(row, 0)?, "horizon")
+    /// The final ticket: every event at or below it is final (migrations/V4).
+    pub async fn final_ticket(&self) -> Result<i64, EngineError> {
+        const OP: &str = "final ticket";
+        let rows = self.query(OP, &self.sql.final_ticket, &[]).await.map_err(|f| f.into_engine(OP))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no final ticket".into() })?;
+        column(row, 0)
     }
 
-    /// The next transaction id to be assigned: no event can sit at or above it.
-    pub async fn next_xid(&self) -> Result<u64, EngineError> {
-        const OP: &str = "next xid";
-        let rows = self.query(OP, &self.sql.next_xid, &[]).await.map_err(|f| f.into_engine(OP))?;
-        let row =
-            rows.first().ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no xmax".into() })?;
-        parse_xid(&column::<String>(row, 0)?, "next xid")
+    /// The last ticket handed out: no event has a larger one.
+    pub async fn last_ticket(&self) -> Result<i64, EngineError> {
+        const OP: &str = "last ticket";
+        let rows = self.query(OP, &self.sql.last_ticket, &[]).await.map_err(|f| f.into_engine(OP))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no last ticket".into() })?;
+        column(row, 0)
     }
 
-    /// The log head for a feed that just went live: everything below the horizon, once the
-    /// horizon has passed every event visible now (waiting up to `settle` for transactions
-    /// that started before the newest event and still run). Without that wait, events
-    /// committed before the call but above the horizon would be delivered to a stream that
-    /// asked only for later ones. If `settle` passes, the head stays at the horizon: no
-    /// event is lost, but a few committed before the call may be delivered.
+    /// The final ticket, then (in a statement after it, same round trip) `second` with
+    /// `params`: its one row.
+    async fn after_final_ticket(
+        &self,
+        op: &'static str,
+        second: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(i64, Row), EngineError> {
+        let final_sql = &self.sql.final_ticket;
+        self.run(op, |client| async move {
+            let (fin, then) = tokio::try_join!(client.prepare_cached(final_sql), client.prepare_cached(second))?;
+            // As in a log read: in this order, one round trip, one READ COMMITTED transaction.
+            let result = tokio::try_join!(
+                client.batch_execute(BEGIN_READ),
+                client.query_one(&fin, &[]),
+                client.query_one(&then, params),
+                client.batch_execute("COMMIT")
+            );
+            match result {
+                Ok(((), fin, row, ())) => Ok((fin.try_get::<_, i64>(0)?, row)),
+                Err(e) => {
+                    // Possibly inside the transaction still: not for the pool.
+                    drop(Object::take(client));
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|f| f.into_engine(op))
+    }
+
+    /// Where a stream resuming from a cursor of schema version 3 or older (everything at or
+    /// before `(xid, id)` in (xid, id) order delivered) starts in ticket order: just below
+    /// the first final ticket whose event lies after `(xid, id)` (or at the final ticket when
+    /// there is none). Every ticket up to it was delivered by the stream that made the
+    /// cursor; a few after it may have been too (at-least-once across restarts, as for any
+    /// cursor), none is skipped. Events appended after the cursor was made have larger xids
+    /// (all smaller ones had ended: versions 1-3 read below the horizon, the oldest running
+    /// transaction), so they lie after it.
+    /// A cursor older than what retention pruned maps to ticket 1, below the ticket
+    /// watermark, so the stream reports the gap.
+    pub async fn legacy_ticket(&self, xid: u64, id: i64) -> Result<PgPosition, EngineError> {
+        const OP: &str = "map a version 3 cursor";
+        let xid_text = xid.to_string();
+        let (final_ticket, row) = self.after_final_ticket(OP, &self.sql.legacy, &[&xid_text, &id]).await?;
+        let first_after: Option<i64> = column(&row, 0)?;
+        let pruned = (parse_xid(&column::<String>(&row, 1)?, "watermark xid")?, column::<i64>(&row, 2)?);
+        let ticket_watermark: i64 = column(&row, 3)?;
+        let next_xid = parse_xid(&column::<String>(&row, 4)?, "next xid")?;
+        if xid >= next_xid {
+            return Err(EngineError::invalid(
+                "cursor",
+                format!("postgres:{xid}.{id}"),
+                format!("points past the end of this backend's log (next transaction id {next_xid})"),
+            ));
+        }
+        if ticket_watermark > 1 && (xid, id) < pruned {
+            return Ok(PgPosition::at(1));
+        }
+        Ok(PgPosition::at(first_after.map_or(final_ticket, |t| (t - 1).min(final_ticket))))
+    }
+
+    /// The log head for a feed that just went live: the final ticket, once it has passed every
+    /// event visible now (waiting up to `settle` for writers still in flight below the newest
+    /// event). Without that wait, events committed before the call but above the final ticket
+    /// would be delivered to a stream that asked only for later ones. If `settle` passes, the
+    /// head stays at the final ticket: no event is lost, but a few committed before the call
+    /// may be delivered.
     pub async fn head(&self, settle: Duration) -> Result<PgPosition, EngineError> {
         const OP: &str = "log head";
-        let rows = self.query(OP, &self.sql.head, &[]).await.map_err(|f| f.into_engine(OP))?;
-        let row =
-            rows.first().ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no head".into() })?;
-        let mut horizon = parse_xid(&column::<String>(row, 0)?, "horizon")?;
-        let newest = match column::<Option<String>>(row, 1)? {
-            Some(xid) => Some(parse_xid(&xid, "newest xid")?),
-            None => None,
-        };
-        if let Some(newest) = newest {
-            let deadline = Instant::now() + settle;
-            let mut pause = Duration::from_millis(1);
-            while horizon <= newest {
-                if Instant::now() >= deadline {
-                    tracing::warn!(
-                        backend = BACKEND,
-                        horizon,
-                        newest,
-                        "a transaction older than the newest completion is still running; \
-                         events committed just before this subscription may be delivered to it"
-                    );
-                    break;
+        let deadline = Instant::now() + settle;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let (final_ticket, row) = self.after_final_ticket(OP, &self.sql.newest, &[]).await?;
+            let newest: Option<i64> = column(&row, 0)?;
+            match newest {
+                Some(newest) if newest > final_ticket => {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            backend = BACKEND,
+                            final_ticket,
+                            newest,
+                            "a writer older than the newest completion is still in flight; \
+                             events committed just before this subscription may be delivered to it"
+                        );
+                        return Ok(PgPosition::at(final_ticket));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-                horizon = self.horizon().await?;
+                _ => return Ok(PgPosition::at(final_ticket)),
             }
         }
-        Ok(PgPosition::below(horizon))
     }
 
     pub async fn prune(&self, retention: &Retention, settle: Duration) -> Result<PruneReport, EngineError> {
@@ -521,7 +606,7 @@ impl Db {
         if retention.max_events.is_none() && retention.max_age_secs.is_none() {
             return Ok(PruneReport { deleted: 0, watermark: None });
         }
-        // Events above the horizon cannot be pruned yet; wait (bounded) for the transactions
+        // Events above the final ticket cannot be pruned yet; wait (bounded) for the writers
         // that hold it back, so a prune right after writes trims exactly.
         self.head(settle).await?;
         let max_events = retention.max_events.map(|n| n.min(i64::MAX as u64) as i64);
@@ -531,12 +616,7 @@ impl Db {
             .first()
             .ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "prune returned nothing".into() })?;
         let deleted: i64 = column(row, 0)?;
-        let xid: Option<String> = column(row, 1)?;
-        let id: Option<i64> = column(row, 2)?;
-        let watermark = match (xid, id) {
-            (Some(xid), Some(id)) => Some(PgPosition { xid: parse_xid(&xid, "watermark")?, id }),
-            _ => None,
-        };
+        let watermark = column::<Option<i64>>(row, 1)?.map(PgPosition::at);
         Stats::bump(&self.stats.prune_runs);
         self.stats.pruned_events.fetch_add(deleted.max(0) as u64, Ordering::Relaxed);
         Ok(PruneReport { deleted: deleted.max(0) as u64, watermark: watermark.filter(|w| *w != PgPosition::ORIGIN) })
@@ -566,19 +646,18 @@ impl Db {
 }
 
 impl Db {
-    /// Events in the log, events committed but held back above the horizon (capped at
-    /// 1000, as in log reads), the log table's size on disk, and events pruned so far.
+    /// Events in the log, events committed but held back above the final ticket (capped at
+    /// 1000), the log table's size on disk, and events pruned so far.
     pub async fn log_size(&self) -> Result<crate::LogSize, EngineError> {
         const OP: &str = "log size";
         let s = self.schema.quoted();
-        // The held-back count walks the position index down and stops at the horizon, like
-        // the log read does (see `Sql::new`): never a scan of the whole log.
+        // The held-back count walks the ticket index down and stops at the final ticket:
+        // never a scan of the whole log.
         let sql = format!(
             "SELECT (SELECT count(*) FROM {s}.completion_log),
                     (SELECT count(*) FROM (SELECT 1 FROM {s}.completion_log h
-                                           WHERE h.xid >= pg_snapshot_xmin(pg_current_snapshot())
-                                             AND h.xid < pg_snapshot_xmax(pg_current_snapshot())
-                                           ORDER BY h.xid DESC, h.id DESC LIMIT 1000) held),
+                                           WHERE h.ticket > {s}.final_ticket()
+                                           ORDER BY h.ticket DESC LIMIT 1000) held),
                     pg_total_relation_size('{s}.completion_log'::regclass),
                     (SELECT pruned FROM {s}.pruned_to LIMIT 1)"
         );
@@ -603,16 +682,16 @@ fn parse_tags(json: &str) -> Result<Tags, EngineError> {
     Tags::from_pairs(map)
 }
 
-/// The payload of one log row (columns from 6 on; see `schema::LOG_COLUMNS`).
+/// The payload of one log row (columns from 2 on; see `schema::LOG_COLUMNS`).
 fn event_payload(row: &Row, position: PgPosition) -> Result<CompletionPayload, EngineError> {
     use completion_core::hub::Position;
 
-    let execution_id = ExecutionId::new(column::<String>(row, 6)?)?;
-    let flow_id = column::<Option<String>>(row, 7)?.map(FlowId::new).transpose()?;
-    let namespace = Namespace::new(column::<String>(row, 8)?)?;
-    let outcome: Outcome = column::<String>(row, 9)?.parse()?;
-    let tags = parse_tags(&column::<String>(row, 10)?)?;
-    let completed_at: i64 = column(row, 11)?;
+    let execution_id = ExecutionId::new(column::<String>(row, 2)?)?;
+    let flow_id = column::<Option<String>>(row, 3)?.map(FlowId::new).transpose()?;
+    let namespace = Namespace::new(column::<String>(row, 4)?)?;
+    let outcome: Outcome = column::<String>(row, 5)?.parse()?;
+    let tags = parse_tags(&column::<String>(row, 6)?)?;
+    let completed_at: i64 = column(row, 7)?;
     Ok(CompletionPayload::new(
         execution_id,
         flow_id,

@@ -18,18 +18,18 @@
 //! Poll-only mode (`listen: false`) is the same task without the LISTEN connection: the
 //! safety timer is the poll interval.
 //!
-//! Limits: events are delivered only once the horizon (oldest running transaction id of the
-//! cluster) has passed them, so one long-running transaction that holds an xid delays every
-//! later completion until it ends (see [`PostgresStats::held_back_events`](crate::PostgresStats)).
-//! Such a transaction may end without any notification (it commits having written no
-//! completion, rolls back, or runs in another database), so while a read held events back
-//! the feed looks at the horizon on a short backoff (`in_flight_recheck` doubling up to 32
-//! times that) and reads again as soon as it moved ([`HeldBack`]): held-back events arrive
-//! within that pause of the transaction's end, not at the next safety read.
+//! Limits: events are delivered only once the final ticket has passed them (migrations/V4),
+//! so a transaction that appended and stays open delays every completion appended after it
+//! until it ends (see [`PostgresStats::held_back_events`](crate::PostgresStats)). It may end
+//! without a notification (it rolls back, or its NOTIFY was coalesced into one already read),
+//! so while a read held events back the feed looks at the final ticket on a short backoff
+//! (`in_flight_recheck` doubling up to 32 times that) and reads again as soon as it moved
+//! ([`HeldBack`]): held-back events arrive within that pause of the writer's end, not at the
+//! next safety read. Transactions that never append hold nothing back.
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,14 +62,14 @@ pub(crate) struct PgReader {
     pub check_in_flight: bool,
     /// Set when a checked read found terminal writes in flight; taken by the feed.
     pub in_flight: AtomicBool,
-    /// The horizon below which the last checked read held committed events back (0: it held
-    /// none back); read by the feed.
-    pub held_back_below: AtomicU64,
+    /// The final ticket up to which the last checked read delivered while it held committed
+    /// events back above it (0: it held none back); read by the feed.
+    pub held_back_below: AtomicI64,
 }
 
 impl PgReader {
     pub(crate) fn new(db: Arc<Db>, check_in_flight: bool) -> Self {
-        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_below: AtomicU64::new(0) }
+        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_below: AtomicI64::new(0) }
     }
 
     /// Whether a read since the last call found terminal writes in flight.
@@ -77,8 +77,8 @@ impl PgReader {
         self.in_flight.swap(false, Ordering::Relaxed)
     }
 
-    /// The horizon below which the last checked read held events back, if it held any.
-    fn held_back_below(&self) -> Option<u64> {
+    /// The final ticket up to which the last checked read delivered, if it held events back.
+    fn held_back_below(&self) -> Option<i64> {
         Some(self.held_back_below.load(Ordering::Relaxed)).filter(|h| *h > 0)
     }
 }
@@ -180,8 +180,8 @@ impl FeedTask {
         // a transaction held open after a terminal write does not keep the feed reading
         // every millisecond.
         let mut recheck = feed.in_flight_recheck;
-        // Set while the last read held committed events back above the horizon: the feed
-        // then looks at the horizon on a short backoff and reads again once it moved.
+        // Set while the last read held committed events back above the final ticket: the
+        // feed then looks at it on a short backoff and reads again once it moved.
         let mut held: Option<HeldBack> = None;
         loop {
             let mut wake = false;
@@ -224,15 +224,15 @@ impl FeedTask {
                 _ = sleep_until(held.map(|h| h.check_at)) => {
                     Stats::bump(&feed.stats.held_back_checks);
                     let most = feed.in_flight_recheck * RECHECK_BACKOFF;
-                    match (feed.db.horizon().await, held.as_mut()) {
+                    match (feed.db.final_ticket().await, held.as_mut()) {
                         // The read that follows decides whether anything is still held back.
-                        (Ok(horizon), Some(h)) if horizon > h.below => {
+                        (Ok(final_ticket), Some(h)) if final_ticket > h.below => {
                             held = None;
                             wake = true;
                         }
                         (Ok(_), Some(h)) => h.back_off(most),
                         (Err(error), Some(h)) => {
-                            tracing::debug!(%error, "checking the horizon for held-back events failed");
+                            tracing::debug!(%error, "checking the final ticket for held-back events failed");
                             h.back_off(most);
                         }
                         (_, None) => {}
@@ -297,25 +297,25 @@ impl FeedTask {
     }
 }
 
-/// Committed events a read held back above the horizon, and when the feed looks at the
-/// horizon next.
+/// Committed events a read held back above the final ticket, and when the feed looks at the
+/// final ticket next.
 ///
-/// A transaction that holds the horizon back may end without a notification to the feed
-/// (it commits without a terminal write, rolls back, or runs in another database of the
-/// cluster: the horizon is cluster-wide), so the feed cannot wait for one: it looks at the
-/// horizon after `in_flight_recheck`, then at doubling pauses up to `RECHECK_BACKOFF`
-/// times that, and reads the log once the horizon passed the one the events were held
-/// below. Nothing of this runs while no event is held back.
+/// The writer that holds them back (it registered before they were appended and is still in
+/// flight) may end without a notification to the feed: it rolls back, or it skipped its
+/// NOTIFY and its notifier's was read already. So the feed looks at the final ticket after
+/// `in_flight_recheck`, then at doubling pauses up to `RECHECK_BACKOFF` times that, and reads
+/// the log once it moved past the one the events were held above. Nothing of this runs while
+/// no event is held back.
 #[derive(Clone, Copy, Debug)]
 struct HeldBack {
-    /// The horizon the read held events back below.
-    below: u64,
+    /// The final ticket the read delivered up to.
+    below: i64,
     pause: Duration,
     check_at: Instant,
 }
 
 impl HeldBack {
-    fn new(below: u64, first: Duration) -> Self {
+    fn new(below: i64, first: Duration) -> Self {
         Self { below, pause: first, check_at: Instant::now() + first }
     }
 

@@ -11,9 +11,10 @@
 //!   instance, shared by all its streams; each wake-up runs one log read that serves every
 //!   stream. Notifications carry no data: a lost one (restart, killed connection) only
 //!   delays events until the next wake-up (reconnect, or the safety timer).
-//! - **Order**: the log is ordered by (inserting transaction id, event id) and read only
-//!   below the oldest running transaction, so a transaction that commits late is never
-//!   skipped (see [`PgPosition`]).
+//! - **Order**: the log is ordered by tickets, drawn at append time by registered writers,
+//!   and read only up to the final ticket (below which every writer has ended), so a
+//!   transaction that commits late is never skipped, and only transactions that appended
+//!   hold the log back (see [`PgPosition`]).
 //! - **Retention**: [`PostgresBackend::prune`], and a periodic task
 //!   ([`PostgresConfig::prune_interval`]).
 //! - **Poll-only mode** ([`PostgresConfig::listen`] = false) for PgBouncer in transaction
@@ -63,6 +64,7 @@ use tracing::Instrument;
 
 pub use config::PostgresConfig;
 pub use migrate::MigrationReport;
+use position::PgCursor;
 pub use position::PgPosition;
 pub use stats::PostgresStats;
 
@@ -99,8 +101,8 @@ pub struct PruneReport {
 pub struct LogSize {
     /// Events the log holds now.
     pub events: u64,
-    /// Committed events above the horizon, waiting for an older transaction that is still
-    /// running (capped at 1000); not yet deliverable.
+    /// Committed events above the final ticket, waiting for a writer that registered before
+    /// them and is still in flight (capped at 1000); not yet deliverable.
     pub held_back: u64,
     /// The log table's size on disk with its indexes, in bytes.
     pub bytes: u64,
@@ -429,17 +431,26 @@ impl CompletionBackend for PostgresBackend {
     }
 
     async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
-        if let StartFrom::After(cursor) = &from {
-            let position = PgPosition::parse(cursor)?;
-            let next = self.shared.db.next_xid().await?;
-            if position.xid >= next {
-                return Err(EngineError::invalid(
-                    "cursor",
-                    cursor.as_str(),
-                    format!("points past the end of this backend's log (next transaction id {next})"),
-                ));
+        let from = match from {
+            StartFrom::After(cursor) => {
+                let position = match PgCursor::parse(&cursor)? {
+                    PgCursor::Ticket(position) => {
+                        let last = self.shared.db.last_ticket().await?;
+                        if position.ticket > last {
+                            return Err(EngineError::invalid(
+                                "cursor",
+                                cursor.as_str(),
+                                format!("points past the end of this backend's log (last ticket {last})"),
+                            ));
+                        }
+                        position
+                    }
+                    PgCursor::Legacy { xid, id } => self.shared.db.legacy_ticket(xid, id).await?,
+                };
+                StartFrom::After(completion_core::hub::Position::to_cursor(&position))
             }
-        }
+            other => other,
+        };
         self.shared.hub.subscribe_from(&self.shared.feed, self.reader(), from, filter).await
     }
 

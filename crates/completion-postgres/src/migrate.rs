@@ -29,10 +29,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("V1__completions", include_str!("../migrations/V1__completions.sql")),
     ("V2__coalesced_notify", include_str!("../migrations/V2__coalesced_notify.sql")),
     ("V3__in_flight_check_without_pg_locks", include_str!("../migrations/V3__in_flight_check_without_pg_locks.sql")),
+    ("V4__tickets", include_str!("../migrations/V4__tickets.sql")),
 ];
 
 /// The schema version this build needs (the highest migration).
-pub(crate) const LATEST: i32 = 3;
+pub(crate) const LATEST: i32 = 4;
 
 /// What one [`migrate`](crate::migrate) run applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

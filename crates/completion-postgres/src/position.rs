@@ -1,16 +1,16 @@
-//! [`PgPosition`]: a place in the completion log, ordered by (transaction id, event id).
+//! [`PgPosition`]: a place in the completion log, ordered by *ticket*.
 //!
-//! Why not the event id alone: ids come from a sequence at insert time, but transactions
-//! commit in any order, so a reader that moved past id 11 could later miss id 10. The log is
-//! read only below the *horizon* — the oldest transaction id still running
-//! (`pg_snapshot_xmin(pg_current_snapshot())`). Every transaction below it has ended, so the
-//! events visible there are final, and every event that becomes visible later belongs to a
-//! transaction at or above the horizon, which sorts after everything already read. Ordering
-//! by (xid, id) therefore never lets a late commit land behind a cursor.
+//! A ticket is drawn when an event is appended, after its transaction registered as a writer
+//! (schema version 4, `migrations/V4__tickets.sql`). Transactions commit in any order, so a
+//! reader that moved past ticket 11 could later miss ticket 10: the log is read only up to
+//! `final_ticket()`, below which every ticket's transaction has ended; a ticket drawn later
+//! is larger than everything read. Only transactions that appended to this schema's log hold
+//! it back, not every transaction of the cluster (versions 1-3 ordered by transaction id and
+//! read below the cluster's oldest running one).
 //!
-//! Text form (inside a [`Cursor`]): `postgres:<xid>.<id>`. The origin is `0.0`. A position
-//! reached by a read that found nothing more is `<horizon - 1>.<i64::MAX>`: "everything
-//! below the horizon".
+//! Text form (inside a [`Cursor`]): `postgres:<ticket>`; the origin is `postgres:0`. Cursors
+//! of versions 1-3, `postgres:<xid>.<id>`, are recognised ([`PgCursor::Legacy`]) and mapped
+//! to a ticket when a stream resumes from them (`Db::legacy_ticket`).
 
 use std::fmt;
 
@@ -19,42 +19,68 @@ use completion_core::{Cursor, EngineError};
 
 use crate::BACKEND;
 
-/// A position in the PostgreSQL completion log: everything at or before (xid, id) was
-/// delivered (or filtered out). `Default` is the origin.
+/// A position in the PostgreSQL completion log: every event up to this ticket was delivered
+/// (or filtered out). `Default` is the origin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PgPosition {
-    /// The 64-bit (epoch-extended) id of the transaction that inserted the event.
-    pub xid: u64,
-    /// The event's sequence id.
-    pub id: i64,
+    /// The ticket of the newest event covered (0: none).
+    pub ticket: i64,
+}
+
+/// What a PostgreSQL cursor's text holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PgCursor {
+    /// A ticket (schema version 4 on).
+    Ticket(PgPosition),
+    /// `(xid, id)` of schema versions 1-3: everything at or before it in (xid, id) order.
+    Legacy { xid: u64, id: i64 },
 }
 
 impl PgPosition {
     /// The origin, before every event.
-    pub const ORIGIN: PgPosition = PgPosition { xid: 0, id: 0 };
+    pub const ORIGIN: PgPosition = PgPosition { ticket: 0 };
 
-    /// The position covering every event of transactions below `horizon`.
-    pub fn below(horizon: u64) -> Self {
-        PgPosition { xid: horizon.saturating_sub(1), id: i64::MAX }
+    /// The position of ticket `ticket`.
+    pub fn at(ticket: i64) -> Self {
+        PgPosition { ticket }
     }
 
-    /// Parses the position part of a cursor.
+    /// Parses the position part of a cursor. A cursor of schema version 3 or older
+    /// (`postgres:<xid>.<id>`) is refused here: `subscribe_from` maps it to a ticket first.
     pub fn parse(cursor: &Cursor) -> Result<Self, EngineError> {
-        let text = cursor.position_for(BACKEND)?;
-        let bad = || EngineError::invalid("cursor", cursor.as_str(), "expected `postgres:<xid>.<id>`");
-        let (xid, id) = text.split_once('.').ok_or_else(bad)?;
-        let xid: u64 = xid.parse().map_err(|_| bad())?;
-        let id: i64 = id.parse().map_err(|_| bad())?;
-        if id < 0 {
-            return Err(bad());
+        match PgCursor::parse(cursor)? {
+            PgCursor::Ticket(position) => Ok(position),
+            PgCursor::Legacy { .. } => Err(EngineError::invalid(
+                "cursor",
+                cursor.as_str(),
+                "was made for schema version 3 or older (`postgres:<xid>.<id>`): resume from it with \
+                 subscribe_from, which maps it to a ticket",
+            )),
         }
-        Ok(PgPosition { xid, id })
+    }
+}
+
+impl PgCursor {
+    /// Parses the position part of a cursor of any schema version.
+    pub(crate) fn parse(cursor: &Cursor) -> Result<Self, EngineError> {
+        let text = cursor.position_for(BACKEND)?;
+        let bad = || {
+            EngineError::invalid("cursor", cursor.as_str(), "expected `postgres:<ticket>` (or `postgres:<xid>.<id>`)")
+        };
+        let number = |part: &str| part.bytes().all(|b| b.is_ascii_digit()) && !part.is_empty();
+        match text.split_once('.') {
+            None if number(text) => Ok(PgCursor::Ticket(PgPosition { ticket: text.parse().map_err(|_| bad())? })),
+            Some((xid, id)) if number(xid) && number(id) => {
+                Ok(PgCursor::Legacy { xid: xid.parse().map_err(|_| bad())?, id: id.parse().map_err(|_| bad())? })
+            }
+            _ => Err(bad()),
+        }
     }
 }
 
 impl fmt::Display for PgPosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.xid, self.id)
+        write!(f, "{}", self.ticket)
     }
 }
 
@@ -85,39 +111,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn orders_by_transaction_then_id_and_round_trips() {
-        let late_commit = PgPosition { xid: 100, id: 11 };
-        let early_xid = PgPosition { xid: 99, id: 12 };
-        assert!(early_xid < late_commit);
-        assert!(PgPosition::below(100) > early_xid);
-        assert!(PgPosition::below(100) < late_commit);
-        let c = late_commit.to_cursor();
-        assert_eq!(c.as_str(), "postgres:100.11");
-        assert_eq!(PgPosition::parse(&c).unwrap(), late_commit);
+    fn orders_by_ticket_and_round_trips() {
+        let (a, b) = (PgPosition::at(10), PgPosition::at(11));
+        assert!(a < b && b.is_new(&PgPosition::at(12)) && !b.is_new(&a));
+        let c = b.to_cursor();
+        assert_eq!(c.as_str(), "postgres:11");
+        assert_eq!(PgPosition::parse(&c).unwrap(), b);
         assert_eq!(PgPosition::parse(&PgPosition::ORIGIN.to_cursor()).unwrap(), PgPosition::ORIGIN);
-        for bad in ["postgres:1", "postgres:a.1", "postgres:1.-2", "memory:5", "postgres:1.2.3"] {
+        for bad in
+            ["postgres:", "postgres:a", "postgres:-2", "memory:5", "postgres:1.2.3", "postgres:1.", "postgres:.1"]
+        {
             let cursor = Cursor::parse(bad).unwrap();
+            assert!(PgCursor::parse(&cursor).is_err(), "{bad}");
             assert!(PgPosition::parse(&cursor).is_err(), "{bad}");
         }
+        let legacy = Cursor::parse("postgres:738.12").unwrap();
+        assert_eq!(PgCursor::parse(&legacy).unwrap(), PgCursor::Legacy { xid: 738, id: 12 });
+        let err = PgPosition::parse(&legacy).unwrap_err().to_string();
+        assert!(err.contains("version 3") && err.contains("subscribe_from"), "{err}");
     }
 
     #[test]
     fn merge_and_advance_never_go_back() {
-        let mut p = PgPosition { xid: 5, id: 1 };
-        p.advance(&PgPosition { xid: 4, id: 9 });
-        assert_eq!(p, PgPosition { xid: 5, id: 1 });
-        p.merge(&PgPosition::below(10));
-        assert_eq!(p, PgPosition { xid: 9, id: i64::MAX });
-        assert!(p.is_new(&PgPosition { xid: 10, id: 0 }));
-        assert!(!p.is_new(&PgPosition { xid: 9, id: 3 }));
+        let mut p = PgPosition::at(5);
+        p.advance(&PgPosition::at(4));
+        assert_eq!(p, PgPosition::at(5));
+        p.merge(&PgPosition::at(9));
+        assert_eq!(p, PgPosition::at(9));
+        assert!(p.is_new(&PgPosition::at(10)));
+        assert!(!p.is_new(&PgPosition::at(9)));
     }
 
-    /// Positions a stream reaches: from the origin, through events of any transaction and
-    /// reads that found nothing more below a horizon.
+    /// Positions a stream reaches: from the origin, through events and reads that found
+    /// nothing more below a final ticket.
     fn reachable() -> impl Strategy<Value = PgPosition> {
         let step = prop_oneof![
-            (any::<u64>(), 1..=i64::MAX).prop_map(|(xid, id)| (PgPosition { xid, id }, false)),
-            (1..=u64::MAX).prop_map(|h| (PgPosition::below(h), true)),
+            (1..=i64::MAX).prop_map(|t| (PgPosition::at(t), false)),
+            (0..=i64::MAX).prop_map(|t| (PgPosition::at(t), true))
         ];
         proptest::collection::vec(step, 0..8).prop_map(|steps| {
             let mut p = PgPosition::ORIGIN;
@@ -139,6 +169,13 @@ mod tests {
             prop_assert_eq!(back, position);
         }
 
+        /// Cursors of schema version 3 and older are recognised as such, whatever their numbers.
+        #[test]
+        fn legacy_cursors_are_recognised(xid in any::<u64>(), id in 0..=i64::MAX) {
+            let cursor = Cursor::parse(&format!("postgres:{xid}.{id}")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(PgCursor::parse(&cursor).map_err(|e| TestCaseError::fail(e.to_string()))?, PgCursor::Legacy { xid, id });
+        }
+
         /// Any cursor text, and mutations of real ones, decode or are refused with a reason.
         #[test]
         fn any_cursor_text_never_panics(
@@ -152,7 +189,7 @@ mod tests {
             mutated[i] = ch;
             for text in [text, mutated.into_iter().collect()] {
                 if let Ok(cursor) = Cursor::parse(&text) {
-                    if let Err(e) = PgPosition::parse(&cursor) {
+                    if let Err(e) = PgCursor::parse(&cursor) {
                         prop_assert!(e.to_string().contains("cursor"), "{}", e);
                     }
                 }

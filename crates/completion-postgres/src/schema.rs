@@ -47,10 +47,9 @@ impl Schema {
     }
 }
 
-/// Columns of one log row, in the order [`Sql::read`] returns them after its three header
-/// columns.
+/// Columns of one log row, in the order [`Sql::read`] returns them after its header column.
 pub(crate) const LOG_COLUMNS: &str =
-    "e.xid::text, e.id, e.execution_id, e.flow_id, e.namespace, e.outcome, e.tags::text, e.completed_at_ms";
+    "e.ticket, e.execution_id, e.flow_id, e.namespace, e.outcome, e.tags::text, e.completed_at_ms";
 
 /// Every statement of one instance, qualified with its schema.
 #[derive(Debug)]
@@ -59,12 +58,18 @@ pub(crate) struct Sql {
     pub finish: String,
     /// Whether a terminal write is in flight (schema version 2).
     pub in_flight: String,
+    /// The final ticket: every ticket at or below it is final (schema version 4). Sent in a
+    /// statement of its own, before the statement that reads up to it.
+    pub final_ticket: String,
+    /// The last ticket handed out.
+    pub last_ticket: String,
     pub describe: String,
     /// Log reads by filter shape: none, namespace, tag, namespace and tag.
     pub read: [String; 4],
-    pub head: String,
-    pub horizon: String,
-    pub next_xid: String,
+    /// The newest ticket in the log.
+    pub newest: String,
+    /// What a cursor of schema version 3 or older maps to (see `Db::legacy_ticket`).
+    pub legacy: String,
     pub prune: String,
     pub version: String,
 }
@@ -73,70 +78,52 @@ impl Sql {
     pub fn new(schema: &Schema) -> Self {
         let s = schema.quoted();
         let read = |filter: &str| {
-            // The held-back count must walk the position index down from the top and stop at
-            // the horizon, never scan the log: a sequential scan on every read made latency
-            // grow with the log (0.5 ms -> 7 ms p50 at 20 000 events, found by `cargo xtask
-            // bench`). The ORDER BY alone did not ensure it: the planner cannot know the
-            // horizon's value, assumes a one-sided `xid >= horizon` keeps a third of the log,
-            // and then preferred a sequential scan plus sort (seen with EXPLAIN at 6 000 rows,
-            // generic and custom plans alike). The upper bound `xid < xmax` excludes nothing
-            // (no visible row has an xid at or above the snapshot's xmax) but makes the
-            // condition a range, which the planner estimates at 0.5% of the log: the index wins.
+            // Header (the retention watermark) joined with up to $2 events after ticket $1, in
+            // ticket order. The read does not stop at the final ticket: it cannot take it as a
+            // parameter (the final ticket is asked in the statement before, pipelined in the
+            // same round trip, so that this statement's snapshot is taken after it), so the
+            // caller drops the events above it and counts them as held back.
             // `LIMIT 1` on the singleton watermark row: pruned_to is never analyzed (it never
             // changes size), so the planner guessed ~1 300 rows for it and multiplied every
             // cost above it; past `jit_above_cost` each read was JIT-compiled (~10 ms, seen
             // with EXPLAIN ANALYZE on the custom plans a connection's first reads use).
-            // The held-back count is a lateral join on the header, not a subquery in the select
-            // list: there it was run once per returned event (1 024 index walks for a full
-            // batch, 11 ms instead of 2 ms: catch-up speed), seen with EXPLAIN ANALYZE.
-            // Header (horizon, watermark, events held back above the horizon) joined with
-            // up to $3 events after ($1, $2) and below the horizon. Rows below the horizon
-            // are final: their transactions have all ended.
             format!(
-                "WITH meta AS (
-                    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
-                           pg_snapshot_xmax(pg_current_snapshot()) AS xmax, w.xid AS wxid, w.id AS wid
-                    FROM {s}.pruned_to w
-                    LIMIT 1 -- the singleton row (see the comment above)
-                 )
-                 SELECT m.horizon::text, m.wxid::text, m.wid, h.held,
-                        {LOG_COLUMNS}
+                "WITH meta AS (SELECT w.ticket AS wticket FROM {s}.pruned_to w LIMIT 1)
+                 SELECT m.wticket, {LOG_COLUMNS}
                  FROM meta m
-                 CROSS JOIN LATERAL (
-                    SELECT count(*) AS held FROM (SELECT 1 FROM {s}.completion_log h
-                                                  WHERE h.xid >= m.horizon AND h.xid < m.xmax
-                                                  ORDER BY h.xid DESC, h.id DESC LIMIT 1000) b
-                 ) h
                  LEFT JOIN LATERAL (
                     SELECT l.* FROM {s}.completion_log l
-                    WHERE (l.xid, l.id) > ($1::text::xid8, $2::int8) AND l.xid < m.horizon {filter}
-                    ORDER BY l.xid, l.id
-                    LIMIT $3
+                    WHERE l.ticket > $1::int8 {filter}
+                    ORDER BY l.ticket
+                    LIMIT $2
                  ) e ON true
-                 ORDER BY e.xid, e.id"
+                 ORDER BY e.ticket"
             )
         };
         Self {
             create: format!("SELECT {s}.create_execution($1, $2, $3, $4::text::jsonb, $5)"),
             finish: format!("SELECT {s}.finish_execution($1, $2, $3, $4, $5)"),
             in_flight: format!("SELECT {s}.writers_in_flight()"),
+            final_ticket: format!("SELECT {s}.final_ticket()"),
+            last_ticket: format!("SELECT {s}.last_ticket()"),
             describe: format!(
                 "SELECT id, namespace, flow_id, tags::text, state, reason, created_at_ms, completed_at_ms
                  FROM {s}.executions WHERE id = $1"
             ),
             read: [
                 read(""),
-                read("AND l.namespace = $4"),
-                read("AND l.tags @> $4::text::jsonb"),
-                read("AND l.namespace = $4 AND l.tags @> $5::text::jsonb"),
+                read("AND l.namespace = $3"),
+                read("AND l.tags @> $3::text::jsonb"),
+                read("AND l.namespace = $3 AND l.tags @> $4::text::jsonb"),
             ],
-            head: format!(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
-                        (SELECT l.xid::text FROM {s}.completion_log l ORDER BY l.xid DESC, l.id DESC LIMIT 1)"
+            newest: format!("SELECT (SELECT l.ticket FROM {s}.completion_log l ORDER BY l.ticket DESC LIMIT 1)"),
+            legacy: format!(
+                "SELECT (SELECT min(l.ticket) FROM {s}.completion_log l
+                          WHERE (l.xid, l.id) > ($1::text::xid8, $2::int8)),
+                        w.xid::text, w.id, w.ticket, pg_snapshot_xmax(pg_current_snapshot())::text
+                 FROM {s}.pruned_to w LIMIT 1"
             ),
-            horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text".into(),
-            next_xid: "SELECT pg_snapshot_xmax(pg_current_snapshot())::text".into(),
-            prune: format!("SELECT deleted, watermark_xid::text, watermark_id FROM {s}.prune($1, $2)"),
+            prune: format!("SELECT deleted, watermark FROM {s}.prune_tickets($1, $2)"),
             version: format!("SELECT max(version) FROM {s}.schema_migrations"),
         }
     }

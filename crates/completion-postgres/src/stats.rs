@@ -49,11 +49,11 @@ pub struct PostgresStats {
     pub listener_failures: u64,
     /// Pooled operations retried because their connection was closed or terminated.
     pub retries: u64,
-    /// Committed events the last log read saw above the horizon, waiting for an older
-    /// transaction that is still running (capped at 1000). Non-zero for long means a
-    /// long-running transaction delays delivery.
+    /// Committed events the last log read saw above the final ticket, waiting for a writer
+    /// that appended before them and is still in flight (up to the read's limit). Non-zero
+    /// for long means a long writing transaction delays delivery.
     pub held_back_events: u64,
-    /// Log reads that found events held back above the horizon.
+    /// Log reads that found events held back above the final ticket.
     pub held_back_reads: u64,
     /// Prune runs (called or periodic) that completed.
     pub prune_runs: u64,
@@ -62,8 +62,8 @@ pub struct PostgresStats {
     /// Feed reads that found terminal writes in flight (with coalesced NOTIFYs) and so
     /// scheduled another read `in_flight_recheck` later.
     pub in_flight_rechecks: u64,
-    /// Horizon checks the feed made while a read held committed events back (on a backoff
-    /// from `in_flight_recheck` to 32 times that), to read again as soon as the transaction
-    /// holding them back ended.
+    /// Final-ticket checks the feed made while a read held committed events back (on a
+    /// backoff from `in_flight_recheck` to 32 times that), to read again as soon as the
+    /// writer holding them back ended.
     pub held_back_checks: u64,
 }

@@ -48,45 +48,49 @@ fn position(c: &CompletionPayload) -> PgPosition {
     PgPosition::parse(c.cursor()).expect("delivered cursors parse")
 }
 
-/// A transaction that started first (its xid is the smallest) but appends its event last
-/// and commits last must still be delivered, before the events of the transactions that
-/// started after it, and none of those may be delivered while it is open.
+/// A transaction that took its xid first but appends its event last holds nothing back
+/// until it appends (B and C, committed meanwhile, are delivered while it is open); once it
+/// appended, every completion appended after it (D) waits for it, and both are delivered,
+/// in ticket order, when it commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_commit_is_delivered_in_transaction_order() {
+async fn late_commit_is_delivered_in_ticket_order() {
     let (config, url) = config("late").await;
-    let backend = connect(config.with_safety_interval(Duration::from_millis(50))).await;
+    // D must notify although T1 holds the notifier lock (T1's own write coalesces).
+    let backend = connect(config.with_safety_interval(Duration::from_secs(600)).with_coalesce_notify(false)).await;
     let ns = namespace("late");
-    let (a, b, c) = (
+    let (a, b, c, d) = (
+        create(&backend, &ns, None, &Tags::new()).await,
         create(&backend, &ns, None, &Tags::new()).await,
         create(&backend, &ns, None, &Tags::new()).await,
         create(&backend, &ns, None, &Tags::new()).await,
     );
     let mut stream = backend.subscribe_completions().await.expect("subscribe");
 
-    // T1 takes its transaction id first, then B and C commit through the backend.
+    // T1 takes its transaction id first; B and C commit through the backend meanwhile and are
+    // delivered: T1 has not appended, so it holds nothing back.
     let mut held = common::admin(&url).await;
     let t1 = held.transaction().await.expect("begin");
     t1.query_one("SELECT pg_current_xact_id()", &[]).await.expect("xid");
     backend.complete(&b).await.expect("complete b");
     backend.complete(&c).await.expect("complete c");
-    // T1 now appends A's event: its id is larger than B's and C's, its xid smaller.
+    let got = collect_in(&mut stream, &ns, 2).await;
+    assert_eq!([got[0].execution_id(), got[1].execution_id()], [&b, &c], "not held back by T1's xid");
+
+    // T1 now appends A, and D commits after it: D waits for T1.
     let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL)", backend.schema());
     t1.query_one(&finish, &[&a.as_str()]).await.expect("finish a inside the held transaction");
+    let reads = backend.stats().held_back_reads;
+    backend.complete(&d).await.expect("complete d");
+    wait_until("the reader to see D held back", async || backend.stats().held_back_reads > reads).await;
+    assert!(ready_now(&mut stream).is_none(), "nothing appended after T1's event may be delivered while it is open");
 
-    // The reader has seen B and C committed but holds them back behind T1...
-    wait_until("the reader to see B and C held back", async || backend.stats().held_back_events >= 2).await;
-    let reads = backend.counters().catch_up_reads;
-    wait_until("two more log reads", async || backend.counters().catch_up_reads >= reads + 2).await;
-    assert!(ready_now(&mut stream).is_none(), "nothing may be delivered while an older transaction is open");
-
-    // ...and delivers all three once T1 commits, A first.
+    // ...and delivers both once T1 commits, A first.
     t1.commit().await.expect("commit");
-    let got = collect_in(&mut stream, &ns, 3).await;
+    let got = collect_in(&mut stream, &ns, 2).await;
     let ids: Vec<_> = got.iter().map(|c| c.execution_id().clone()).collect();
-    assert_eq!(ids, [a, b, c], "transaction order, not id order");
+    assert_eq!(ids, [a, d], "ticket order: A appended first");
     let positions: Vec<_> = got.iter().map(position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "cursors increase: {positions:?}");
-    assert!(positions[0].id > positions[1].id, "A's event id is the largest: the xid orders it first");
 }
 
 /// The next completion if one is ready right now, without waiting.
@@ -850,67 +854,165 @@ async fn a_skipper_in_flight_when_the_feed_starts_is_delivered() {
     assert_eq!(backend.stats().notifications, 0, "no notification reached this feed");
 }
 
-/// How the transaction that holds a completion back ends, in
-/// [`held_back_completions_are_released_when_the_holder_ends`].
+/// How an unrelated transaction ends, in [`unrelated_transactions_hold_nothing_back`].
 #[derive(Clone, Copy, Debug)]
-enum HolderEnds {
+enum UnrelatedEnds {
     /// It commits having written nothing of ours: no notification.
     Commit,
     /// It rolls back: no notification.
     Rollback,
-    /// It runs in another database of the cluster (the horizon is cluster-wide) and commits.
+    /// It runs in another database of the cluster and commits.
     CommitInAnotherDatabase,
-    /// It finishes an execution itself, so its commit notifies.
+    /// It finishes an execution itself (after X was appended), so its commit notifies.
     CommitHavingFinished,
 }
 
-/// A transaction that took its xid before a completion was written holds that completion
-/// back (the horizon); when it ends, the completion is delivered without waiting for the
-/// safety read (10 minutes away here), however it ends: committing having written nothing,
-/// rolling back, committing in another database, or committing a completion of its own.
-/// Only the last of these notifies; the others are found by the feed's horizon checks.
+/// A transaction that took its xid before a completion X was written, and has appended
+/// nothing to the log (yet), does not hold X back: X is delivered while it is still open,
+/// with the safety read 10 minutes away, however it ends later (committing having written
+/// nothing, rolling back, committing in another database, or finishing an execution of its
+/// own after X, which is then delivered after X). Schema versions 1-3 held X back until it
+/// ended, plus up to the safety interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_back_completions_are_released_when_the_holder_ends() {
-    let (config, url) = config("release").await;
+async fn unrelated_transactions_hold_nothing_back() {
+    let (config, url) = config("unrelated").await;
     let backend = connect(config.with_safety_interval(Duration::from_secs(600))).await;
-    let ns = namespace("release");
+    let ns = namespace("unrelated");
     let other_db = common::unique_schema("otherdb");
     common::admin(&url).await.batch_execute(&format!("CREATE DATABASE {other_db}")).await.expect("create database");
     let other_url = format!("{}/{other_db}", url.rsplit_once('/').expect("the url names a database").0);
     let mut stream = backend.subscribe_completions().await.expect("subscribe");
     for ends in [
-        HolderEnds::Commit,
-        HolderEnds::Rollback,
-        HolderEnds::CommitInAnotherDatabase,
-        HolderEnds::CommitHavingFinished,
+        UnrelatedEnds::Commit,
+        UnrelatedEnds::Rollback,
+        UnrelatedEnds::CommitInAnotherDatabase,
+        UnrelatedEnds::CommitHavingFinished,
     ] {
         let own = create(&backend, &ns, None, &Tags::new()).await;
         let x = create(&backend, &ns, None, &Tags::new()).await;
-        let mut holder =
-            common::admin(if matches!(ends, HolderEnds::CommitInAnotherDatabase) { &other_url } else { &url }).await;
+        let in_other_db = matches!(ends, UnrelatedEnds::CommitInAnotherDatabase);
+        let mut holder = common::admin(if in_other_db { &other_url } else { &url }).await;
         let tx = holder.transaction().await.expect("begin");
         tx.query_one("SELECT pg_current_xact_id()", &[]).await.expect("take an xid");
-        let reads = backend.stats().held_back_reads;
+        tx.query_one("SELECT 1", &[]).await.expect("stay open");
         backend.complete(&x).await.expect("complete x");
-        wait_until(&format!("{ends:?}: the feed to hold X back"), async || backend.stats().held_back_reads > reads)
-            .await;
-        assert!(ready_now(&mut stream).is_none(), "{ends:?}: X is held back while the older transaction is open");
-        let checks = backend.stats().held_back_checks;
+        let got = collect_in(&mut stream, &ns, 1).await;
+        assert_eq!(got[0].execution_id(), &x, "{ends:?}: X delivered while the unrelated transaction is open");
         match ends {
-            HolderEnds::Rollback => tx.rollback().await.expect("rollback"),
-            HolderEnds::CommitHavingFinished => {
+            UnrelatedEnds::Rollback => tx.rollback().await.expect("rollback"),
+            UnrelatedEnds::CommitHavingFinished => {
                 let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL)", backend.schema());
-                tx.query_one(&finish, &[&own.as_str()]).await.expect("finish inside the holder");
+                tx.query_one(&finish, &[&own.as_str()]).await.expect("finish inside the transaction");
                 tx.commit().await.expect("commit");
+                let got = collect_in(&mut stream, &ns, 1).await;
+                assert_eq!(got[0].execution_id(), &own, "{ends:?}: its own completion follows");
             }
             _ => tx.commit().await.expect("commit"),
         }
-        let expected = if matches!(ends, HolderEnds::CommitHavingFinished) { vec![own, x] } else { vec![x] };
-        let got: Vec<ExecutionId> =
-            collect_in(&mut stream, &ns, expected.len()).await.iter().map(|c| c.execution_id().clone()).collect();
-        assert_eq!(got, expected, "{ends:?}: delivered once the holder ended, in transaction order");
-        if !matches!(ends, HolderEnds::CommitHavingFinished) {
-            assert!(backend.stats().held_back_checks > checks, "{ends:?}: found by a horizon check");
+    }
+}
+
+/// A writer that appended (so holds back everything appended after it) and then ends without
+/// a notification, by rolling back, releases the completions it held back without waiting
+/// for the safety read (10 minutes away): the feed checks the final ticket while it holds
+/// events back. A savepoint rolled back releases them too, while the transaction stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_completions_are_released_when_the_holder_rolls_back() {
+    let (config, url) = config("release").await;
+    let backend = connect(config.with_safety_interval(Duration::from_secs(600))).await;
+    let ns = namespace("release");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    // The holder does not coalesce: it holds no in-flight lock, so the feed's in-flight
+    // re-reads cannot be what finds its end; only the final-ticket checks can.
+    let finish = format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL, false)", backend.schema());
+    for savepoint in [false, true] {
+        let (own, x) =
+            (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+        // Plain statements, not a `Transaction`: the savepoint case goes on after its rollback.
+        let tx = common::admin(&url).await;
+        tx.batch_execute("BEGIN").await.expect("begin");
+        if savepoint {
+            tx.batch_execute("SAVEPOINT s").await.expect("savepoint");
+        }
+        tx.query_one(&finish, &[&own.as_str()]).await.expect("finish inside the holder");
+        let reads = backend.stats().held_back_reads;
+        backend.complete(&x).await.expect("complete x");
+        wait_until("the feed to hold X back", async || backend.stats().held_back_reads > reads).await;
+        assert!(ready_now(&mut stream).is_none(), "savepoint {savepoint}: X waits for the writer before it");
+        let checks = backend.stats().held_back_checks;
+        if savepoint {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT s").await.expect("rollback to the savepoint");
+        } else {
+            tx.batch_execute("ROLLBACK").await.expect("rollback");
+        }
+        let got = collect_in(&mut stream, &ns, 1).await;
+        assert_eq!(got[0].execution_id(), &x, "savepoint {savepoint}: X delivered once the writer rolled back");
+        assert!(backend.stats().held_back_checks > checks, "savepoint {savepoint}: found by a final-ticket check");
+        if savepoint {
+            // Still open, it appends again: registered anew, it holds back what follows.
+            let again = create(&backend, &ns, None, &Tags::new()).await;
+            let y = create(&backend, &ns, None, &Tags::new()).await;
+            tx.query_one(&finish, &[&again.as_str()]).await.expect("finish again inside the holder");
+            let reads = backend.stats().held_back_reads;
+            backend.complete(&y).await.expect("complete y");
+            wait_until("the feed to hold Y back", async || backend.stats().held_back_reads > reads).await;
+            assert!(ready_now(&mut stream).is_none(), "Y waits for the writer's second append");
+            tx.batch_execute("COMMIT").await.expect("commit");
+            let got: Vec<ExecutionId> =
+                collect_in(&mut stream, &ns, 2).await.iter().map(|c| c.execution_id().clone()).collect();
+            assert_eq!(got, [again, y], "ticket order once the writer committed");
         }
     }
+}
+
+/// Cursors written by builds of schema version 3 and older (`postgres:<xid>.<id>`) resume:
+/// from the cursor of each event, exactly the events after it (these were committed one
+/// after the other, so (xid, id) order is the order they were appended in); a cursor older
+/// than what retention pruned reports the gap; one whose xid is in the future is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_of_schema_version_3_resume() {
+    const WRITTEN: usize = 6;
+    let (config, url) = config("legacy").await;
+    let backend = connect(config.with_retention(Retention::events(3))).await;
+    let ns = namespace("legacy");
+    let written = complete_n(&backend, &ns, &Tags::new(), WRITTEN).await;
+    let admin = common::admin(&url).await;
+    let legacy = format!("SELECT xid::text, id FROM \"{}\".completion_log WHERE execution_id = $1", backend.schema());
+    let mut cursors = Vec::new();
+    for id in &written {
+        let row = admin.query_one(&legacy, &[&id.as_str()]).await.expect("the event's (xid, id)");
+        cursors.push(format!("postgres:{}.{}", row.get::<_, String>(0), row.get::<_, i64>(1)));
+    }
+    let all = ScannerFilter::new();
+    let mut markers = Vec::new();
+    for (k, text) in cursors.iter().enumerate() {
+        let cursor = completion_core::Cursor::parse(text).expect("a version 3 cursor parses");
+        let mut resumed = backend.subscribe_from(StartFrom::After(cursor), &all).await.expect("resumes");
+        let expected = [&written[k + 1..], &markers[..]].concat();
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            match next_item(&mut resumed, text).await {
+                StreamItem::Completion(c) => got.push(c.execution_id().clone()),
+                other => panic!("{text}: expected a completion, got {other:?}"),
+            }
+        }
+        assert_eq!(got, expected, "after the version 3 cursor of event {}", k + 1);
+        let marker = create_and_complete(&backend, &ns, &Tags::new()).await;
+        match next_item(&mut resumed, text).await {
+            StreamItem::Completion(c) => assert_eq!(c.execution_id(), &marker, "{text}: then live events"),
+            other => panic!("{text}: expected the marker, got {other:?}"),
+        }
+        markers.push(marker);
+    }
+    // Retention keeps 3 of the events now: the first cursors point into pruned events.
+    backend.prune().await.expect("prune");
+    let cursor = completion_core::Cursor::parse(&cursors[0]).unwrap();
+    let mut resumed = backend.subscribe_from(StartFrom::After(cursor), &all).await.expect("resumes");
+    assert!(
+        matches!(next_item(&mut resumed, "a pruned version 3 cursor").await, StreamItem::Gap(_)),
+        "a version 3 cursor older than the pruned events reports the gap"
+    );
+    let future = completion_core::Cursor::parse("postgres:99999999999.1").unwrap();
+    let err = backend.subscribe_from(StartFrom::After(future), &all).await.err().expect("refused");
+    assert!(err.to_string().contains("past the end"), "{err}");
 }
