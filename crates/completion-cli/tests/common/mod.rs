@@ -111,7 +111,9 @@ pub enum Stream {
 /// Runs `completions args...` to the end with `closed` a pipe whose read end was closed
 /// before the process started (every write to it fails with EPIPE); the other stream is read.
 pub fn run_with_closed(args: &[&str], closed: Stream) -> Finished {
-    let (read, write) = rustix::pipe::pipe().expect("a pipe");
+    // Close-on-exec: a child that another test spawns meanwhile must not inherit the read
+    // end (it would keep the pipe open, and the write this test expects to fail succeed).
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("a pipe");
     drop(read);
     let mut command = Command::new(binary());
     command.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
