@@ -68,6 +68,7 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
                 ("pruned_events", s.pruned_events),
                 ("in_flight_rechecks", s.in_flight_rechecks),
                 ("held_back_checks", s.held_back_checks),
+                ("delivered_from_notification", s.delivered_from_notification),
             ];
             sections.push(("postgres_counters", fields.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()));
         }

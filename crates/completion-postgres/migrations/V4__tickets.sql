@@ -219,3 +219,82 @@ BEGIN
     SELECT p.xid, p.id INTO watermark_xid, watermark_id FROM pruned_to p;
 END
 $$;
+
+-- The terminal write of version 2, and its NOTIFY carries the event (version 4): the feed
+-- delivers it from the notification when its ticket follows the feed's position, without a
+-- log read first (see the Rust side, `notification.rs`). Only a transaction's first event is
+-- carried (a transaction-local setting remembers it): its later ones NOTIFY an empty payload,
+-- which PostgreSQL folds into one, and the feed reads the log for them. A payload that would
+-- reach the 8000-byte limit is sent empty.
+CREATE OR REPLACE FUNCTION finish_execution(p_id text, p_outcome text, p_reason text, p_token text,
+                                            p_coalesce boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_now bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
+    -- lock_class() and notify_channel(), inline: calling them costs more than they do.
+    v_class integer := hashtext(current_schema() || '_completions');
+    v_row executions%ROWTYPE;
+    v_event completion_log%ROWTYPE;
+BEGIN
+    IF p_outcome IS NULL OR p_outcome NOT IN ('succeeded', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'invalid outcome %', p_outcome USING ERRCODE = 'CM004';
+    END IF;
+    IF p_coalesce THEN
+        PERFORM pg_advisory_xact_lock_shared(v_class, 2);
+    END IF;
+    WITH finished AS (
+        UPDATE executions e
+           SET state = p_outcome, reason = p_reason, completed_at_ms = v_now, terminal_token = p_token
+         WHERE e.id = p_id AND e.state = 'active'
+        RETURNING e.id, e.flow_id, e.namespace, e.tags
+    )
+    INSERT INTO completion_log (execution_id, flow_id, namespace, outcome, tags, completed_at_ms)
+    SELECT f.id, f.flow_id, f.namespace, p_outcome, f.tags, v_now FROM finished f
+    RETURNING * INTO v_event;
+    IF NOT FOUND THEN
+        -- Not active (or absent). A concurrent finisher's UPDATE made ours wait and then skip
+        -- the row: this statement's fresh snapshot sees what it committed.
+        SELECT * INTO v_row FROM executions e WHERE e.id = p_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'execution % not found', p_id USING ERRCODE = 'CM001';
+        END IF;
+        IF p_token IS NOT NULL AND v_row.terminal_token = p_token THEN
+            RETURN v_row.completed_at_ms; -- this very call, retried after its reply was lost
+        END IF;
+        RAISE EXCEPTION 'execution % is already terminal (%)', p_id, v_row.state
+            USING ERRCODE = 'CM002', DETAIL = v_row.state;
+    END IF;
+    IF NOT p_coalesce OR pg_try_advisory_xact_lock(v_class, 1) THEN
+        PERFORM pg_notify(current_schema() || '_completions', notification_payload(v_event));
+    END IF;
+    RETURN v_now;
+END
+$$;
+
+-- The NOTIFY payload for `p_event`: the event as JSON for a transaction's first event (if it
+-- fits), else empty. Keys: v (payload version), t (ticket), e (execution id), n (namespace),
+-- f (flow id or null), o (outcome), g (tags), c (completed_at_ms).
+CREATE FUNCTION notification_payload(p_event completion_log) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_setting text := 'completions.notified_' || (hashtext(current_schema() || '_completions')::bigint + 2147483648)::text;
+    v_payload text;
+BEGIN
+    IF current_setting(v_setting, true) IS NOT DISTINCT FROM 'on' THEN
+        RETURN '';
+    END IF;
+    PERFORM set_config(v_setting, 'on', true);
+    v_payload := json_build_object('v', 1, 't', p_event.ticket, 'e', p_event.execution_id, 'n', p_event.namespace,
+                                   'f', p_event.flow_id, 'o', p_event.outcome, 'g', p_event.tags,
+                                   'c', p_event.completed_at_ms)::text;
+    IF octet_length(v_payload) >= 8000 THEN
+        RETURN '';
+    END IF;
+    RETURN v_payload;
+END
+$$;

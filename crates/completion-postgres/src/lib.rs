@@ -44,6 +44,7 @@ mod db;
 mod feed;
 mod listener;
 mod migrate;
+mod notification;
 mod position;
 mod schema;
 mod stats;

@@ -22,8 +22,9 @@ use crate::tls::{Tls, TlsStream};
 /// What the connection produced.
 #[derive(Debug)]
 pub(crate) enum Wake {
-    /// At least one notification (others already pending were folded into it).
-    Notified(u64),
+    /// At least one notification (others already pending were folded into it): how many,
+    /// and their payloads that are not empty, in the order they arrived.
+    Notified { count: u64, payloads: Vec<String> },
     /// The connection ended; `None` means it closed without an error.
     Lost(Option<tokio_postgres::Error>),
 }
@@ -32,6 +33,9 @@ pub(crate) enum Wake {
 pub(crate) struct Listener {
     client: Client,
     connection: Connection<Socket, TlsStream>,
+    /// The connection's end, met while folding notifications: returned by the next `next`
+    /// (an error or end of `poll_message` is final; the connection is not polled again).
+    ended: Option<Option<tokio_postgres::Error>>,
 }
 
 impl Listener {
@@ -69,7 +73,7 @@ impl Listener {
                     }
                 }
             }
-            Ok(Self { client, connection })
+            Ok(Self { client, connection, ended: None })
         };
         tokio::time::timeout(timeout, open).await.unwrap_or(Err(EngineError::Timeout {
             backend: BACKEND,
@@ -80,9 +84,20 @@ impl Listener {
 
     /// Waits for the next notification or the end of the connection. Cancel-safe.
     pub async fn next(&mut self) -> Wake {
+        if let Some(end) = self.ended.take() {
+            // Kept by `drain`; `next` is not called again after a `Lost`.
+            return Wake::Lost(end);
+        }
         loop {
             match poll_fn(|cx| self.connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => return Wake::Notified(1 + self.drain()),
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let mut payloads = Vec::new();
+                    if !n.payload().is_empty() {
+                        payloads.push(n.payload().to_string());
+                    }
+                    let count = 1 + self.drain(&mut payloads);
+                    return Wake::Notified { count, payloads };
+                }
                 Some(Ok(_)) => continue, // notices and future message kinds
                 Some(Err(e)) => return Wake::Lost(Some(e)),
                 None => return Wake::Lost(None),
@@ -90,13 +105,23 @@ impl Listener {
         }
     }
 
-    /// Folds the notifications already received, without waiting; returns how many.
-    /// Messages other than notifications are dropped; an error is left for `next`.
-    fn drain(&mut self) -> u64 {
+    /// Folds the notifications already received, without waiting; returns how many, and
+    /// adds their payloads that are not empty. Messages other than notifications are
+    /// dropped; the connection's end is kept for `next`.
+    fn drain(&mut self, payloads: &mut Vec<String>) -> u64 {
         let mut folded = 0;
-        while let Some(Some(Ok(message))) = poll_fn(|cx| self.connection.poll_message(cx)).now_or_never() {
-            if matches!(message, AsyncMessage::Notification(_)) {
-                folded += 1;
+        while self.ended.is_none() {
+            match poll_fn(|cx| self.connection.poll_message(cx)).now_or_never() {
+                Some(Some(Ok(AsyncMessage::Notification(n)))) => {
+                    folded += 1;
+                    if !n.payload().is_empty() {
+                        payloads.push(n.payload().to_string());
+                    }
+                }
+                Some(Some(Ok(_))) => {}
+                Some(Some(Err(e))) => self.ended = Some(Some(e)),
+                Some(None) => self.ended = Some(None),
+                None => break, // nothing more right now
             }
         }
         folded
@@ -104,7 +129,10 @@ impl Listener {
 
     /// Closes the connection politely (Terminate), waiting at most a second.
     pub async fn close(self) {
-        let Self { client, mut connection } = self;
+        let Self { client, mut connection, ended } = self;
+        if ended.is_some() {
+            return;
+        }
         drop(client);
         let finish = async { while poll_fn(|cx| connection.poll_message(cx)).await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_secs(1), finish).await;

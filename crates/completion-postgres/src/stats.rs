@@ -15,6 +15,7 @@ pub(crate) struct Stats {
     pub pruned_events: AtomicU64,
     pub in_flight_rechecks: AtomicU64,
     pub held_back_checks: AtomicU64,
+    pub delivered_from_notification: AtomicU64,
 }
 
 impl Stats {
@@ -34,6 +35,7 @@ impl Stats {
             pruned_events: get(&self.pruned_events),
             in_flight_rechecks: get(&self.in_flight_rechecks),
             held_back_checks: get(&self.held_back_checks),
+            delivered_from_notification: get(&self.delivered_from_notification),
         }
     }
 }
@@ -66,4 +68,7 @@ pub struct PostgresStats {
     /// backoff from `in_flight_recheck` to 32 times that), to read again as soon as the
     /// writer holding them back ended.
     pub held_back_checks: u64,
+    /// Events the feed delivered straight from a notification's payload, before its log
+    /// read (schema version 4); the log reads are `CounterSnapshot::catch_up_reads`.
+    pub delivered_from_notification: u64,
 }

@@ -95,7 +95,8 @@ pub(crate) fn check(url: &str) -> Result<(), String> {
         let Some((key, value)) = segment.split_once('=') else {
             return Err(format!("the query parameter `{segment}` has no value (`{segment}=...`)"));
         };
-        let key = decode(key).map_err(|()| "a query parameter name is not UTF-8 once percent-decoded".to_string())?;
+        let key =
+            decode(key).map_err(|()| format!("the query parameter name `{key}` is not UTF-8 once percent-decoded"))?;
         let Some((_, kind)) = PARAMETERS.iter().find(|(name, _)| *name == key) else {
             return Err(format!("unknown query parameter `{key}`; accepted: {}", accepted()));
         };

@@ -308,8 +308,9 @@ async fn poll_only_mode_delivers_without_a_listener() {
     assert_eq!(backend.stats().notifications, 0);
 }
 
-/// A transaction that calls the terminal function 50 times commits and sends one
-/// notification, with an empty payload, on the channel the backend listens to.
+/// A transaction that calls the terminal function 50 times commits and sends two
+/// notifications on the channel the backend listens to: its first event as the payload, then
+/// one empty payload for the other 49 (PostgreSQL folds identical ones).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_small_notification_per_transaction() {
     let (config, url) = config("notify").await;
@@ -352,7 +353,10 @@ async fn one_small_notification_per_transaction() {
         }
         payloads.push(payload);
     }
-    assert_eq!(payloads, [String::new()], "one notification, empty payload");
+    assert_eq!(payloads.len(), 2, "two notifications: {payloads:?}");
+    let first: serde_json::Value = serde_json::from_str(&payloads[0]).expect("the first carries JSON");
+    assert_eq!(first["e"], ids[0].as_str(), "the first event: {first}");
+    assert_eq!(payloads[1], "", "then one empty payload for the rest");
     let got: Vec<_> = collect_in(&mut stream, &ns, 50).await.iter().map(|c| c.execution_id().clone()).collect();
     assert_eq!(got, ids);
     let usage = backend.notification_queue_usage().await.expect("queue usage");
@@ -574,6 +578,8 @@ async fn two_finishers(
     let ns = namespace(prefix);
     let ids = [create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await];
     let stream = backend.subscribe_completions().await.expect("subscribe");
+    // The feed makes one read when it starts: done, it cannot be what meets the finishers.
+    wait_until("the feed's first read", async || backend.counters().catch_up_reads >= 1).await;
     (backend, ns, stream, ids, url)
 }
 
@@ -1015,4 +1021,78 @@ async fn cursors_of_schema_version_3_resume() {
     let future = completion_core::Cursor::parse("postgres:99999999999.1").unwrap();
     let err = backend.subscribe_from(StartFrom::After(future), &all).await.err().expect("refused");
     assert!(err.to_string().contains("past the end"), "{err}");
+}
+
+/// The notification fast path (schema version 4): a lone completion is delivered from its
+/// notification's payload; a payload whose ticket does not follow the feed's position is
+/// not, and the log read delivers it, in ticket order: an older writer committing after a
+/// younger one, a ticket left unused by a rollback, a writer that skipped its NOTIFY
+/// (coalesced) while the payload of its notifier arrives, and a payload too large to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_deliver_only_what_follows_the_feed_position() {
+    let (config, url) = config("fastpath").await;
+    let backend = connect(config.with_safety_interval(Duration::from_secs(600))).await;
+    let ns = namespace("fastpath");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    // The feed's first read (it makes one when it starts) must not be what meets the lone one.
+    wait_until("the feed's first read", async || backend.counters().catch_up_reads >= 1).await;
+    let from_notification = || backend.stats().delivered_from_notification;
+    let finish = |coalesce: bool| {
+        format!("SELECT \"{}\".finish_execution($1, 'succeeded', NULL, NULL, {coalesce})", backend.schema())
+    };
+
+    // Idle: straight from the payload.
+    let before = from_notification();
+    let lone = create_and_complete(&backend, &ns, &Tags::new()).await;
+    assert_eq!(collect_in(&mut stream, &ns, 1).await[0].execution_id(), &lone);
+    assert_eq!(from_notification(), before + 1, "a lone completion comes from its notification");
+
+    // An older writer (smaller ticket) commits after a younger one.
+    let (old, young) =
+        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+    let (mut c1, c2) = (common::admin(&url).await, common::admin(&url).await);
+    let t_old = c1.transaction().await.expect("begin");
+    t_old.query_one(&finish(false), &[&old.as_str()]).await.expect("finish old");
+    let reads = backend.stats().held_back_reads;
+    c2.query_one(&finish(false), &[&young.as_str()]).await.expect("finish young (autocommit)");
+    wait_until("the young one held back", async || backend.stats().held_back_reads > reads).await;
+    assert!(ready_now(&mut stream).is_none(), "the young one waits for the older writer");
+    t_old.commit().await.expect("commit old");
+    let got: Vec<_> = collect_in(&mut stream, &ns, 2).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, [old, young], "ticket order");
+
+    // A ticket left unused by a rollback: the next payload does not follow the position.
+    let (gone, after_gap) =
+        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+    let mut c3 = common::admin(&url).await;
+    let t_gone = c3.transaction().await.expect("begin");
+    t_gone.query_one(&finish(false), &[&gone.as_str()]).await.expect("finish, to roll back");
+    t_gone.rollback().await.expect("rollback");
+    let before = from_notification();
+    backend.complete(&after_gap).await.expect("complete after the unused ticket");
+    assert_eq!(collect_in(&mut stream, &ns, 1).await[0].execution_id(), &after_gap, "delivered by the read");
+    assert_eq!(from_notification(), before, "not from a payload that skips a ticket");
+
+    // A coalesced skipper commits first; its notifier's payload arrives; the read that
+    // follows the payload delivers the skipper.
+    let (notifier, skipper) =
+        (create(&backend, &ns, None, &Tags::new()).await, create(&backend, &ns, None, &Tags::new()).await);
+    let (mut c4, mut c5) = (common::admin(&url).await, common::admin(&url).await);
+    let t_notifier = finish_in_open_transaction(&mut c4, &backend, &notifier).await;
+    let t_skipper = finish_in_open_transaction(&mut c5, &backend, &skipper).await;
+    t_skipper.commit().await.expect("commit the skipper");
+    let before = from_notification();
+    t_notifier.commit().await.expect("commit the notifier");
+    let got: Vec<_> = collect_in(&mut stream, &ns, 2).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, [notifier, skipper], "ticket order: the notifier appended first");
+    assert_eq!(from_notification(), before + 1, "the notifier from its payload, the skipper from the read");
+
+    // Tags whose JSON passes 8000 bytes: the payload is sent empty, the read delivers.
+    let big = Tags::from_pairs((0..16).map(|i| (format!("k{i:02}-{}", "k".repeat(56)), "\\".repeat(256))))
+        .expect("16 tags at their limits");
+    let before = from_notification();
+    let heavy = create_and_complete(&backend, &ns, &big).await;
+    let got = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!((got[0].execution_id(), got[0].tags()), (&heavy, &big), "delivered whole by the read");
+    assert_eq!(from_notification(), before, "a payload too large is not sent");
 }
