@@ -35,6 +35,51 @@ impl NewExecution {
     }
 }
 
+/// A completion an engine emits for an execution whose state it keeps itself (the
+/// "bring your own state" path: `PostgresBackend::emit_in`, `ValkeyBackend::emit`): what the
+/// built-in terminal write would have taken from the execution's stored row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Completion {
+    /// The execution that reached a terminal state.
+    pub execution_id: ExecutionId,
+    /// Its namespace (what namespace filters match).
+    pub namespace: Namespace,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed or was cancelled, if the engine says.
+    pub reason: Option<Reason>,
+    /// The flow it belongs to, if any.
+    pub flow_id: Option<FlowId>,
+    /// Its instance tags (what tag filters match).
+    pub tags: Tags,
+}
+
+impl Completion {
+    /// A completion without reason, flow and tags.
+    pub fn new(execution_id: ExecutionId, namespace: Namespace, outcome: Outcome) -> Self {
+        Self { execution_id, namespace, outcome, reason: None, flow_id: None, tags: Tags::new() }
+    }
+
+    /// Gives it a reason.
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// Puts it in `flow`.
+    pub fn with_flow(mut self, flow: FlowId) -> Self {
+        self.flow_id = Some(flow);
+        self
+    }
+
+    /// Gives it `tags`.
+    pub fn with_tags(mut self, tags: Tags) -> Self {
+        self.tags = tags;
+        self
+    }
+}
+
 /// Where an execution stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

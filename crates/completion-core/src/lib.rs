@@ -72,7 +72,7 @@ pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableS
 pub use counters::{CounterSnapshot, Counters};
 pub use cursor::Cursor;
 pub use error::{BoxError, EngineError};
-pub use execution::{ExecutionInfo, ExecutionState, NewExecution};
+pub use execution::{Completion, ExecutionInfo, ExecutionState, NewExecution};
 pub use filter::ScannerFilter;
 pub use ids::{ExecutionId, FlowId, Namespace, Reason, TagKey, TagValue, Tags};
 pub use outcome::Outcome;
