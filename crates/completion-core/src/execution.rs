@@ -53,12 +53,22 @@ pub struct Completion {
     pub flow_id: Option<FlowId>,
     /// Its instance tags (what tag filters match).
     pub tags: Tags,
+    /// When it reached its terminal state, ms since the Unix epoch, as the engine recorded it
+    /// (what the delivered payload's `completed_at_ms` says). `None`: the server's clock at
+    /// the emit.
+    pub completed_at_ms: Option<u64>,
 }
 
 impl Completion {
-    /// A completion without reason, flow and tags.
+    /// A completion without reason, flow and tags, timed by the server at the emit.
     pub fn new(execution_id: ExecutionId, namespace: Namespace, outcome: Outcome) -> Self {
-        Self { execution_id, namespace, outcome, reason: None, flow_id: None, tags: Tags::new() }
+        Self { execution_id, namespace, outcome, reason: None, flow_id: None, tags: Tags::new(), completed_at_ms: None }
+    }
+
+    /// Says when it reached its terminal state (ms since the Unix epoch).
+    pub fn with_completed_at_ms(mut self, at: u64) -> Self {
+        self.completed_at_ms = Some(at);
+        self
     }
 
     /// Gives it a reason.

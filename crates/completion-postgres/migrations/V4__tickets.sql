@@ -103,6 +103,14 @@ CREATE UNIQUE INDEX completion_log_ticket ON completion_log (ticket);
 -- served reads in xid order, which this build no longer makes.
 DROP INDEX completion_log_namespace;
 CREATE INDEX completion_log_namespace_ticket ON completion_log (namespace, ticket);
+-- Reads no longer walk (xid, id): only a cursor of versions 1-3 is mapped by it, once per
+-- resume, and a scan serves that. Builds of versions 1-3 still read correctly, without it.
+DROP INDEX completion_log_position;
+-- Completions by execution id: emit_completion refuses a second one, and lookups by id.
+CREATE INDEX completion_log_execution ON completion_log (execution_id);
+-- The reason given to fail or cancel (not delivered: kept for lookups), and the token of the
+-- emit_completion call that appended the event (a retried call recognises its own).
+ALTER TABLE completion_log ADD COLUMN reason text, ADD COLUMN emit_token text;
 
 -- Every ticket at or below the answer is final (see the top of this file). Run it in a
 -- statement of its own, before the statement that reads up to it.
@@ -251,8 +259,8 @@ BEGIN
          WHERE e.id = p_id AND e.state = 'active'
         RETURNING e.id, e.flow_id, e.namespace, e.tags
     )
-    INSERT INTO completion_log (execution_id, flow_id, namespace, outcome, tags, completed_at_ms)
-    SELECT f.id, f.flow_id, f.namespace, p_outcome, f.tags, v_now FROM finished f
+    INSERT INTO completion_log (execution_id, flow_id, namespace, outcome, tags, completed_at_ms, reason)
+    SELECT f.id, f.flow_id, f.namespace, p_outcome, f.tags, v_now, p_reason FROM finished f
     RETURNING * INTO v_event;
     IF NOT FOUND THEN
         -- Not active (or absent). A concurrent finisher's UPDATE made ours wait and then skip
@@ -296,5 +304,65 @@ BEGIN
         RETURN '';
     END IF;
     RETURN v_payload;
+END
+$$;
+
+-- Emits a completion for an execution whose state the caller keeps itself (no executions
+-- row): appends to the log and notifies exactly like finish_execution, in the caller's
+-- transaction, so the event commits or rolls back with the caller's own state change.
+-- Refuses (CM002, DETAIL = the first outcome) when the log already holds a completion of
+-- the execution, unless p_allow_repeat (or the holder is this very call, retried: same
+-- token). Concurrent emits of one id queue on a transaction-level advisory lock keyed by the
+-- id, so the second sees the first once it committed. p_completed_at_ms is the caller's own
+-- completion time (NULL: this server's clock). The check sees what the log retains:
+-- once retention pruned the first completion, a second is accepted.
+CREATE FUNCTION emit_completion(p_execution_id text, p_namespace text, p_outcome text, p_reason text,
+                                p_flow_id text, p_tags jsonb, p_token text,
+                                p_allow_repeat boolean DEFAULT false, p_coalesce boolean DEFAULT true,
+                                p_completed_at_ms bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_now bigint := coalesce(p_completed_at_ms, floor(extract(epoch FROM clock_timestamp()) * 1000));
+    v_class integer := hashtext(current_schema() || '_completions');
+    v_prior completion_log%ROWTYPE;
+    v_event completion_log%ROWTYPE;
+BEGIN
+    IF p_outcome IS NULL OR p_outcome NOT IN ('succeeded', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION 'invalid outcome %', p_outcome USING ERRCODE = 'CM004';
+    END IF;
+    IF p_execution_id IS NULL OR p_execution_id = '' THEN
+        RAISE EXCEPTION 'the execution id must not be empty' USING ERRCODE = 'CM004';
+    END IF;
+    IF p_namespace IS NULL OR p_namespace = '' THEN
+        RAISE EXCEPTION 'the namespace of execution % must not be empty', p_execution_id USING ERRCODE = 'CM004';
+    END IF;
+    IF p_tags IS NOT NULL AND jsonb_typeof(p_tags) <> 'object' THEN
+        RAISE EXCEPTION 'the tags of execution % must be a JSON object', p_execution_id USING ERRCODE = 'CM004';
+    END IF;
+    IF NOT p_allow_repeat THEN
+        PERFORM pg_advisory_xact_lock(hashtext(current_schema() || '_completions_emit'), hashtext(p_execution_id));
+        SELECT * INTO v_prior FROM completion_log l WHERE l.execution_id = p_execution_id ORDER BY l.ticket LIMIT 1;
+        IF FOUND THEN
+            IF p_token IS NOT NULL AND v_prior.emit_token = p_token THEN
+                RETURN v_prior.completed_at_ms; -- this very call, retried after its reply was lost
+            END IF;
+            RAISE EXCEPTION 'execution % is already terminal (%)', p_execution_id, v_prior.outcome
+                USING ERRCODE = 'CM002', DETAIL = v_prior.outcome;
+        END IF;
+    END IF;
+    IF p_coalesce THEN
+        PERFORM pg_advisory_xact_lock_shared(v_class, 2);
+    END IF;
+    INSERT INTO completion_log (execution_id, flow_id, namespace, outcome, tags, completed_at_ms, reason, emit_token)
+    VALUES (p_execution_id, nullif(p_flow_id, ''), p_namespace, p_outcome, coalesce(p_tags, '{}'::jsonb), v_now,
+            p_reason, p_token)
+    RETURNING * INTO v_event;
+    IF NOT p_coalesce OR pg_try_advisory_xact_lock(v_class, 1) THEN
+        PERFORM pg_notify(current_schema() || '_completions', notification_payload(v_event));
+    END IF;
+    RETURN v_now;
 END
 $$;

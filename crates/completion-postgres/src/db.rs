@@ -40,7 +40,7 @@ const MAX_ATTEMPTS: u32 = 4;
 
 /// Error codes raised by the stored functions (see the migration).
 const NOT_FOUND: &str = "CM001";
-const ALREADY_TERMINAL: &str = "CM002";
+pub(crate) const ALREADY_TERMINAL: &str = "CM002";
 const ALREADY_EXISTS: &str = "CM003";
 
 /// Why one attempt failed.
@@ -203,6 +203,16 @@ impl Db {
 
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// Every statement of the instance.
+    pub fn sql(&self) -> &Sql {
+        &self.sql
+    }
+
+    /// Whether terminal writes coalesce their NOTIFYs.
+    pub fn coalesce(&self) -> bool {
+        self.coalesce
     }
 
     /// Closes the pool: idle connections go now, busy ones when returned.
@@ -670,7 +680,7 @@ impl Db {
     }
 }
 
-fn tags_json(tags: &Tags) -> String {
+pub(crate) fn tags_json(tags: &Tags) -> String {
     let map: BTreeMap<&str, &str> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // A map of strings always serializes.
     serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())

@@ -41,6 +41,7 @@
 
 mod config;
 mod db;
+mod emit;
 mod feed;
 mod listener;
 mod migrate;
@@ -57,8 +58,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use completion_core::hub::{Hub, HubConfig, LogReader};
 use completion_core::{
-    CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError, ExecutionId,
-    ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, Retention, ScannerFilter, StartFrom,
+    Completion, CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError,
+    ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, Retention, ScannerFilter, StartFrom,
 };
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -303,6 +304,63 @@ impl PostgresBackend {
     /// [`SCHEMA_VERSION`].
     pub async fn schema_version(&self) -> Result<Option<i32>, EngineError> {
         self.shared.db.schema_version().await
+    }
+
+    /// Emits `completion` inside the caller's transaction `tx`, for an engine that keeps its
+    /// executions in tables of its own: the event is appended to this schema's completion log
+    /// and notified exactly as a terminal write of [`EngineBackend`] is, and commits or rolls
+    /// back with `tx` (subscribers see it once `tx` commits, in the same ordered log as every
+    /// other completion). `tx` must be a connection to this instance's database, and a
+    /// transaction of READ COMMITTED isolation (the default) for the duplicate check below.
+    ///
+    /// Fails with [`EngineError::AlreadyTerminal`] (the first outcome) when the log already
+    /// holds a completion of the execution (while retention keeps it); use
+    /// [`emit_repeat_in`](Self::emit_repeat_in) to append one anyway. Any error leaves `tx`
+    /// aborted, as every failed statement does in PostgreSQL: roll it back (or emit inside a
+    /// savepoint of your own).
+    ///
+    /// With a `deadpool_postgres::Transaction`, pass `&tx` as is (it dereferences to
+    /// `tokio_postgres::Transaction`).
+    ///
+    /// ```no_run
+    /// use completion_core::{Completion, ExecutionId, Namespace, Outcome};
+    /// use completion_postgres::PostgresBackend;
+    ///
+    /// # async fn demo(backend: &PostgresBackend, client: &mut tokio_postgres::Client)
+    /// #     -> Result<(), Box<dyn std::error::Error>> {
+    /// let id = ExecutionId::new("job-42")?;
+    /// let tx = client.transaction().await?;
+    /// // The engine's own state change...
+    /// let row = tx
+    ///     .query_opt("UPDATE jobs SET state = 'done' WHERE id = $1 AND state = 'running' RETURNING namespace", &[&id.as_str()])
+    ///     .await?;
+    /// if let Some(row) = row {
+    ///     // ...and its completion, in the same transaction.
+    ///     let namespace = Namespace::new(row.get::<_, String>(0))?;
+    ///     backend.emit_in(&tx, &Completion::new(id, namespace, Outcome::Succeeded)).await?;
+    /// }
+    /// tx.commit().await?; // the completion is delivered now, or never if this rolls back
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn emit_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        completion: &Completion,
+    ) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
+        emit::emit(&self.shared.db, tx, completion, emit::Repeat::Refuse).instrument(span).await
+    }
+
+    /// [`emit_in`](Self::emit_in), also when the log already holds a completion of the
+    /// execution (an engine that retries executions and reports each attempt, say).
+    pub async fn emit_repeat_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        completion: &Completion,
+    ) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
+        emit::emit(&self.shared.db, tx, completion, emit::Repeat::Allow).instrument(span).await
     }
 
     /// How big the completion log is now, and how much of it is held back (one query).

@@ -56,6 +56,8 @@ pub(crate) const LOG_COLUMNS: &str =
 pub(crate) struct Sql {
     pub create: String,
     pub finish: String,
+    /// `emit_completion`, run on the caller's own transaction (`PostgresBackend::emit_in`).
+    pub emit: String,
     /// Whether a terminal write is in flight (schema version 2).
     pub in_flight: String,
     /// The final ticket: every ticket at or below it is final (schema version 4). Sent in a
@@ -103,6 +105,7 @@ impl Sql {
         Self {
             create: format!("SELECT {s}.create_execution($1, $2, $3, $4::text::jsonb, $5)"),
             finish: format!("SELECT {s}.finish_execution($1, $2, $3, $4, $5)"),
+            emit: format!("SELECT {s}.emit_completion($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10)"),
             in_flight: format!("SELECT {s}.writers_in_flight()"),
             final_ticket: format!("SELECT {s}.final_ticket()"),
             last_ticket: format!("SELECT {s}.last_ticket()"),

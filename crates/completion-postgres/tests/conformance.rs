@@ -1,8 +1,12 @@
 //! The conformance suite against PostgreSQL: one shared throwaway server per test binary
 //! (or `$DATABASE_URL`), a schema per backend instance; tests that kill or restart their
-//! server get a server of their own.
+//! server get a server of their own. It runs twice: on the built-in `EngineBackend`
+//! (`postgres`), and on an engine that keeps its executions in a table of its own and emits
+//! with `emit_in` from its own transactions (`postgres_own_state`).
 
 mod common;
+#[path = "common/own_state.rs"]
+mod own_state;
 
 use std::sync::Arc;
 
@@ -14,10 +18,14 @@ use completion_testserver::PostgresServer;
 
 struct PgHarness {
     shared: &'static PostgresServer,
+    /// Whether the write side is the own-state engine of `own_state.rs`.
+    own_state: bool,
 }
 
 struct PgHooks {
     backend: PostgresBackend,
+    /// The `application_name` of the own-state engine's connections, if it writes.
+    engine_name: Option<String>,
     url: String,
     /// The instance's own server, when it asked for one (stopped when the hooks drop).
     dedicated: Option<Arc<PostgresServer>>,
@@ -26,7 +34,8 @@ struct PgHooks {
 #[async_trait]
 impl BackendHooks for PgHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
-        let names = [self.backend.listener_application_name(), self.backend.pool_application_name()];
+        let mut names = vec![self.backend.listener_application_name(), self.backend.pool_application_name()];
+        names.extend(self.engine_name.clone());
         // Zero would make the fault tests pass without a fault: the names must be found.
         match common::terminate_named(&self.url, &names).await {
             0 => Err("no session of this backend was found to terminate".into()),
@@ -69,14 +78,28 @@ impl Harness for PgHarness {
             .with_buffer(options.buffer)
             .with_prune_interval(None);
         let backend = PostgresBackend::connect(config).await?;
-        let hooks = PgHooks { backend: backend.clone(), url, dedicated };
+        if self.own_state {
+            let name = format!("{}-engine", backend.pool_application_name());
+            let engine =
+                own_state::OwnStateEngine::create(&url, &common::unique_schema("engine"), &name, backend.clone()).await;
+            let hooks = PgHooks { backend: backend.clone(), engine_name: Some(name), url, dedicated };
+            return Ok(TestBackend::new(Arc::new(engine), Arc::new(backend), Arc::new(hooks)));
+        }
+        let hooks = PgHooks { backend: backend.clone(), engine_name: None, url, dedicated };
         Ok(TestBackend::new(Arc::new(backend.clone()), Arc::new(backend), Arc::new(hooks)))
     }
 }
 
 async fn harness() -> Arc<dyn Harness> {
-    Arc::new(PgHarness { shared: common::shared_server().await })
+    Arc::new(PgHarness { shared: common::shared_server().await, own_state: false })
+}
+
+async fn own_state_harness() -> Arc<dyn Harness> {
+    Arc::new(PgHarness { shared: common::shared_server().await, own_state: true })
 }
 
 completion_conformance::suite!(mod postgres, harness,
+    restart: [#[cfg_attr(external_postgres, ignore = "DATABASE_URL is set: an external server cannot be restarted")]]);
+
+completion_conformance::suite!(mod postgres_own_state, own_state_harness,
     restart: [#[cfg_attr(external_postgres, ignore = "DATABASE_URL is set: an external server cannot be restarted")]]);

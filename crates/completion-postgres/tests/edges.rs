@@ -1096,3 +1096,73 @@ async fn notifications_deliver_only_what_follows_the_feed_position() {
     assert_eq!((got[0].execution_id(), got[0].tags()), (&heavy, &big), "delivered whole by the read");
     assert_eq!(from_notification(), before, "a payload too large is not sent");
 }
+
+/// `emit_in` from the caller's own transaction (an engine keeping its own state): a rolled
+/// back transaction emits nothing, a committed one emits once; emitted completions and the
+/// built-in terminal writes share one ordered log (a stream sees them in commit order, with
+/// cursors that resume across both); a second emit of the same execution is refused with
+/// the first outcome, `emit_repeat_in` appends one anyway; `emit_completion` refuses bad
+/// arguments by name when other programs call it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emitting_from_the_callers_own_transaction() {
+    use completion_core::Completion;
+
+    let (config, url) = config("emit").await;
+    let backend = connect(config.with_safety_interval(Duration::from_secs(600))).await;
+    let ns = namespace("emit");
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let mut client = common::admin(&url).await;
+    let done = |id: &ExecutionId, outcome| Completion::new(id.clone(), ns.clone(), outcome);
+
+    let rolled_back = execution_id("emit-rb");
+    let tx = client.transaction().await.expect("begin");
+    backend.emit_in(&tx, &done(&rolled_back, Outcome::Succeeded)).await.expect("emit");
+    tx.rollback().await.expect("rollback");
+
+    let emitted = execution_id("emit-ok");
+    let tx = client.transaction().await.expect("begin");
+    let with_tags = done(&emitted, Outcome::Failed)
+        .with_tags(Tags::from_pairs([("team", "a")]).unwrap())
+        .with_reason(Reason::new("disk full").unwrap());
+    backend.emit_in(&tx, &with_tags).await.expect("emit");
+    tx.commit().await.expect("commit");
+    let built_in = create_and_complete(&backend, &ns, &Tags::new()).await;
+    let got = collect_in(&mut stream, &ns, 2).await;
+    let ids: Vec<_> = got.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(ids, [emitted.clone(), built_in.clone()], "the rolled-back emit never arrives; one log, in order");
+    assert_eq!((got[0].outcome(), got[0].tags().get("team").map(|v| v.as_str())), (Outcome::Failed, Some("a")));
+
+    // Resuming from the emitted event's cursor yields the built-in one after it.
+    let mut resumed =
+        backend.subscribe_from(StartFrom::After(got[0].cursor().clone()), &ScannerFilter::new()).await.expect("resume");
+    match next_item(&mut resumed, "after the emitted event").await {
+        StreamItem::Completion(c) => assert_eq!(c.execution_id(), &built_in),
+        other => panic!("expected the built-in completion, got {other:?}"),
+    }
+
+    // Once per execution, unless asked.
+    let tx = client.transaction().await.expect("begin");
+    match backend.emit_in(&tx, &done(&emitted, Outcome::Succeeded)).await {
+        Err(EngineError::AlreadyTerminal { outcome: Outcome::Failed, .. }) => {}
+        other => panic!("a second emit must be refused with the first outcome, got {other:?}"),
+    }
+    tx.rollback().await.expect("rollback the aborted transaction");
+    let tx = client.transaction().await.expect("begin");
+    backend.emit_repeat_in(&tx, &done(&emitted, Outcome::Succeeded)).await.expect("a repeat, asked for");
+    tx.commit().await.expect("commit");
+    let again = collect_in(&mut stream, &ns, 1).await;
+    assert_eq!((again[0].execution_id(), again[0].outcome()), (&emitted, Outcome::Succeeded));
+
+    // Other programs calling the function get its argument checks.
+    let emit = format!("SELECT \"{}\".emit_completion($1, $2, $3, NULL, NULL, NULL, NULL)", backend.schema());
+    for (id, namespace, outcome, says) in [
+        ("x", "ns", "finished", "invalid outcome"),
+        ("", "ns", "failed", "execution id"),
+        ("x", "", "failed", "namespace"),
+    ] {
+        let err = client.query_one(&emit, &[&id, &namespace, &outcome]).await.expect_err("refused");
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "CM004", "{says}: {}", db.message());
+        assert!(db.message().contains(says), "{says}: {}", db.message());
+    }
+}
