@@ -45,8 +45,9 @@ macro_rules! suite {
                 stalled_resumable_stream_yields_gap trimming_racing_a_reader_loses_nothing_silently
                 slow_consumer_stays_bounded_and_loses_nothing drop_releases_server_resources
                 invalid_input_is_rejected
+                waits_answer_before_and_during waits_time_out_refuse_unknown_ids_and_free_their_entries
             );
-            $crate::suite!(@tests $harness; [$($(#[$kill])*)?]; connections_killed_mid_stream_lose_nothing);
+            $crate::suite!(@tests $harness; [$($(#[$kill])*)?]; connections_killed_mid_stream_lose_nothing waits_survive_killed_connections);
             $crate::suite!(@tests $harness; [$($(#[$restart])*)?]; server_restarted_mid_stream_loses_nothing);
         }
     };

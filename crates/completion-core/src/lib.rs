@@ -67,6 +67,7 @@ mod outcome;
 mod payload;
 mod redact;
 mod retention;
+pub mod waiter;
 
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
 pub use counters::{CounterSnapshot, Counters};
@@ -79,3 +80,4 @@ pub use outcome::Outcome;
 pub use payload::{CompletionPayload, Gap, StartFrom, StreamItem};
 pub use redact::{redact_url, url_password};
 pub use retention::Retention;
+pub use waiter::{CompletionLookup, Finished, Looked, WaitError, Waiter};
