@@ -11,6 +11,7 @@ mod own_state;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use completion_conformance::support::EVENT_DEADLINE;
 use completion_conformance::{BackendHooks, BackendOptions, Capabilities, Harness, TestBackend};
 use completion_core::BoxError;
 use completion_postgres::{PostgresBackend, PostgresConfig};
@@ -36,11 +37,20 @@ impl BackendHooks for PgHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
         let mut names = vec![self.backend.listener_application_name(), self.backend.pool_application_name()];
         names.extend(self.engine_name.clone());
-        // Zero would make the fault tests pass without a fault: the names must be found.
-        match common::terminate_named(&self.url, &names).await {
-            0 => Err("no session of this backend was found to terminate".into()),
-            _ => Ok(()),
+        // Zero would make the fault tests pass without a fault: the names must be found. Just
+        // after an earlier kill (on a busy machine a slow hook's kill lands right before the
+        // next one starts) the instance may have no session for a moment, while its listener
+        // reconnects: wait for one (a readiness check; the deadline only bounds a hang).
+        let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+        while common::terminate_named(&self.url, &names).await == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(
+                    format!("no session of this backend was found to terminate within {EVENT_DEADLINE:?}").into()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     async fn restart_server(&self) -> Result<(), BoxError> {

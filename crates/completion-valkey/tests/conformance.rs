@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use common::Server;
 use common::cluster::{self, Cluster};
+use completion_conformance::support::EVENT_DEADLINE;
 use completion_conformance::{BackendHooks, BackendOptions, Capabilities, Harness, TestBackend};
 use completion_core::BoxError;
 use completion_testserver::{ValkeyClusterOptions, ValkeyFlavor, ValkeyOptions};
@@ -31,11 +32,17 @@ struct VkHooks {
 #[async_trait]
 impl BackendHooks for VkHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
-        // Zero would make the fault tests pass without a fault: the names must be found.
-        match self.server.kill_named(&common::names_of(&self.backend)).await {
-            0 => Err("no connection of this backend was found to kill".into()),
-            _ => Ok(()),
+        // Zero would make the fault tests pass without a fault: the names must be found. Just
+        // after an earlier kill the instance may have no connection for a moment, while it
+        // reconnects: wait for one (the deadline only bounds a hang).
+        let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+        while self.server.kill_named(&common::names_of(&self.backend)).await == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("no connection of this backend was found to kill within {EVENT_DEADLINE:?}").into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     async fn restart_server(&self) -> Result<(), BoxError> {
@@ -92,10 +99,18 @@ struct ClusterHooks {
 #[async_trait]
 impl BackendHooks for ClusterHooks {
     async fn kill_connections(&self) -> Result<(), BoxError> {
-        match self.cluster.kill_named(common::names_of(&self.backend)).await {
-            0 => Err("no connection of this backend was found on any node to kill".into()),
-            _ => Ok(()),
+        // As above: wait for a connection to kill rather than fail in a reconnect's moment.
+        let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+        while self.cluster.kill_named(common::names_of(&self.backend)).await == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "no connection of this backend was found on any node to kill within {EVENT_DEADLINE:?}"
+                )
+                .into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     async fn restart_server(&self) -> Result<(), BoxError> {
