@@ -106,12 +106,20 @@ async fn a_write_to_a_half_migrated_slot_waits_and_the_client_survives() {
             (from, to)
         })
         .await;
+    // Commands the slot's owner refused (`ASK`, `TRYAGAIN`: a server counts each cluster
+    // redirection as a rejected call of its command), summed over its commands.
+    let refused = async |cluster: &Cluster| -> u64 {
+        let info = cluster.with(move |c| c.command(from, &["INFO", "commandstats"]).unwrap()).await;
+        info.lines().filter_map(|l| l.split_once("rejected_calls=")?.1.split(',').next()?.parse::<u64>().ok()).sum()
+    };
+    let refused_before = refused(&cluster).await;
     let writer = {
         let (backend, id, ns) = (backend.clone(), id.clone(), ns.clone());
         tokio::spawn(async move { backend.create_execution(NewExecution::new(id, ns)).await })
     };
-    // Time for the write to meet `ASK` (it cannot succeed before the migration finishes).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the write met the half-migrated slot and was refused (it cannot succeed
+    // before the migration finishes), however slow the machine: a readiness check.
+    common::wait_until("the slot's owner to refuse the write", async || refused(&cluster).await > refused_before).await;
     assert!(!writer.is_finished(), "the write ended while the slot was half migrated: {:?}", writer.await);
     cluster.with(move |c| c.finish_slot_migration(slot, from, to).unwrap()).await;
     join(writer, "the write to the migrated slot").await.unwrap_or_else(|e| panic!("the write failed: {e}"));
