@@ -1,6 +1,9 @@
-#!lua name=completions
 --[[
-The server side of completion-valkey (see docs/valkey.md).
+The server side of completion-valkey (see docs/valkey.md): the function library
+`completions`, minus its first two parts. The crate assembles the library it loads from the
+line `#!lua name=completions`, lua/emit.lua (the emit step: the log append, trimming and
+announcement every completion goes through, and the helpers it needs) and this file, so
+this file alone does not load; `completion_valkey::LIBRARY_SOURCE` is the whole library.
 
 Every function touches the keys of ONE partition only (they share the hash tag
 `{<prefix>:<p>}`), so the library works unchanged on a cluster. Functions are atomic:
@@ -23,27 +26,20 @@ need neither XREVRANGE nor XINFO STREAM, and the message is built as text around
 tags JSON instead of decoding and re-encoding it: about half the function's server time;
 4: the terminal write keeps the server time as the text TIME returns instead of formatting
 Lua numbers, and quotes plain strings without cjson: 12% fewer instructions, the same
-entries and messages). A newer version keeps every function
+entries and messages; 5: completions_emit, a completion of an execution whose state the
+engine keeps itself, through the same log/message step as completions_terminal, refused a
+second time per execution id while its emit marker lives unless told 'repeat'; the step is
+lua/emit.lua, which engines include in functions of their own). A newer version keeps every function
 and argument list of the older ones (old clients keep calling them after an upgrade);
 the Rust side loads this library when the server holds none or an older one, and refuses
 to run against a newer one.
 
 Errors are replies whose first word is a code the Rust side maps:
   COMPLETIONS_NOT_FOUND, COMPLETIONS_EXISTS, COMPLETIONS_TERMINAL <outcome>,
-  COMPLETIONS_BAD_ARGS <what>.
+  COMPLETIONS_EMITTED <outcome>, COMPLETIONS_BAD_ARGS <what>.
 ]]
 
-local VERSION = 4
-
--- Server time in microseconds (exact in a Lua number until the year 2255).
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
-local function us_id(us)
-  return string.format('%.0f-0', us)
-end
+local VERSION = 5
 
 local function completions_version()
   return VERSION
@@ -75,94 +71,13 @@ local function completions_create(keys, args)
   return now
 end
 
-local function parse_id(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
-local function id_less(a, b)
-  local ams, aseq = parse_id(a)
-  local bms, bseq = parse_id(b)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
-
--- Records that `id` (and everything before it) was trimmed from the partition.
-local function record_trimmed(meta, id)
-  local known = redis.call('HGET', meta, 'trimmed_to')
-  if not known or id_less(known, id) then
-    redis.call('HSET', meta, 'trimmed_to', id)
-  end
-end
-
--- Trims every entry older than `min_id` (exactly). Returns how many went.
-local function trim_before(log, meta, min_id)
-  local newest_gone = redis.call('XREVRANGE', log, '(' .. min_id, '-', 'COUNT', 1)
-  if #newest_gone == 0 then
-    return 0
-  end
-  local removed = redis.call('XTRIM', log, 'MINID', '=', min_id)
-  record_trimmed(meta, newest_gone[1][1])
-  return removed
-end
-
--- Trims the oldest entries until at most `max` are left (exactly). Returns how many went.
-local function trim_to_count(log, meta, max)
-  local removed = 0
-  local len = redis.call('XLEN', log)
-  while len > max do
-    -- At most 1000 per step, to bound the reply held in memory.
-    local step = math.min(len - max, 1000)
-    local gone = redis.call('XRANGE', log, '-', '+', 'COUNT', step)
-    redis.call('XTRIM', log, 'MAXLEN', '=', len - step)
-    record_trimmed(meta, gone[#gone][1])
-    removed = removed + step
-    len = len - step
-  end
-  return removed
-end
-
--- `last` as recorded, unless entries were appended after it without recording it (code of
--- an older version ran again after this one, e.g. an older client reloading the library):
--- then the newest of them. When `last` holds, the range is empty and cheap.
-local function checked_last(log, last)
-  local newer = redis.call('XREVRANGE', log, '+', '(' .. last, 'COUNT', 1)
-  if #newer > 0 then
-    return newer[1][1]
-  end
-  return last
-end
-
--- The partition's newest entry id: `last` of its meta hash (kept since version 3), else (a
--- log written by an older version) read from the stream. '0-0' for none.
-local function stream_last_id(log, meta)
-  local last = redis.call('HGET', meta, 'last')
-  if last then
-    return checked_last(log, last)
-  end
-  local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  if #newest > 0 then
-    return newest[1][1]
-  end
-  return '0-0'
-end
-
--- A JSON string literal for `s`, byte for byte what cjson gives: as is between quotes unless
--- it holds a character cjson escapes (controls, quote, backslash, and '/'), then cjson.
-local function json_string(s)
-  if string.find(s, '[%c"\\/]') then
-    return cjson.encode(s)
-  end
-  return '"' .. s .. '"'
-end
-
 -- KEYS: execution hash, partition log, partition meta.
 -- ARGV: execution id, outcome, reason, write token, partition, channel,
 --       max entries ('' for none), max age in ms ('' for none),
 --       optional: 'sharded' to SPUBLISH (a cluster: the channel is in the partition's slot).
--- Returns the log entry id. Checks the execution exists and is still active, marks it
--- terminal, appends to the log (trimming it to retention), and PUBLISHes the event.
--- Numbers are kept as the text TIME returns: formatting Lua numbers goes through the C
--- library's floating-point printf, the most expensive step of the call otherwise.
+-- Returns the log entry id. Checks the execution exists and is still active, appends to
+-- the log (trimming it to retention) and PUBLISHes the event (completions_append, the
+-- same step completions_emit runs), and marks the execution terminal.
 local function completions_terminal(keys, args)
   local key, log, meta = keys[1], keys[2], keys[3]
   local id, outcome, reason, token, partition, channel, maxlen, maxage, mode =
@@ -188,41 +103,28 @@ local function completions_terminal(keys, args)
     end
     return redis.error_reply('COMPLETIONS_TERMINAL ' .. state)
   end
-  local namespace, flow, tags = current[4], current[5], current[6]
-  local time = redis.call('TIME')
-  local micros = string.rep('0', 6 - #time[2]) .. time[2]
-  local now = time[1] .. string.sub(micros, 1, 3)
-  local prev = stream_last_id(log, meta)
-  local entry = redis.pcall('XADD', log, time[1] .. micros .. '-*', 'execution_id', id, 'namespace', namespace,
-    'flow_id', flow, 'outcome', outcome, 'tags', tags, 'completed_at_ms', now)
-  if type(entry) == 'table' and entry.err then
-    entry = redis.call('XADD', log, '*', 'execution_id', id, 'namespace', namespace,
-      'flow_id', flow, 'outcome', outcome, 'tags', tags, 'completed_at_ms', now)
-  end
-  if maxlen ~= '' then
-    trim_to_count(log, meta, tonumber(maxlen))
-  end
-  if maxage ~= '' then
-    local us = tonumber(time[1]) * 1000000 + tonumber(time[2])
-    trim_before(log, meta, us_id(us - tonumber(maxage) * 1000))
-  end
-  redis.call('HSET', meta, 'last', entry)
+  local entry, now = completions_append { log = log, meta = meta, id = id, namespace = current[4],
+    flow = current[5], outcome = outcome, tags = current[6], partition = partition, channel = channel,
+    sharded = mode == 'sharded', maxlen = maxlen, maxage = maxage }
   redis.call('HSET', key, 'state', outcome, 'reason', reason, 'completed_at_ms', now,
     'terminal_token', token, 'terminal_id', entry)
-  -- The tags are stored as the JSON object the client sent: embedded as they are.
-  local flow_field = ''
-  if flow ~= '' then
-    flow_field = ',"flow_id":' .. json_string(flow)
-  end
-  local message = '{"v":1,"partition":' .. partition .. ',"id":"' .. entry .. '","prev":"' .. prev
-    .. '","execution_id":' .. json_string(id) .. ',"namespace":' .. json_string(namespace) .. ',"outcome":"'
-    .. outcome .. '","tags":' .. tags .. ',"completed_at_ms":' .. now .. flow_field .. '}'
-  if mode == 'sharded' then
-    redis.call('SPUBLISH', channel, message)
-  else
-    redis.call('PUBLISH', channel, message)
-  end
   return entry
+end
+
+-- KEYS and ARGV: those of the emit step (lua/emit.lua): log, meta, emit marker; execution
+-- id, namespace, flow id, outcome, tags JSON, reason, write token, partition, partition
+-- count, channel, 'plain' or 'sharded', retention count, retention age, marker lifetime,
+-- 'once' or 'repeat'. For engines that keep their execution state elsewhere and need no
+-- state change in the same call. Returns the log entry id (a retry with the same token:
+-- the first call's). Errors: COMPLETIONS_BAD_ARGS <what>, COMPLETIONS_EMITTED <outcome>.
+local function completions_emit(keys, args)
+  local ok, emit = pcall(completions_emit_prepare, keys, args, 1, 1)
+  if not ok then
+    -- The checks raise error replies (pcall hands them over as their text): answer them
+    -- plainly, without the script position an uncaught error gets appended.
+    return redis.error_reply(tostring(emit))
+  end
+  return completions_emit_commit(emit)
 end
 
 local function xinfo_field(info, name)
@@ -301,6 +203,7 @@ redis.register_function { function_name = 'completions_version', callback = comp
   flags = { 'no-writes', 'allow-stale' } }
 redis.register_function('completions_create', completions_create)
 redis.register_function('completions_terminal', completions_terminal)
+redis.register_function('completions_emit', completions_emit)
 redis.register_function { function_name = 'completions_read', callback = completions_read, flags = { 'no-writes' } }
 redis.register_function('completions_trim', completions_trim)
 redis.register_function { function_name = 'completions_ids', callback = completions_ids, flags = { 'no-writes' } }

@@ -85,6 +85,15 @@ pub struct ValkeyConfig {
     /// busy costs one log read, not an event: raise it if `lagged_messages` climbs under
     /// steady load.
     pub message_capacity: usize,
+    /// How long an execution's emit marker lives after [`emit`](crate::ValkeyBackend::emit)
+    /// (or an engine's own function) emitted its completion: while it lives, a second
+    /// completion of the same execution id is refused with
+    /// [`EngineError::AlreadyTerminal`] (unless emitted as a repeat); after, it is accepted
+    /// as a first one. `None`: markers never expire (exactly once for ever, one small hash
+    /// per emitted execution kept until deleted). Not tied to retention, which trims by
+    /// count as well. Default 24 h.
+    #[serde(deserialize_with = "optional_duration")]
+    pub emit_marker_ttl: Option<Duration>,
 }
 
 impl Default for ValkeyConfig {
@@ -106,6 +115,7 @@ impl Default for ValkeyConfig {
             reconnect_max_delay: Duration::from_secs(2),
             retention_interval: Some(Duration::from_secs(60)),
             message_capacity: 4_096,
+            emit_marker_ttl: Some(Duration::from_secs(24 * 60 * 60)),
         }
     }
 }
@@ -130,6 +140,7 @@ impl fmt::Debug for ValkeyConfig {
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("retention_interval", &self.retention_interval)
             .field("message_capacity", &self.message_capacity)
+            .field("emit_marker_ttl", &self.emit_marker_ttl)
             .finish()
     }
 }
@@ -208,6 +219,9 @@ impl ValkeyConfig {
     setter!(
         /// Sets how many unread messages the subscriber connection holds.
         with_message_capacity, message_capacity: usize);
+    setter!(
+        /// Sets how long an emit marker lives (`None`: for ever).
+        with_emit_marker_ttl, emit_marker_ttl: Option<Duration>);
 
     /// Checks every value without connecting, as [`connect`](crate::ValkeyBackend::connect)
     /// does first: the URL part by part, the prefix, the partition count, the durations.
@@ -256,6 +270,13 @@ impl ValkeyConfig {
                 "retention_interval",
                 format!("{:?}", self.retention_interval),
                 "must be at least 1 ms",
+            ));
+        }
+        if self.emit_marker_ttl.is_some_and(|t| t < Duration::from_millis(1)) {
+            return Err(EngineError::invalid(
+                "emit_marker_ttl",
+                format!("{:?}", self.emit_marker_ttl),
+                "must be at least 1 ms (or none: for ever)",
             ));
         }
         if self.tls_ca_file.is_some() && !cfg!(feature = "tls") {
@@ -458,6 +479,9 @@ mod tests {
         assert!(ValkeyConfig::default().with_partitions(0).validate().is_err());
         assert!(ValkeyConfig::default().with_partitions(257).validate().is_err());
         assert!(ValkeyConfig::default().with_buffer(0).validate().is_err());
+        let err = ValkeyConfig::default().with_emit_marker_ttl(Some(Duration::ZERO)).validate().unwrap_err();
+        assert!(err.to_string().contains("emit_marker_ttl"), "{err}");
+        assert!(ValkeyConfig::default().with_emit_marker_ttl(None).validate().is_ok());
         assert!(ValkeyConfig::default().validate().is_ok());
     }
 
@@ -477,6 +501,9 @@ mod tests {
         assert_eq!(none.retention_interval, None);
         let some: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":"1m"}"#).unwrap();
         assert_eq!(some.retention_interval, Some(Duration::from_secs(60)));
+        let forever: ValkeyConfig = serde_json::from_str(r#"{"emit_marker_ttl":null}"#).unwrap();
+        assert_eq!(forever.emit_marker_ttl, None);
+        assert_eq!(ValkeyConfig::default().emit_marker_ttl, Some(Duration::from_secs(86_400)));
         let shown = format!("{:?}", ValkeyConfig::new("redis://u:hunter2@h").with_credentials("u", "pw"));
         assert!(!shown.contains("hunter2") && !shown.contains("\"pw\""), "{shown}");
     }

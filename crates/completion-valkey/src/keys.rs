@@ -7,6 +7,7 @@
 //! | one execution | `P:{P:p}:x:<execution id>` | hash |
 //! | the partition's completion log | `P:{P:p}:log` | stream |
 //! | the partition's trimming record | `P:{P:p}:meta` | hash |
+//! | an execution's emit marker | `P:{P:p}:emitted:<execution id>` | hash, expires |
 //! | the instance-wide settings guard | `P:config` | string |
 //! | the completion channel | `P:completions` | pub/sub channel |
 //! | on a cluster: the partition's channel | `P:{P:p}:completions` | sharded pub/sub channel |
@@ -54,8 +55,19 @@ impl Keyspace {
         (fnv1a64(execution_id.as_bytes()) % u64::from(self.partitions)) as u16
     }
 
+    /// The hash tag of `partition`: `{P:p}`.
+    pub(crate) fn hash_tag(&self, partition: u16) -> String {
+        format!("{{{}:{partition}}}", self.prefix)
+    }
+
     fn tag(&self, partition: u16) -> String {
-        format!("{}:{{{}:{partition}}}", self.prefix, self.prefix)
+        format!("{}:{}", self.prefix, self.hash_tag(partition))
+    }
+
+    /// The emit marker of one execution: what its first emitted completion was (outcome,
+    /// log entry, write token), so that a second one is refused while it lives.
+    pub(crate) fn emitted(&self, execution_id: &str) -> String {
+        format!("{}:emitted:{execution_id}", self.tag(self.partition_of(execution_id)))
     }
 
     /// The hash of one execution.
@@ -114,6 +126,8 @@ mod tests {
         assert!(p < 16);
         assert_eq!(ks.execution("exec-1"), format!("completions:{{completions:{p}}}:x:exec-1"));
         assert_eq!(ks.log(p), format!("completions:{{completions:{p}}}:log"));
+        assert_eq!(ks.emitted("exec-1"), format!("completions:{{completions:{p}}}:emitted:exec-1"));
+        assert_eq!(ks.hash_tag(p), format!("{{completions:{p}}}"));
         assert_eq!(ks.channel(), "completions:completions");
         assert_eq!(ks.partition_channel(p), format!("completions:{{completions:{p}}}:completions"));
         assert_eq!(ks.channels(true).len(), 16);

@@ -50,13 +50,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use completion_core::hub::{Hub, HubConfig};
 use completion_core::{
-    CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError, ExecutionId,
-    ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, ScannerFilter, StartFrom,
+    Completion, CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError,
+    ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, ScannerFilter, StartFrom,
 };
 use tracing::Instrument;
 
 pub use config::ValkeyConfig;
-pub use library::{Ensured as LibraryChange, LIBRARY_VERSION};
+pub use library::{EMIT_LUA, Ensured as LibraryChange, LIBRARY_SOURCE, LIBRARY_VERSION};
 pub use stats::ValkeyStats;
 
 use crate::client::{Closer, Conn};
@@ -101,6 +101,25 @@ pub struct ClientNames {
     /// The latest subscriber connection, if a stream was ever opened (it stays here after
     /// the connection closed, so its absence from `CLIENT LIST` can be checked).
     pub subscriber: Option<String>,
+}
+
+/// What an engine's own function call must pass to emit one completion with the emit step
+/// ([`EMIT_LUA`]), from [`ValkeyBackend::emit_call`]: the step's 3 keys and 15 arguments, in
+/// order, to put among the call's own (the function reads them with
+/// `completions_emit_prepare(KEYS, ARGV, k, a)` from `KEYS[k]` and `ARGV[a]` on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EmitCall {
+    /// `P:{P:p}:log`, `P:{P:p}:meta`, `P:{P:p}:emitted:<execution id>`: the partition's log
+    /// and bookkeeping, and the execution's emit marker.
+    pub keys: Vec<String>,
+    /// Execution id, namespace, flow id, outcome, tags JSON, reason, write token, partition,
+    /// partition count, channel, `plain` or `sharded`, retention count, retention age (ms),
+    /// marker lifetime (ms), `once` or `repeat` (`''`: none). See `docs/valkey.md`.
+    pub args: Vec<String>,
+    /// The partition's hash tag, `{P:p}`: on a cluster every other key the call touches
+    /// must hold it too (one call, one slot), e.g. `jobs:{P:p}:<execution id>`.
+    pub hash_tag: String,
 }
 
 impl ValkeyBackend {
@@ -194,6 +213,78 @@ impl ValkeyBackend {
             commands: self.shared.store.conn.name(),
             subscriber: self.shared.feed.subscriber_name.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
+    }
+
+    /// Emits `completion` for an execution whose state the engine keeps itself, with no
+    /// state change of the backend's own (no execution hash is read or written): one call of
+    /// the library's `completions_emit`, which appends the event to the partition's log and
+    /// announces it exactly as a terminal write does. Subscribers get it in the same ordered
+    /// log as every other completion, with the same cursor and resume; nothing tells them
+    /// apart but what `completion` says.
+    ///
+    /// Fails with [`EngineError::AlreadyTerminal`] (the first outcome) when a completion of
+    /// the execution was emitted before, while its marker lives
+    /// ([`emit_marker_ttl`](ValkeyConfig::emit_marker_ttl), default 24 h); use
+    /// [`emit_repeat`](Self::emit_repeat) to append one anyway. Only emits are counted:
+    /// a completion written by [`complete`](EngineBackend::complete) and friends does not
+    /// make an emit of the same id a repeat (use one path per execution). A call the
+    /// client re-sent after a dropped connection takes effect once. To change state of your
+    /// own in the same atomic call, run your own function with [`EMIT_LUA`] included
+    /// instead ([`emit_call`](Self::emit_call)).
+    ///
+    /// ```no_run
+    /// use completion_core::{Completion, ExecutionId, Namespace, Outcome, Reason};
+    /// # async fn demo(backend: &completion_valkey::ValkeyBackend) -> Result<(), completion_core::EngineError> {
+    /// let failed = Completion::new(ExecutionId::new("job-42")?, Namespace::new("billing")?, Outcome::Failed)
+    ///     .with_reason(Reason::new("the upstream API answered 503")?);
+    /// backend.emit(&failed).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit(&self, completion: &Completion) -> Result<(), EngineError> {
+        self.emit_with(completion, false).await
+    }
+
+    /// [`emit`](Self::emit), also when a completion of the execution was emitted before (an
+    /// engine that retries executions and reports each attempt, say). The marker then
+    /// records this one.
+    pub async fn emit_repeat(&self, completion: &Completion) -> Result<(), EngineError> {
+        self.emit_with(completion, true).await
+    }
+
+    async fn emit_with(&self, completion: &Completion, repeat: bool) -> Result<(), EngineError> {
+        let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id,
+            outcome = %completion.outcome, repeat);
+        let entry = self.shared.store.emit(completion, repeat).instrument(span.clone()).await?;
+        tracing::trace!(parent: &span, %entry, "completion emitted");
+        Ok(())
+    }
+
+    /// The keys and arguments an engine's own function must pass in its `FCALL` to emit
+    /// `completion` with [`EMIT_LUA`] in the same atomic call as its own state change (see
+    /// `docs/valkey.md`, "Emitting from your own function"). Each call carries a fresh write
+    /// token: a call your client re-sends after losing the reply emits once, and the
+    /// function sees `emit.retried`. Refuses a second completion of the execution like
+    /// [`emit`](Self::emit) does (`COMPLETIONS_EMITTED <outcome>`).
+    pub fn emit_call(&self, completion: &Completion) -> EmitCall {
+        self.emit_call_with(completion, false)
+    }
+
+    /// [`emit_call`](Self::emit_call) for a repeat, as [`emit_repeat`](Self::emit_repeat).
+    pub fn emit_repeat_call(&self, completion: &Completion) -> EmitCall {
+        self.emit_call_with(completion, true)
+    }
+
+    fn emit_call_with(&self, completion: &Completion, repeat: bool) -> EmitCall {
+        let (keys, args) = self.shared.store.emit_call(completion, repeat);
+        EmitCall { keys, args, hash_tag: self.hash_tag(&completion.execution_id) }
+    }
+
+    /// The hash tag `{P:p}` of the partition of `id`: on a cluster, keys of your own that a
+    /// function touches together with the emit of `id` must hold it (a call's keys must
+    /// share one slot). Harmless on a standalone server, so use it there too.
+    pub fn hash_tag(&self, id: &ExecutionId) -> String {
+        let keys = &self.shared.store.keys;
+        keys.hash_tag(keys.partition_of(id.as_str()))
     }
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {

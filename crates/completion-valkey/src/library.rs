@@ -20,11 +20,25 @@ use crate::client::{BACKEND, Conn, InstalledLibrary, Loaded, Node};
 /// The library's name on the server.
 pub(crate) const LIBRARY_NAME: &str = "completions";
 
-/// The library's source.
-pub(crate) const LIBRARY_SOURCE: &str = include_str!("../lua/completions.lua");
+/// The whole source of the function library `completions` this build loads: the line
+/// `#!lua name=completions`, then [`EMIT_LUA`], then `lua/completions.lua` (the functions
+/// and their registration). One copy of the emit step serves the library's terminal and
+/// emit functions and every engine library that includes [`EMIT_LUA`].
+pub const LIBRARY_SOURCE: &str =
+    concat!("#!lua name=completions\n", include_str!("../lua/emit.lua"), include_str!("../lua/completions.lua"));
 
-/// The version of the library this build carries (`VERSION` in the Lua source).
-pub const LIBRARY_VERSION: i64 = 4;
+/// The emit step as a Lua snippet (`lua/emit.lua`) for an engine's own function library:
+/// put it after the library's `#!lua name=...` line and before the engine's functions,
+/// which then call `completions_emit_prepare(KEYS, ARGV, k, a)` (checks, writes nothing)
+/// and `completions_emit_commit(emit)` (appends, announces) to emit a completion in the
+/// same atomic call as their own state change. The keys and arguments it reads are those
+/// of [`ValkeyBackend::emit_call`](crate::ValkeyBackend::emit_call); see `docs/valkey.md`,
+/// "Emitting from your own function". Defines local functions only.
+pub const EMIT_LUA: &str = include_str!("../lua/emit.lua");
+
+/// The version of the library this build carries (`VERSION` in the Lua source, and
+/// `COMPLETIONS_EMIT_VERSION` in [`EMIT_LUA`]).
+pub const LIBRARY_VERSION: i64 = 5;
 
 /// The library's function that returns its version.
 pub(crate) const VERSION_FUNCTION: &str = "completions_version";
@@ -119,5 +133,17 @@ mod tests {
         assert!(LIBRARY_SOURCE.starts_with(&format!("#!lua name={LIBRARY_NAME}\n")));
         assert!(LIBRARY_SOURCE.contains(&format!("\nlocal VERSION = {LIBRARY_VERSION}\n")));
         assert!(LIBRARY_SOURCE.contains(&format!("'{VERSION_FUNCTION}'")));
+        assert!(EMIT_LUA.contains(&format!("\nlocal COMPLETIONS_EMIT_VERSION = {LIBRARY_VERSION}\n")));
+    }
+
+    #[test]
+    fn the_library_holds_the_emit_step_once_and_registers_every_function() {
+        assert!(LIBRARY_SOURCE.contains(EMIT_LUA));
+        assert_eq!(LIBRARY_SOURCE.matches("local function completions_append(").count(), 1);
+        assert!(!EMIT_LUA.lines().any(|l| l.starts_with("#!")), "the snippet goes after an engine's own #!lua line");
+        assert!(!EMIT_LUA.contains("redis.register_function"), "the snippet registers nothing");
+        for function in ["version", "create", "terminal", "emit", "read", "trim", "ids"] {
+            assert!(LIBRARY_SOURCE.contains(&format!("'completions_{function}'")), "{function}");
+        }
     }
 }

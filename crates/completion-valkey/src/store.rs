@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use completion_core::{
-    Counters, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution, Outcome, Reason,
+    Completion, Counters, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution,
+    Outcome, Reason,
 };
 
 use crate::client::{BACKEND, Conn, FcallArgs, FcallReply, RawRead};
@@ -24,6 +25,7 @@ use crate::wire;
 const NOT_FOUND: &str = "COMPLETIONS_NOT_FOUND";
 const EXISTS: &str = "COMPLETIONS_EXISTS";
 const TERMINAL: &str = "COMPLETIONS_TERMINAL";
+const EMITTED: &str = "COMPLETIONS_EMITTED";
 
 /// One instance's connection, key layout and settings.
 pub(crate) struct Store {
@@ -148,6 +150,48 @@ impl Store {
                     Some(first) => EngineError::AlreadyTerminal { execution_id: id.clone(), outcome: first },
                     None => e,
                 },
+                _ => e,
+            }),
+        }
+    }
+
+    /// The keys and arguments of the emit step for `completion` (see `lua/emit.lua`), with a
+    /// fresh write token: `repeat` appends even when the execution already has a completion.
+    pub(crate) fn emit_call(&self, completion: &Completion, repeat: bool) -> (Vec<String>, Vec<String>) {
+        let id = completion.execution_id.as_str();
+        let partition = self.keys.partition_of(id);
+        let keys = vec![self.keys.log(partition), self.keys.meta(partition), self.keys.emitted(id)];
+        let sharded = self.conn.is_cluster();
+        let args = vec![
+            id.to_string(),
+            completion.namespace.as_str().to_string(),
+            completion.flow_id.as_ref().map_or(String::new(), |f| f.as_str().to_string()),
+            completion.outcome.as_str().to_string(),
+            wire::tags_to_json(&completion.tags),
+            completion.reason.as_ref().map_or(String::new(), |r| r.as_str().to_string()),
+            self.token(),
+            partition.to_string(),
+            self.keys.partitions().to_string(),
+            if sharded { self.keys.partition_channel(partition) } else { self.keys.channel() },
+            if sharded { "sharded" } else { "plain" }.to_string(),
+            // As for terminal writes: each partition keeps up to the whole count.
+            self.config.retention.max_events.map_or(String::new(), |n| n.to_string()),
+            self.max_age_ms(),
+            self.config.emit_marker_ttl.map_or(String::new(), |ttl| ttl.as_millis().max(1).to_string()),
+            if repeat { "repeat" } else { "once" }.to_string(),
+        ];
+        (keys, args)
+    }
+
+    /// Emits `completion` through the library's `completions_emit`. Returns the log entry id.
+    pub(crate) async fn emit(&self, completion: &Completion, repeat: bool) -> Result<String, EngineError> {
+        let (keys, args) = self.emit_call(completion, repeat);
+        match self.call("emit", "completions_emit", false, keys, args).await {
+            Ok(reply) => Ok(reply.text().unwrap_or_default()),
+            Err(e) => Err(match (code(&e), terminal_outcome(&e)) {
+                (Some(EMITTED), Some(first)) => {
+                    EngineError::AlreadyTerminal { execution_id: completion.execution_id.clone(), outcome: first }
+                }
                 _ => e,
             }),
         }
