@@ -578,6 +578,19 @@ impl Db {
         Ok(PgPosition::at(first_after.map_or(final_ticket, |t| (t - 1).min(final_ticket))))
     }
 
+    /// The first completion of `id` the log retains: its outcome and completion time.
+    pub async fn completion_of(&self, id: &ExecutionId) -> Result<Option<(Outcome, u64)>, EngineError> {
+        const OP: &str = "completion lookup";
+        let rows = self.query(OP, &self.sql.completion_of, &[&id.as_str()]).await.map_err(|f| f.into_engine(OP))?;
+        match rows.first() {
+            None => Ok(None),
+            Some(row) => {
+                let outcome: Outcome = column::<String>(row, 0)?.parse()?;
+                Ok(Some((outcome, column::<i64>(row, 1)?.max(0) as u64)))
+            }
+        }
+    }
+
     /// The log head for a feed that just went live: the final ticket, once it has passed every
     /// event visible now (waiting up to `settle` for writers still in flight below the newest
     /// event). Without that wait, events committed before the call but above the final ticket

@@ -363,6 +363,19 @@ impl PostgresBackend {
         emit::emit(&self.shared.db, tx, completion, emit::Repeat::Allow).instrument(span).await
     }
 
+    /// The first completion of `id` that the log retains, if any: a lookup by execution id
+    /// (indexed), for engines that keep their own state (a [`Waiter`](completion_core::Waiter)
+    /// built with [`Waiter::with_lookup`](completion_core::Waiter::with_lookup) and this
+    /// backend uses it). Bounded by retention: a pruned completion is not found.
+    pub async fn completion_of(&self, id: &ExecutionId) -> Result<Option<completion_core::Finished>, EngineError> {
+        Ok(self
+            .shared
+            .db
+            .completion_of(id)
+            .await?
+            .map(|(outcome, at)| completion_core::Finished::new(id.clone(), outcome, at)))
+    }
+
     /// How big the completion log is now, and how much of it is held back (one query).
     pub async fn log_size(&self) -> Result<LogSize, EngineError> {
         self.shared.db.log_size().await
@@ -539,5 +552,19 @@ impl EngineBackend for PostgresBackend {
 
     async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
         self.shared.db.describe(id).await
+    }
+}
+
+/// Looks executions up in the completion log (not in `executions`): for a
+/// [`Waiter`](completion_core::Waiter) of an engine that emits with
+/// [`emit_in`](PostgresBackend::emit_in). An id without a retained completion is pending
+/// (it may still finish), so such a wait ends at its deadline.
+#[async_trait]
+impl completion_core::CompletionLookup for PostgresBackend {
+    async fn look_up(&self, id: &ExecutionId) -> Result<completion_core::Looked, EngineError> {
+        Ok(match self.completion_of(id).await? {
+            Some(finished) => completion_core::Looked::Finished(finished),
+            None => completion_core::Looked::Pending,
+        })
     }
 }

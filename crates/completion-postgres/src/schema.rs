@@ -70,6 +70,8 @@ pub(crate) struct Sql {
     pub read: [String; 4],
     /// The newest ticket in the log.
     pub newest: String,
+    /// The first completion of an execution the log retains (outcome, completed_at_ms).
+    pub completion_of: String,
     /// What a cursor of schema version 3 or older maps to (see `Db::legacy_ticket`).
     pub legacy: String,
     pub prune: String,
@@ -119,6 +121,10 @@ impl Sql {
                 read("AND l.tags @> $3::text::jsonb"),
                 read("AND l.namespace = $3 AND l.tags @> $4::text::jsonb"),
             ],
+            completion_of: format!(
+                "SELECT l.outcome, l.completed_at_ms FROM {s}.completion_log l WHERE l.execution_id = $1
+                 ORDER BY l.ticket LIMIT 1"
+            ),
             newest: format!("SELECT (SELECT l.ticket FROM {s}.completion_log l ORDER BY l.ticket DESC LIMIT 1)"),
             legacy: format!(
                 "SELECT (SELECT min(l.ticket) FROM {s}.completion_log l

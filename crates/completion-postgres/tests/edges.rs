@@ -1166,3 +1166,39 @@ async fn emitting_from_the_callers_own_transaction() {
         assert!(db.message().contains(says), "{says}: {}", db.message());
     }
 }
+
+/// A `Waiter` over the log lookup (`CompletionLookup for PostgresBackend`), for engines that
+/// emit from their own transactions and have no `executions` row: a completion emitted
+/// before the wait is found by the lookup, one emitted during it arrives from the stream,
+/// and an id with no completion is pending until the deadline (it may still finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_over_the_log_lookup_finds_emitted_completions() {
+    use completion_core::{Completion, WaitError, Waiter};
+
+    let (config, url) = config("waitlog").await;
+    let backend = Arc::new(connect(config).await);
+    let ns = namespace("waitlog");
+    let waiter = Waiter::with_lookup(backend.clone(), backend.clone()).await.expect("waiter");
+    let mut client = common::admin(&url).await;
+    let emit = async |client: &mut tokio_postgres::Client, id: &ExecutionId| {
+        let tx = client.transaction().await.expect("begin");
+        backend.emit_in(&tx, &Completion::new(id.clone(), ns.clone(), Outcome::Cancelled)).await.expect("emit");
+        tx.commit().await.expect("commit");
+    };
+    let before = execution_id("waitlog-before");
+    emit(&mut client, &before).await;
+    let got = waiter.wait(&before, EVENT_DEADLINE).await.expect("found by the lookup");
+    assert_eq!(got.outcome, Outcome::Cancelled);
+    let during = execution_id("waitlog-during");
+    let (got, ()) = tokio::join!(waiter.wait(&during, EVENT_DEADLINE), async {
+        wait_until("the wait to register", async || waiter.pending() == 1).await;
+        emit(&mut client, &during).await;
+    });
+    assert_eq!(got.expect("from the stream").execution_id, during);
+    let never = execution_id("waitlog-never");
+    match tokio::time::timeout(EVENT_DEADLINE, waiter.wait(&never, Duration::from_millis(100))).await.expect("bounded")
+    {
+        Err(WaitError::TimedOut { .. }) => {}
+        other => panic!("an id without a completion is pending until the deadline, got {other:?}"),
+    }
+}
