@@ -9,15 +9,20 @@
 //! Each figure is measured `--repeat` times, ours and its baseline alternating within each
 //! repetition; the table quotes medians and the p50 / rate range, the JSON keeps every run.
 //!
-//! Figures 3 to 5 (fan-out, filtering, catch-up) are defined in [`scale`]; the Valkey
-//! Cluster row (`--backends valkey-cluster`) in [`cluster`]. `--figures` measures some of the
-//! five only (the tables then leave the others out, the JSON has them empty or null).
+//! The latency figure also measures, per backend, the same semantics by hand in one round
+//! trip (the *floor*: [`raw_valkey::LatencyProbe::floor`], [`raw_postgres::LatencyProbe::floor`]),
+//! interleaved with ours and the raw pub/sub baseline. Figures 3 to 5 (fan-out, filtering,
+//! catch-up) are defined in [`scale`]; figure 6, PostgreSQL latency under unrelated load, in
+//! [`load`]; the Valkey Cluster row (`--backends valkey-cluster`) in [`cluster`]. `--figures`
+//! measures some of the six only (the tables then leave the others out, the JSON has them
+//! empty or null).
 //!
 //! Limits: latency is measured one completion at a time (no load behind it); the writers of
 //! every figure run in this process, on the same cores as the server.
 
 mod cluster;
 mod heap;
+mod load;
 mod machine;
 mod ours;
 mod raw_postgres;
@@ -37,12 +42,13 @@ use completion_postgres::{PostgresBackend, PostgresConfig};
 use completion_testserver::{PostgresOptions, PostgresServer, ValkeyFlavor, ValkeyOptions, ValkeyServer};
 use completion_valkey::{ValkeyBackend, ValkeyConfig};
 use serde::Serialize;
+use tokio::sync::Mutex;
 
 use crate::machine::Machine;
 use crate::scale::ServerProbe;
 use crate::stats::{Latency, Probe, Repeated, Sample, interleave, ratio};
 
-/// Latency samples taken in turn, ours then the raw baseline's (see `stats::interleave`).
+/// Latency samples taken in turn, ours then each baseline's (see `stats::interleave`).
 const CHUNK: usize = 20;
 
 #[derive(Parser)]
@@ -87,7 +93,7 @@ enum Which {
 /// The figures of one backend, as `--figures` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Figure {
-    /// 1: end-to-end latency against the raw protocol.
+    /// 1: end-to-end latency against the raw protocol and the same-semantics floor.
     Latency,
     /// 2: write throughput against the bare state change.
     Throughput,
@@ -97,6 +103,9 @@ enum Figure {
     Filtering,
     /// 5: catch-up from far behind.
     CatchUp,
+    /// 6: PostgreSQL latency with unrelated writers and a session idle in transaction,
+    /// against idle (the other backends skip it).
+    UnrelatedLoad,
 }
 
 /// Which figures a run measures.
@@ -107,6 +116,7 @@ struct Plan {
     fan_out: bool,
     filtering: bool,
     catch_up: bool,
+    unrelated_load: bool,
 }
 
 impl Plan {
@@ -119,6 +129,7 @@ impl Plan {
             fan_out: wants(Figure::FanOut),
             filtering: wants(Figure::Filtering),
             catch_up: wants(Figure::CatchUp),
+            unrelated_load: wants(Figure::UnrelatedLoad),
         }
     }
 }
@@ -152,10 +163,21 @@ struct BackendResult {
     latency: Option<Repeated<Latency>>,
     /// Ours, the terminal write call alone (until its reply); the event may arrive before.
     write_call: Option<Repeated<Latency>>,
+    /// Ours, what each sample took after the write call's reply (end to end minus call).
+    delivery: Option<Repeated<Latency>>,
     /// The raw protocol (none for memory).
     raw_latency: Option<Repeated<Latency>>,
+    /// The raw protocol's write call alone, and what came after its reply.
+    raw_call: Option<Repeated<Latency>>,
+    raw_delivery: Option<Repeated<Latency>>,
     /// What the raw baseline is.
     raw_label: Option<&'static str>,
+    /// The same semantics by hand in one round trip (none for memory).
+    floor: Option<Side>,
+    /// What the floor is.
+    floor_label: Option<&'static str>,
+    /// Figure 6 (PostgreSQL only).
+    unrelated_load: Option<UnrelatedLoadFigure>,
     /// Bytes of the payload the raw baseline sends: Valkey, the size of the message body our
     /// function PUBLISHes; Postgres, the JSON size of one of our payloads (our NOTIFY is
     /// empty: a raw user would put the event in it).
@@ -163,6 +185,54 @@ struct BackendResult {
     throughput: Vec<Throughput>,
     /// Figures 3 to 5.
     scale: Scale,
+}
+
+/// One latency probe's runs: end to end, the write call alone, and what came after the call's
+/// reply (per sample: end to end minus call).
+#[derive(Debug, Serialize)]
+struct Side {
+    end_to_end: Repeated<Latency>,
+    call: Repeated<Latency>,
+    delivery: Repeated<Latency>,
+}
+
+/// [`Side`] before taking medians.
+#[derive(Default)]
+struct SideRuns {
+    end_to_end: Vec<Latency>,
+    call: Vec<Latency>,
+    delivery: Vec<Latency>,
+}
+
+impl SideRuns {
+    /// Keeps one repetition's samples.
+    fn push(&mut self, samples: &[Sample]) {
+        let (end_to_end, call) = stats::latencies(samples);
+        self.end_to_end.push(end_to_end);
+        self.call.push(call);
+        self.delivery.push(stats::delivery(samples));
+    }
+
+    fn finish(self) -> Option<Side> {
+        (!self.end_to_end.is_empty()).then(|| Side {
+            end_to_end: Repeated::of_latencies(self.end_to_end),
+            call: Repeated::of_latencies(self.call),
+            delivery: Repeated::of_latencies(self.delivery),
+        })
+    }
+}
+
+/// Figure 6: ours with unrelated load against ours idle, interleaved (see [`load`]).
+#[derive(Debug, Serialize)]
+struct UnrelatedLoadFigure {
+    idle: Side,
+    loaded: Side,
+    /// The load's writers, and how long each keeps its transaction open between its INSERT
+    /// and its UPDATE + COMMIT.
+    writers: usize,
+    in_transaction_ms: f64,
+    /// The writers' transactions per second while the load was on, per run.
+    load_transactions_per_s: Repeated<f64>,
 }
 
 /// Fan-out with each of [`SUBSCRIBERS`].
@@ -321,10 +391,15 @@ fn write_json(path: &PathBuf, report: &Report) -> Result<(), String> {
 /// Every run's figures of one backend, before taking medians.
 #[derive(Default)]
 struct Runs {
-    latency: Vec<Latency>,
-    write_call: Vec<Latency>,
-    raw_latency: Vec<Latency>,
+    /// Figure 1: ours, the raw baseline, the floor.
+    mine: SideRuns,
+    raw: SideRuns,
+    floor: SideRuns,
     payload_bytes: usize,
+    /// Figure 6: ours idle and loaded, and the load's transactions per second.
+    idle: SideRuns,
+    loaded: SideRuns,
+    load_tps: Vec<f64>,
     /// Per entry of [`WRITERS`].
     ours: [Vec<f64>; WRITERS.len()],
     bare: [Vec<f64>; WRITERS.len()],
@@ -332,13 +407,12 @@ struct Runs {
 }
 
 impl Runs {
-    /// Keeps one repetition's latency samples (ours, and the raw baseline's).
-    fn push_latency(&mut self, ours: &[Sample], raw: Option<&[Sample]>, payload_bytes: usize) {
-        let (latency, write) = stats::latencies(ours);
-        self.latency.push(latency);
-        self.write_call.push(write);
-        if let Some(raw) = raw {
-            self.raw_latency.push(stats::latencies(raw).0);
+    /// Keeps one repetition's latency samples (ours, and the raw baseline's and the floor's).
+    fn push_latency(&mut self, ours: &[Sample], raw: Option<(&[Sample], &[Sample])>, payload_bytes: usize) {
+        self.mine.push(ours);
+        if let Some((raw, floor)) = raw {
+            self.raw.push(raw);
+            self.floor.push(floor);
         }
         self.payload_bytes = payload_bytes;
     }
@@ -347,9 +421,21 @@ impl Runs {
         self,
         backend: Which,
         raw_label: Option<&'static str>,
+        floor_label: Option<&'static str>,
         bare_label: Option<&'static str>,
     ) -> BackendResult {
-        let Runs { latency, write_call, raw_latency, payload_bytes, ours, bare, mut scale } = self;
+        let Runs { mine, raw, floor, payload_bytes, idle, loaded, load_tps, ours, bare, mut scale } = self;
+        let unrelated_load = match (idle.finish(), loaded.finish()) {
+            (Some(idle), Some(loaded)) => Some(UnrelatedLoadFigure {
+                idle,
+                loaded,
+                writers: load::WRITERS,
+                in_transaction_ms: load::IN_TRANSACTION.as_secs_f64() * 1e3,
+                load_transactions_per_s: Repeated::of(load_tps),
+            }),
+            _ => None,
+        };
+        let (mine, raw) = (mine.finish(), raw.finish());
         for figure in &mut scale.fan_out {
             figure.delivered_per_s = stats::median(&figure.runs.iter().map(|r| r.delivered_per_s).collect::<Vec<_>>());
             figure.rss_per_subscriber =
@@ -371,12 +457,26 @@ impl Runs {
                 bare_label,
             })
             .collect();
+        let (latency, write_call, delivery) = match mine {
+            Some(Side { end_to_end, call, delivery }) => (Some(end_to_end), Some(call), Some(delivery)),
+            None => (None, None, None),
+        };
+        let (raw_latency, raw_call, raw_delivery) = match raw {
+            Some(Side { end_to_end, call, delivery }) => (Some(end_to_end), Some(call), Some(delivery)),
+            None => (None, None, None),
+        };
         BackendResult {
             backend,
-            latency: (!latency.is_empty()).then(|| Repeated::of_latencies(latency)),
-            write_call: (!write_call.is_empty()).then(|| Repeated::of_latencies(write_call)),
-            raw_latency: (!raw_latency.is_empty()).then(|| Repeated::of_latencies(raw_latency)),
+            latency,
+            write_call,
+            delivery,
+            raw_latency,
+            raw_call,
+            raw_delivery,
             raw_label,
+            floor: floor.finish(),
+            floor_label,
+            unrelated_load,
             payload_bytes,
             throughput,
             scale,
@@ -398,16 +498,15 @@ async fn bench_memory(
         let run = format!("{run}-{rep}");
         if sizes.plan.latency {
             let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
-            let (samples, _) =
-                interleave::<_, ours::LatencyProbe<MemoryBackend>>(&mut probe, None, n, warmup, CHUNK).await?;
-            runs.push_latency(&samples, None, probe.payload_bytes);
+            let samples = interleave(&mut [&mut probe], n, warmup, CHUNK).await?;
+            runs.push_latency(&samples[0], None, probe.payload_bytes);
         }
         for (i, writers) in WRITERS.into_iter().enumerate().filter(|_| sizes.plan.throughput) {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
         }
     }
     bench_scale(backend, &ServerProbe::None, run, repeat, sizes, &mut runs.scale).await?;
-    Ok(runs.finish(Which::Memory, None, None))
+    Ok(runs.finish(Which::Memory, None, None, None))
 }
 
 async fn bench_valkey(
@@ -456,9 +555,11 @@ async fn bench_valkey(
         if sizes.plan.latency {
             let mut probe = ours::LatencyProbe::new(&*backend, &run).await?;
             let mut raw = raw_valkey::LatencyProbe::new(&url, payload_bytes).await?;
-            let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
+            let mut floor = raw_valkey::LatencyProbe::floor(&url, payload_bytes).await?;
+            let samples = interleave(&mut [&mut probe, &mut raw, &mut floor], n, warmup, CHUNK).await?;
             raw.close().await;
-            runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
+            floor.close().await;
+            runs.push_latency(&samples[0], Some((&samples[1], &samples[2])), payload_bytes);
         }
         for (i, writers) in WRITERS.into_iter().enumerate().filter(|_| sizes.plan.throughput) {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
@@ -466,7 +567,12 @@ async fn bench_valkey(
         }
     }
     bench_scale(backend, &ServerProbe::Valkey(url.clone()), run, repeat, sizes, &mut runs.scale).await?;
-    Ok(runs.finish(Which::Valkey, Some("fred PUBLISH -> SUBSCRIBE, our PUBLISH body size"), Some("HSET alone")))
+    Ok(runs.finish(
+        Which::Valkey,
+        Some("fred PUBLISH -> SUBSCRIBE, our PUBLISH body size"),
+        Some("FCALL of HSET+XADD+PUBLISH (library benchfloor) -> SUBSCRIBE, same size"),
+        Some("HSET alone"),
+    ))
 }
 
 async fn bench_postgres(
@@ -496,9 +602,21 @@ async fn bench_postgres(
             // payload's JSON has.
             probe.sample(n + warmup).await?;
             let mut raw = raw_postgres::LatencyProbe::new(&url, n + warmup, probe.payload_bytes).await?;
-            let (samples, raw_samples) = interleave(&mut probe, Some(&mut raw), n, warmup, CHUNK).await?;
+            let mut floor = raw_postgres::LatencyProbe::floor(&url, n + warmup, probe.payload_bytes).await?;
+            let samples = interleave(&mut [&mut probe, &mut raw, &mut floor], n, warmup, CHUNK).await?;
             let payload_bytes = probe.payload_bytes;
-            runs.push_latency(&samples, Some(&raw_samples), payload_bytes);
+            runs.push_latency(&samples[0], Some((&samples[1], &samples[2])), payload_bytes);
+        }
+        if sizes.plan.unrelated_load {
+            eprintln!("   unrelated load (run {})", rep + 1);
+            let probe = Mutex::new(ours::LatencyProbe::new(&*backend, &format!("{run}-ul")).await?);
+            let load = Mutex::new(load::UnrelatedLoad::start(&url).await?);
+            let mut idle = load::Phase { probe: &probe, load: &load, on: false, offset: 0 };
+            let mut loaded = load::Phase { probe: &probe, load: &load, on: true, offset: n + warmup };
+            let samples = interleave(&mut [&mut idle, &mut loaded], n, warmup, CHUNK).await?;
+            runs.load_tps.push(load.into_inner().finish().await?);
+            runs.idle.push(&samples[0]);
+            runs.loaded.push(&samples[1]);
         }
         for (i, writers) in WRITERS.into_iter().enumerate().filter(|_| sizes.plan.throughput) {
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
@@ -515,6 +633,7 @@ async fn bench_postgres(
     Ok(runs.finish(
         Which::Postgres,
         Some("tokio-postgres BEGIN;UPDATE;NOTIFY;COMMIT -> LISTEN, our payload's JSON size"),
+        Some("prepared SELECT of a PL/pgSQL UPDATE+INSERT+NOTIFY(event), autocommit -> LISTEN, same size"),
         Some("UPDATE alone"),
     ))
 }
@@ -595,10 +714,7 @@ fn render(report: &Report) -> String {
 /// The per-backend tables (figures 1 to 5).
 fn render_backends(report: &Report, out: &mut String) {
     use std::fmt::Write;
-    let name = |b: Which| match b {
-        Which::ValkeyCluster => "valkey-cluster".to_string(),
-        other => format!("{other:?}").to_lowercase(),
-    };
+    let name = backend_name;
     if report.results.iter().any(|r| r.latency.is_some()) {
         let _ = writeln!(
             out,
@@ -643,6 +759,12 @@ fn render_backends(report: &Report, out: &mut String) {
                 r.raw_label.map(|l| format!("{l}, {} B payload", r.payload_bytes)).unwrap_or_default(),
             );
         }
+    }
+    if report.results.iter().any(|r| r.floor.is_some()) {
+        render_floors(report, out);
+    }
+    if report.results.iter().any(|r| r.unrelated_load.is_some()) {
+        render_unrelated_load(report, out);
     }
     if report.results.iter().any(|r| !r.throughput.is_empty()) {
         let _ = writeln!(out, "\nwrite throughput (completions/s; bare: writes/s)");
@@ -766,4 +888,117 @@ fn render_backends(report: &Report, out: &mut String) {
             );
         }
     }
+}
+
+fn backend_name(b: Which) -> String {
+    match b {
+        Which::ValkeyCluster => "valkey-cluster".to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Figure 1's split and floors: p50 of each probe end to end, of its write call alone and of
+/// what came after the call's reply (per sample), and ours against the raw pub/sub baseline
+/// and against the same-semantics floor.
+fn render_floors(report: &Report, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "\nlatency split and floors (p50, us; dlv: end to end minus the call, per sample), ours / raw pub/sub / same semantics in one round trip, interleaved"
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:>5} {:>6} {:>5} | {:>5} {:>6} {:>5} | {:>5} {:>5} {:>6} {:>5} {:>11} | {:>7} {:>7} {:>7}  floor",
+        "backend",
+        "ours",
+        "call",
+        "dlv",
+        "raw",
+        "call",
+        "dlv",
+        "flr50",
+        "flr99",
+        "call",
+        "dlv",
+        "flr range",
+        "x raw",
+        "x floor",
+        "p99 x f"
+    );
+    for r in &report.results {
+        let (Some(latency), Some(call), Some(delivery), Some(floor)) =
+            (&r.latency, &r.write_call, &r.delivery, &r.floor)
+        else {
+            continue;
+        };
+        let p50 = |l: Option<&Repeated<Latency>>| l.map(|l| format!("{:.0}", l.median.p50_us)).unwrap_or("-".into());
+        let _ = writeln!(
+            out,
+            "{:<9} {:>5.0} {:>6.0} {:>5.0} | {:>5} {:>6} {:>5} | {:>5.0} {:>5.0} {:>6.0} {:>5.0} {:>11} | {:>7} {:>7} {:>7}  {}",
+            backend_name(r.backend),
+            latency.median.p50_us,
+            call.median.p50_us,
+            delivery.median.p50_us,
+            p50(r.raw_latency.as_ref()),
+            p50(r.raw_call.as_ref()),
+            p50(r.raw_delivery.as_ref()),
+            floor.end_to_end.median.p50_us,
+            floor.end_to_end.median.p99_us,
+            floor.call.median.p50_us,
+            floor.delivery.median.p50_us,
+            floor.end_to_end.p50_range(),
+            fmt_ratio(ratio(latency.median.p50_us, r.raw_latency.as_ref().map(|l| l.median.p50_us))),
+            fmt_ratio(ratio(latency.median.p50_us, Some(floor.end_to_end.median.p50_us))),
+            fmt_ratio(ratio(latency.median.p99_us, Some(floor.end_to_end.median.p99_us))),
+            r.floor_label.unwrap_or_default(),
+        );
+    }
+}
+
+/// Figure 6: ours with the unrelated load against ours idle, interleaved.
+fn render_unrelated_load(report: &Report, out: &mut String) {
+    use std::fmt::Write;
+    let Some((r, f)) = report.results.iter().find_map(|r| r.unrelated_load.as_ref().map(|f| (r, f))) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nlatency with unrelated load ({} writers on a table of their own, each BEGIN; INSERT; {:.0} ms; UPDATE; COMMIT; plus one session idle in transaction holding an xid) vs idle, interleaved (us)",
+        f.writers, f.in_transaction_ms
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6} {:>6} {:>11} | {:>6} {:>6} | {:>7}",
+        "backend",
+        "idle50",
+        "idle99",
+        "call50",
+        "dlv50",
+        "load50",
+        "load99",
+        "call50",
+        "dlv50",
+        "p50 range",
+        "p50 x",
+        "p99 x",
+        "load tx/s"
+    );
+    let (idle, loaded) = (&f.idle, &f.loaded);
+    let _ = writeln!(
+        out,
+        "{:<9} {:>6.0} {:>6.0} {:>6.0} {:>6.0} | {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>11} | {:>6} {:>6} | {:>9.0}",
+        backend_name(r.backend),
+        idle.end_to_end.median.p50_us,
+        idle.end_to_end.median.p99_us,
+        idle.call.median.p50_us,
+        idle.delivery.median.p50_us,
+        loaded.end_to_end.median.p50_us,
+        loaded.end_to_end.median.p99_us,
+        loaded.call.median.p50_us,
+        loaded.delivery.median.p50_us,
+        loaded.end_to_end.p50_range(),
+        fmt_ratio(ratio(loaded.end_to_end.median.p50_us, Some(idle.end_to_end.median.p50_us))),
+        fmt_ratio(ratio(loaded.end_to_end.median.p99_us, Some(idle.end_to_end.median.p99_us))),
+        f.load_transactions_per_s.median,
+    );
 }

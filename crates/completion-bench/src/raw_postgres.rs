@@ -52,37 +52,104 @@ async fn prepare_table(client: &Client, table: &str, rows: usize) -> Result<(), 
         .map_err(|e| err("create table", e))
 }
 
-/// BEGIN; UPDATE; NOTIFY with `payload_bytes` bytes; COMMIT, sent as one simple-query
-/// round trip (the cheapest way to do it by hand) → notification on a LISTEN connection.
+/// The same-semantics floor's schema: an executions table, an events table, and one PL/pgSQL
+/// function that marks the execution terminal, appends the event and NOTIFYs it as the
+/// payload, in the caller's transaction (autocommit: one transaction per call). Nothing
+/// else: no state check, no secondary index, no tickets or advisory locks.
+fn floor_schema(rows: usize) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS bench_floor;
+         DROP TABLE IF EXISTS bench_floor.executions, bench_floor.events;
+         CREATE TABLE bench_floor.executions (id bigint PRIMARY KEY, state text NOT NULL, completed_at timestamptz);
+         CREATE TABLE bench_floor.events (id bigserial PRIMARY KEY, execution_id bigint NOT NULL, event text NOT NULL);
+         INSERT INTO bench_floor.executions SELECT g, 'active', NULL FROM generate_series(0, {rows}) g;
+         CREATE OR REPLACE FUNCTION bench_floor.finish(p_id bigint, p_event text) RETURNS void
+         LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE bench_floor.executions SET state = 'succeeded', completed_at = now() WHERE id = p_id;
+             INSERT INTO bench_floor.events (execution_id, event) VALUES (p_id, p_event);
+             PERFORM pg_notify('{FLOOR_CHANNEL}', p_event);
+         END
+         $$;"
+    )
+}
+const FLOOR_CHANNEL: &str = "bench_floor";
+
+/// What a raw latency sample sends.
+enum Write {
+    /// `BEGIN; UPDATE; NOTIFY; COMMIT` as one simple query (the raw NOTIFY baseline).
+    Transaction,
+    /// `SELECT bench_floor.finish($1, $2)`, prepared, in autocommit (the floor).
+    Floor(tokio_postgres::Statement),
+}
+
+/// One write → notification on a LISTEN connection, one at a time: the raw baseline
+/// ([`LatencyProbe::new`]: BEGIN; UPDATE; NOTIFY with `payload_bytes` bytes; COMMIT, sent as
+/// one simple-query round trip, the cheapest way to do it by hand) or the same-semantics
+/// floor ([`LatencyProbe::floor`]: UPDATE + INSERT of the event + NOTIFY of it, in one
+/// function call).
 pub struct LatencyProbe {
     writer: Client,
     /// Kept open: it is the LISTENing connection.
     _listener: Client,
     notifications: mpsc::UnboundedReceiver<String>,
     payload: String,
+    write: Write,
 }
 
 impl LatencyProbe {
-    /// Connects both clients, prepares `rows` rows to update and LISTENs.
+    /// The raw baseline: connects both clients, prepares `rows` rows to update and LISTENs.
     pub async fn new(url: &str, rows: usize, payload_bytes: usize) -> Result<Self, String> {
         let (writer, _) = connect(url).await?;
-        let (listener, notifications) = connect(url).await?;
         prepare_table(&writer, "latency", rows).await?;
-        listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| err("listen", e))?;
+        Self::listening(url, writer, CHANNEL, payload_bytes, Write::Transaction).await
+    }
+
+    /// The same-semantics floor: (re)creates its schema with `rows` executions, connects
+    /// both clients and LISTENs.
+    pub async fn floor(url: &str, rows: usize, payload_bytes: usize) -> Result<Self, String> {
+        let (writer, _) = connect(url).await?;
+        writer.batch_execute(&floor_schema(rows)).await.map_err(|e| err("floor schema", e))?;
+        let statement =
+            writer.prepare("SELECT bench_floor.finish($1, $2)").await.map_err(|e| err("prepare floor", e))?;
+        Self::listening(url, writer, FLOOR_CHANNEL, payload_bytes, Write::Floor(statement)).await
+    }
+
+    async fn listening(
+        url: &str,
+        writer: Client,
+        channel: &str,
+        payload_bytes: usize,
+        write: Write,
+    ) -> Result<Self, String> {
+        let (listener, notifications) = connect(url).await?;
+        listener.batch_execute(&format!("LISTEN {channel}")).await.map_err(|e| err("listen", e))?;
         // Plain characters: nothing to quote inside the NOTIFY literal.
-        Ok(Self { writer, _listener: listener, notifications, payload: "x".repeat(payload_bytes.max(1)) })
+        let payload = "x".repeat(payload_bytes.max(1));
+        Ok(Self { writer, _listener: listener, notifications, payload, write })
     }
 }
 
 impl Probe for LatencyProbe {
     async fn sample(&mut self, i: usize) -> Result<Sample, String> {
-        let sql = format!(
-            "BEGIN; UPDATE bench_raw.latency SET state = 'succeeded', completed_at = now() WHERE id = {i}; \
-             NOTIFY {CHANNEL}, '{}'; COMMIT;",
-            self.payload
-        );
-        let started = Instant::now();
-        self.writer.batch_execute(&sql).await.map_err(|e| err("update+notify", e))?;
+        let started = match &self.write {
+            Write::Transaction => {
+                let sql = format!(
+                    "BEGIN; UPDATE bench_raw.latency SET state = 'succeeded', completed_at = now() WHERE id = {i}; \
+                     NOTIFY {CHANNEL}, '{}'; COMMIT;",
+                    self.payload
+                );
+                let started = Instant::now();
+                self.writer.batch_execute(&sql).await.map_err(|e| err("update+notify", e))?;
+                started
+            }
+            Write::Floor(statement) => {
+                let id = i as i64;
+                let started = Instant::now();
+                self.writer.execute(statement, &[&id, &self.payload]).await.map_err(|e| err("floor call", e))?;
+                started
+            }
+        };
         let call = started.elapsed();
         tokio::time::timeout(DEADLINE, self.notifications.recv())
             .await

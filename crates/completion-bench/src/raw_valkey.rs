@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use fred::types::Message;
+use fred::types::{Message, Value};
 
 use crate::stats::{Probe, Sample};
 
@@ -31,22 +31,61 @@ async fn client(url: &str, capacity: usize) -> Result<Client, String> {
     Ok(client)
 }
 
-/// PUBLISH of `payload_bytes` bytes → message on a SUBSCRIBE connection, one at a time.
+/// The library of the same-semantics floor: one function that does what our terminal write
+/// must at least do (mark the execution terminal, append the event to a log, publish it),
+/// with nothing else (no state check, no partitions, no trimming, the message built by the
+/// caller). Loaded by the bench itself (`FUNCTION LOAD REPLACE`), under its own name.
+const FLOOR_LIBRARY: &str = "#!lua name=benchfloor
+redis.register_function('benchfloor_terminal', function(keys, args)
+  local entry = redis.call('XADD', keys[2], '*', 'event', args[2])
+  redis.call('HSET', keys[1], 'state', 'succeeded', 'terminal_id', entry)
+  redis.call('PUBLISH', args[1], args[2])
+  return entry
+end)
+";
+const FLOOR_CHANNEL: &str = "bench:floor";
+
+/// What a raw latency sample writes.
+enum Write {
+    /// A bare `PUBLISH` (the raw pub/sub baseline).
+    Publish,
+    /// `FCALL benchfloor_terminal`: `HSET` + `XADD` + `PUBLISH` in one call (the floor).
+    Floor,
+}
+
+/// A message of `payload_bytes` bytes → the same on a raw SUBSCRIBE connection, one at a
+/// time: a bare PUBLISH ([`LatencyProbe::new`]) or the same-semantics floor
+/// ([`LatencyProbe::floor`]).
 pub struct LatencyProbe {
     publisher: Client,
     subscriber: Client,
     messages: tokio::sync::broadcast::Receiver<Message>,
     payload: String,
+    write: Write,
+    channel: &'static str,
 }
 
 impl LatencyProbe {
-    /// Connects both clients and subscribes.
+    /// The raw pub/sub baseline: connects both clients and subscribes.
     pub async fn new(url: &str, payload_bytes: usize) -> Result<Self, String> {
+        Self::connect(url, payload_bytes, Write::Publish, CHANNEL).await
+    }
+
+    /// The same-semantics floor: loads the `benchfloor` library (replacing an earlier one),
+    /// connects both clients and subscribes.
+    pub async fn floor(url: &str, payload_bytes: usize) -> Result<Self, String> {
+        let probe = Self::connect(url, payload_bytes, Write::Floor, FLOOR_CHANNEL).await?;
+        let _: Value =
+            probe.publisher.function_load(true, FLOOR_LIBRARY).await.map_err(|e| err("FUNCTION LOAD benchfloor", e))?;
+        Ok(probe)
+    }
+
+    async fn connect(url: &str, payload_bytes: usize, write: Write, channel: &'static str) -> Result<Self, String> {
         let publisher = client(url, 64).await?;
         let subscriber = client(url, 65_536).await?;
         let messages = subscriber.message_rx();
-        subscriber.subscribe(CHANNEL).await.map_err(|e| err("subscribe", e))?;
-        Ok(Self { publisher, subscriber, messages, payload: "x".repeat(payload_bytes.max(1)) })
+        subscriber.subscribe(channel).await.map_err(|e| err("subscribe", e))?;
+        Ok(Self { publisher, subscriber, messages, payload: "x".repeat(payload_bytes.max(1)), write, channel })
     }
 
     /// Disconnects both clients.
@@ -57,9 +96,22 @@ impl LatencyProbe {
 }
 
 impl Probe for LatencyProbe {
-    async fn sample(&mut self, _: usize) -> Result<Sample, String> {
+    async fn sample(&mut self, i: usize) -> Result<Sample, String> {
         let started = Instant::now();
-        let _: i64 = self.publisher.publish(CHANNEL, self.payload.as_str()).await.map_err(|e| err("publish", e))?;
+        match self.write {
+            Write::Publish => {
+                let _: i64 =
+                    self.publisher.publish(self.channel, self.payload.as_str()).await.map_err(|e| err("publish", e))?;
+            }
+            Write::Floor => {
+                let keys = vec![format!("bench:floor:exec:{i}"), "bench:floor:log".to_string()];
+                let _: Value = self
+                    .publisher
+                    .fcall("benchfloor_terminal", keys, vec![self.channel, self.payload.as_str()])
+                    .await
+                    .map_err(|e| err("FCALL benchfloor_terminal", e))?;
+            }
+        }
         let call = started.elapsed();
         tokio::time::timeout(DEADLINE, self.messages.recv())
             .await

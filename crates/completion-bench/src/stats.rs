@@ -1,6 +1,8 @@
 //! Percentiles and rates. Latencies are kept in microseconds as f64 so that the table and
 //! the JSON carry the same numbers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -49,40 +51,49 @@ pub struct Sample {
 /// set up once (subscriptions, tables) and sampled many times.
 pub trait Probe {
     /// Writes the `i`-th event and waits for it.
-    fn sample(&mut self, i: usize) -> impl std::future::Future<Output = Result<Sample, String>>;
+    fn sample(&mut self, i: usize) -> impl Future<Output = Result<Sample, String>>;
 }
 
-/// Samples of both probes, taken `chunk` at a time in turn (ours, then the baseline), so
-/// that a noisy neighbour on a shared machine hits both alike within milliseconds, not
-/// only within one repetition. The first `warmup` of each are not kept.
-pub async fn interleave<A: Probe, B: Probe>(
-    ours: &mut A,
-    mut base: Option<&mut B>,
+/// [`Probe`] in a form that can be a trait object, so that [`interleave`] takes probes of
+/// different types (ours, a raw baseline, a same-semantics floor) in one list. Every probe
+/// gets it; every sample then costs one boxed future, ours and the baselines' alike.
+pub trait AnyProbe {
+    /// [`Probe::sample`], boxed.
+    fn sample_boxed(&mut self, i: usize) -> Pin<Box<dyn Future<Output = Result<Sample, String>> + '_>>;
+}
+
+impl<P: Probe> AnyProbe for P {
+    fn sample_boxed(&mut self, i: usize) -> Pin<Box<dyn Future<Output = Result<Sample, String>> + '_>> {
+        Box::pin(self.sample(i))
+    }
+}
+
+/// Samples of every probe, taken `chunk` at a time in turn (the first, usually ours, then
+/// each baseline in order), so that a noisy neighbour on a shared machine hits all of them
+/// alike within milliseconds, not only within one repetition. Each probe is sampled with the
+/// same `i`s (0 to `n + warmup`); the first `warmup` of each are not kept. Returns one list
+/// per probe, in the order given.
+pub async fn interleave(
+    probes: &mut [&mut dyn AnyProbe],
     n: usize,
     warmup: usize,
     chunk: usize,
-) -> Result<(Vec<Sample>, Vec<Sample>), String> {
-    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+) -> Result<Vec<Vec<Sample>>, String> {
+    let mut kept: Vec<Vec<Sample>> = probes.iter().map(|_| Vec::with_capacity(n)).collect();
     let mut i = 0;
     while i < n + warmup {
         let end = (i + chunk.max(1)).min(n + warmup);
-        for j in i..end {
-            let s = ours.sample(j).await?;
-            if j >= warmup {
-                a.push(s);
-            }
-        }
-        if let Some(base) = base.as_deref_mut() {
+        for (probe, kept) in probes.iter_mut().zip(&mut kept) {
             for j in i..end {
-                let s = base.sample(j).await?;
+                let s = probe.sample_boxed(j).await?;
                 if j >= warmup {
-                    b.push(s);
+                    kept.push(s);
                 }
             }
         }
         i = end;
     }
-    Ok((a, b))
+    Ok(kept)
 }
 
 /// End-to-end and call latencies of `samples`.
@@ -90,6 +101,13 @@ pub fn latencies(samples: &[Sample]) -> (Latency, Latency) {
     let mut e2e: Vec<Duration> = samples.iter().map(|s| s.end_to_end).collect();
     let mut call: Vec<Duration> = samples.iter().map(|s| s.call).collect();
     (Latency::from_samples(&mut e2e), Latency::from_samples(&mut call))
+}
+
+/// Percentiles of what each sample took after its write call's reply (end to end minus the
+/// call: the delivery, or how long the event trailed the reply; 0 when it arrived first).
+pub fn delivery(samples: &[Sample]) -> Latency {
+    let mut after: Vec<Duration> = samples.iter().map(|s| s.end_to_end.saturating_sub(s.call)).collect();
+    Latency::from_samples(&mut after)
 }
 
 /// `ours / base`, or `None` when the base is zero or missing.
@@ -157,4 +175,42 @@ fn range(values: &[f64]) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if values.is_empty() { "-".to_string() } else { format!("{min:.0}-{max:.0}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use super::{Probe, Sample, delivery, interleave};
+
+    /// Records which probe was sampled with which `i`, in order.
+    struct Recorder<'a> {
+        name: char,
+        log: &'a RefCell<Vec<(char, usize)>>,
+    }
+
+    impl Probe for Recorder<'_> {
+        async fn sample(&mut self, i: usize) -> Result<Sample, String> {
+            self.log.borrow_mut().push((self.name, i));
+            let call = Duration::from_micros(i as u64);
+            Ok(Sample { end_to_end: call + Duration::from_micros(1), call })
+        }
+    }
+
+    #[tokio::test]
+    async fn interleave_takes_every_probe_in_turn_a_chunk_at_a_time() {
+        let log = RefCell::new(Vec::new());
+        let (mut a, mut b, mut c) =
+            (Recorder { name: 'a', log: &log }, Recorder { name: 'b', log: &log }, Recorder { name: 'c', log: &log });
+        let kept = interleave(&mut [&mut a, &mut b, &mut c], 3, 2, 2).await.unwrap();
+        let order: String = log.borrow().iter().map(|(name, _)| *name).collect();
+        assert_eq!(order, "aabbccaabbccabc");
+        // Every probe sampled with the same i's, 0 to n + warmup; the warm-up ones not kept.
+        for samples in &kept {
+            let is: Vec<u128> = samples.iter().map(|s| s.call.as_micros()).collect();
+            assert_eq!(is, [2, 3, 4]);
+        }
+        assert_eq!(delivery(&kept[0]).p50_us, 1.0);
+    }
 }
