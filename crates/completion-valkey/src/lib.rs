@@ -8,6 +8,13 @@
 //! from the log after any reconnect, lost message or overflow, and never deliver an event
 //! twice. See `docs/valkey.md` for the key layout and wire format.
 //!
+//! An engine that keeps its executions' state itself emits their completions instead:
+//! [`ValkeyBackend::emit`] (the library's `completions_emit`), or, to change its own keys in
+//! the same atomic call, a function of its own library that includes the emit step
+//! ([`EMIT_LUA`]) and is called with the keys and arguments of [`ValkeyBackend::emit_call`].
+//! Subscribers get those completions exactly as terminal writes' (docs/valkey.md,
+//! "Emitting completions of executions you keep yourself").
+//!
 //! ```no_run
 //! use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution};
 //! use completion_valkey::{ValkeyBackend, ValkeyConfig};
