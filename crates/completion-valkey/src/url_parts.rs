@@ -40,11 +40,21 @@ pub(crate) fn check(url: &str, original: &str, cluster: bool) -> Result<Option<u
             "has a `#` fragment, which a Valkey URL does not take (write a `#` in a password as %23)".into()
         ));
     }
-    let database = database(parsed.path(), cluster).map_err(bad)?;
+    // The path as written: the parser drops dot segments (`/.` and `/..` read as `/`), which
+    // would pass a path that names no database for none.
+    let database = database(raw_path(url).unwrap_or(parsed.path()), cluster).map_err(bad)?;
     for segment in parsed.query().unwrap_or_default().split('&').filter(|s| !s.is_empty()) {
         query_parameter(segment, cluster).map_err(bad)?;
     }
     Ok(database)
+}
+
+/// The path of `url` as written: from the first `/` after the authority to the query or
+/// fragment (`None`: no authority found; the parser's path is used).
+fn raw_path(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let rest = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+    Some(&rest[..rest.find(['?', '#']).unwrap_or(rest.len())])
 }
 
 /// The database of the URL's path.
@@ -163,6 +173,8 @@ mod tests {
             ("redis://h:1/abc", false, "the database `abc`"),
             ("redis://h:1/+1", false, "the database `+1`"),
             ("redis://h:1/0/1", false, "the path `/0/1` must be one database number"),
+            ("redis://h:1/.", false, "the database `.` (the URL's path) must be a number"),
+            ("redis://h:1/0/..", false, "the path `/0/..` must be one database number"),
             ("redis://h:1?node=]]", false, "the query parameter `node` is for cluster URLs"),
             ("redis://h:1?db=2", false, "unknown query parameter `db`"),
             ("redis://h:1?x", false, "the query parameter `x` has no value"),
