@@ -1,8 +1,33 @@
-//! The example engine shown in README.md, compiled and run here so the README cannot drift
-//! from the API: a test checks that the README's first `rust` block is the text between the
-//! markers below, verbatim.
+//! The examples shown in README.md, compiled and run here so the README cannot drift from
+//! the API: a test checks that the README's first two `rust` blocks are the texts between the
+//! markers below, verbatim and in order.
 
-// README example: begin
+#[rustfmt::skip] // the text between the markers is README.md's, verbatim
+mod waiting {
+// README example 1: begin
+use std::sync::Arc;
+use std::time::Duration;
+
+use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution, Outcome, Waiter};
+
+/// Starts a report and waits for its outcome, however soon it finishes: the waiter subscribes
+/// first, then looks the execution up, so even one that finished before the wait is answered.
+pub async fn wait_for_report(
+    completions: Arc<dyn CompletionBackend>,
+    engine: Arc<dyn EngineBackend>,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let waiter = Waiter::new(completions, engine.clone()).await?; // one subscription, many waits
+    let report = ExecutionId::new("report-2024-06")?;
+    engine.create_execution(NewExecution::new(report.clone(), Namespace::new("billing")?)).await?;
+    engine.complete(&report).await?; // a worker's job: here it finishes before the wait begins
+    let done = waiter.wait(&report, Duration::from_secs(30)).await?; // or wait_all(&[a, b, c], ..)
+    Ok(done.outcome)
+}
+// README example 1: end
+}
+pub use waiting::wait_for_report;
+
+// README example 2: begin
 use completion_core::{CompletionBackend, EngineBackend, ExecutionId, FlowId, Namespace, NewExecution, Outcome};
 use completion_core::{Reason, ScannerFilter};
 use futures_util::StreamExt;
@@ -50,7 +75,7 @@ pub async fn run_flow(
     }
     Ok(())
 }
-// README example: end
+// README example 2: end
 
 #[cfg(test)]
 mod tests {
@@ -77,14 +102,27 @@ mod tests {
         assert_eq!(order, steps);
     }
 
+    #[tokio::test]
+    async fn the_wait_answers_a_report_that_finished_first() {
+        let backend = std::sync::Arc::new(MemoryBackend::new());
+        let outcome =
+            tokio::time::timeout(std::time::Duration::from_secs(30), wait_for_report(backend.clone(), backend))
+                .await
+                .expect("the example finishes")
+                .expect("the example succeeds");
+        assert_eq!(outcome, Outcome::Succeeded);
+    }
+
     #[test]
     fn the_readme_shows_this_code() {
         let source = include_str!("readme_example.rs");
-        let marker = "// README example: begin\n";
-        let begin = source.find(marker).expect("begin marker") + marker.len();
-        let end = source.find("// README example: end").expect("end marker");
         let readme = include_str!("../../README.md");
-        let block = readme.split("```rust\n").nth(1).and_then(|b| b.split("```").next()).expect("a rust block");
-        assert_eq!(block, &source[begin..end], "README.md's example must match xtask/src/readme_example.rs");
+        for n in [1, 2] {
+            let marker = format!("// README example {n}: begin\n");
+            let begin = source.find(&marker).expect("begin marker") + marker.len();
+            let end = source.find(&format!("// README example {n}: end")).expect("end marker");
+            let block = readme.split("```rust\n").nth(n).and_then(|b| b.split("```").next()).expect("a rust block");
+            assert_eq!(block, &source[begin..end], "README.md's example {n} must match xtask/src/readme_example.rs");
+        }
     }
 }

@@ -72,6 +72,24 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The subscribe side, shared.
+    pub fn completions_arc(&self) -> std::sync::Arc<dyn CompletionBackend> {
+        match self {
+            Backend::Memory(b) => std::sync::Arc::new(b.clone()),
+            Backend::Valkey(b) => std::sync::Arc::new(b.clone()),
+            Backend::Postgres(b) => std::sync::Arc::new(b.clone()),
+        }
+    }
+
+    /// The write side (for `describe`), shared.
+    pub fn engine_arc(&self) -> std::sync::Arc<dyn completion_core::EngineBackend> {
+        match self {
+            Backend::Memory(b) => std::sync::Arc::new(b.clone()),
+            Backend::Valkey(b) => std::sync::Arc::new(b.clone()),
+            Backend::Postgres(b) => std::sync::Arc::new(b.clone()),
+        }
+    }
+
     /// The subscribe side.
     pub fn completions(&self) -> &dyn CompletionBackend {
         match self {

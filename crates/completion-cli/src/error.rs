@@ -10,6 +10,9 @@
 //! | 2 | usage: bad arguments, bad URL, bad cursor, bad namespace or tag |
 //! | 3 | the server could not be reached (refused, unresolvable, timed out) |
 //! | 4 | the server holds a schema or function library this build cannot use |
+//! | 5, 6 | `wait`: an execution failed (5), or was cancelled and none failed (6) |
+//! | 7 | `wait`: an execution does not exist |
+//! | 124 | `wait`: the timeout passed first (as `timeout(1)` exits) |
 
 use std::fmt;
 use std::process::ExitCode;
@@ -27,6 +30,10 @@ pub enum Kind {
     Connect,
     /// Incompatible server state (exit 4).
     Incompatible,
+    /// `wait`: an execution does not exist (exit 7).
+    NotFound,
+    /// `wait`: the timeout passed first (exit 124, as `timeout(1)`).
+    TimedOut,
 }
 
 impl Kind {
@@ -37,6 +44,8 @@ impl Kind {
             Kind::Usage => 2,
             Kind::Connect => 3,
             Kind::Incompatible => 4,
+            Kind::NotFound => crate::wait::exit::NOT_FOUND,
+            Kind::TimedOut => crate::wait::exit::TIMED_OUT,
         }
     }
 }

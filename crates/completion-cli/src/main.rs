@@ -4,6 +4,7 @@
 //! completions tail URL [--namespace N] [--tag k=v]... [--from now|earliest|CURSOR] [--json]
 //! completions migrate URL
 //! completions stats URL [--json]
+//! completions wait URL ID... [--timeout DURATION] [--json]
 //! ```
 //!
 //! The URL picks the backend (see [`url`]). Every failure prints one line on stderr and
@@ -19,6 +20,7 @@ mod stats;
 mod stdio;
 mod tail;
 mod url;
+mod wait;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,7 +34,8 @@ use crate::error::{CliError, Kind};
 #[derive(Parser, Debug)]
 #[command(name = "completions", version, about, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 done, 1 operation failed, 2 usage, 3 server unreachable, 4 incompatible server \
-                        state.\nLogs: RUST_LOG=debug (stderr).")]
+                        state; wait: 5 any failed, 6 any cancelled (none failed), 7 no such execution, 124 timed \
+                        out.\nLogs: RUST_LOG=debug (stderr).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,6 +72,23 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
         /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every execution is terminal, printing each outcome as it arrives (also
+    /// those that finished before the command started). Exit 0 when all succeeded, 5 when
+    /// any failed, 6 when any was cancelled (none failed), 7 when one does not exist, 124 on
+    /// timeout.
+    Wait {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The executions to wait for.
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+        /// Give up after this long, e.g. 30s, 5m [default: no limit]
+        #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
+        /// One JSON object per outcome.
         #[arg(long)]
         json: bool,
     },
@@ -146,7 +166,10 @@ fn main() -> ExitCode {
     // is closed).
     std::panic::set_hook(Box::new(|info| stdio::status(&format!("completions: internal error: {info}"))));
     let target = match &cli.command {
-        Command::Tail { target, .. } | Command::Migrate { target } | Command::Stats { target, .. } => target.clone(),
+        Command::Tail { target, .. }
+        | Command::Migrate { target }
+        | Command::Stats { target, .. }
+        | Command::Wait { target, .. } => target.clone(),
     };
     let secret = url::password(&target.url).map(str::to_string);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -160,7 +183,7 @@ fn main() -> ExitCode {
     // Background tasks of the backend (feeds, reconnects) end with the runtime.
     drop(runtime);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             stdio::status(&format!("completions: {}", e.line(secret.as_deref())));
             e.exit_code()
@@ -168,7 +191,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs the command; answers the exit code of a command that did not fail (0, or `wait`'s).
+async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Tail { target, namespace, tags, from, json } => {
             let url_target = url::parse(&target.url)?;
@@ -195,14 +219,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 command
             };
-            tail::run(&backend, plan, &url::redact(&target.url), resume).await
+            tail::run(&backend, plan, &url::redact(&target.url), resume).await.map(|()| 0)
         }
         Command::Migrate { target } => {
             let url_target = url::parse(&target.url)?;
             let options = target.options();
             options.check_for(&url_target)?;
             let lines = migrate::run(&url_target, &options).await?;
-            print_lines(lines.iter().map(String::as_str))
+            print_lines(lines.iter().map(String::as_str)).map(|()| 0)
         }
         Command::Stats { target, json } => {
             let url_target = url::parse(&target.url)?;
@@ -215,6 +239,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 print_lines(stats.to_lines().iter().map(String::as_str))
             }
+            .map(|()| 0)
+        }
+        Command::Wait { target, ids, timeout, json } => {
+            let url_target = url::parse(&target.url)?;
+            let options = target.options();
+            options.check_for(&url_target)?;
+            let ids = wait::ids(&ids)?;
+            let backend = connect::open(&url_target, &options).await?;
+            wait::run(&backend, &url::redact(&target.url), &ids, timeout, json).await
         }
     }
 }

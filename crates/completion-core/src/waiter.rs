@@ -252,9 +252,9 @@ impl Waiter {
         self.shared.table().entries.len()
     }
 
-    /// Waits until `id` is terminal, for at most `timeout`.
+    /// Waits until `id` is terminal, for at most `timeout` (`Duration::MAX`: no deadline).
     pub async fn wait(&self, id: &ExecutionId, timeout: Duration) -> Result<Finished, WaitError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut registered = self.register(id)?;
         match tokio::time::timeout_at(deadline, registered.resolve(&*self.shared.lookup)).await {
             Ok(result) => result,
@@ -266,7 +266,7 @@ impl Waiter {
     /// the order of `ids` (an id given twice is answered twice). On timeout the error lists
     /// the ids still pending.
     pub async fn wait_all(&self, ids: &[ExecutionId], timeout: Duration) -> Result<Vec<Finished>, WaitError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut waits = ids.iter().map(|id| self.register(id)).collect::<Result<Vec<_>, _>>()?;
         let lookup = &*self.shared.lookup;
         let all = futures_util::future::try_join_all(waits.iter_mut().map(|w| w.resolve(lookup)));
@@ -293,6 +293,13 @@ impl Waiter {
         let rx = entry.tx.subscribe();
         Ok(Registration { id: id.clone(), rx, shared: self.shared.clone(), done: false })
     }
+}
+
+/// `timeout` from now; a timeout too large for the clock (`Duration::MAX`: no deadline) is
+/// about thirty years.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// One wait's place in the table; removes it when dropped.

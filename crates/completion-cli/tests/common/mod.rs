@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use completion_core::{EngineBackend, ExecutionId, Namespace, NewExecution, Tags};
+use completion_core::{EngineBackend, ExecutionId, Namespace, NewExecution, Reason, Tags};
 
 /// Long enough for a loaded 2-core machine; only reached when something is broken.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -336,6 +336,90 @@ pub fn interrupt_without_completions(target: &[String]) {
     assert!(done.stderr.iter().any(|l| l.contains("--from now")), "{done:#?}");
 }
 
+/// `wait` on executions that finished before it started and during it: it prints each
+/// outcome as it arrives and exits 0 when all succeeded, 5 when any failed, 6 when any was
+/// cancelled (none failed); 124 on timeout (naming what it waited for); 7 for an id that does
+/// not exist; 2 for a bad id. `--json` prints one object per outcome.
+pub fn wait_reports_outcomes_and_exit_codes(target: &[String], writer: &dyn EngineBackend) {
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut all = vec!["wait".to_string()];
+        all.extend(target.iter().cloned());
+        all.extend(extra.iter().map(|s| s.to_string()));
+        all
+    };
+    let run_args = |v: Vec<String>| run(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let ns = unique("wait");
+    // A failed wait prints its readiness line (once connected), then one error line.
+    let failure = |done: &Finished, code: i32| -> String {
+        assert_eq!(done.status.code(), Some(code), "{done:#?}");
+        assert_no_panic(done);
+        let last = done.stderr.last().unwrap_or_else(|| panic!("no error line: {done:#?}"));
+        assert!(last.starts_with("completions: "), "{done:#?}");
+        assert!(done.stderr.len() <= 2, "the readiness line and one error line at most: {done:#?}");
+        last.clone()
+    };
+
+    // Finished before the command started: answered, exit 0.
+    let before = unique("before");
+    complete(writer, &before, &ns, &[]);
+    let done = run_args(args(&[&before, "--timeout", "30s"]));
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
+    assert_eq!(done.stdout, [format!("{before} succeeded")], "{done:#?}");
+
+    // Finished during the wait: one failed, one cancelled -> 5.
+    let (failing, cancelling) = (unique("failing"), unique("cancelling"));
+    runtime().block_on(async {
+        for id in [&failing, &cancelling] {
+            let execution =
+                NewExecution::new(ExecutionId::new(id.as_str()).unwrap(), Namespace::new(ns.as_str()).unwrap());
+            writer.create_execution(execution).await.expect("create");
+        }
+    });
+    let all = args(&[&failing, &cancelling, &before, "--timeout", "30s", "--json"]);
+    let mut running = Running::start(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    running.stderr_line(|line| line.starts_with("completions: waiting for 3 executions"));
+    let first = running.next_json();
+    assert_eq!(first["execution_id"], before.as_str(), "the finished one first: {first}");
+    runtime().block_on(async {
+        let why = Reason::new("boom").unwrap();
+        writer.fail(&ExecutionId::new(failing.as_str()).unwrap(), &why).await.expect("fail");
+        writer.cancel(&ExecutionId::new(cancelling.as_str()).unwrap(), &why).await.expect("cancel");
+    });
+    let mut seen = [running.next_json(), running.next_json()];
+    seen.sort_by_key(|v| v["execution_id"].as_str().unwrap_or_default().to_string());
+    let outcomes: Vec<(String, String)> = seen
+        .iter()
+        .map(|v| (v["execution_id"].as_str().unwrap().to_string(), v["outcome"].as_str().unwrap().to_string()))
+        .collect();
+    let mut expected = vec![(failing.clone(), "failed".to_string()), (cancelling.clone(), "cancelled".to_string())];
+    expected.sort();
+    assert_eq!(outcomes, expected);
+    let done = running.finish();
+    assert_eq!(done.status.code(), Some(5), "any failed: {done:#?}");
+
+    // Only cancelled -> 6.
+    let done = run_args(args(&[&cancelling, &before]));
+    assert_eq!(done.status.code(), Some(6), "any cancelled, none failed: {done:#?}");
+
+    // Never finishes -> 124, naming it.
+    let active = unique("active");
+    runtime().block_on(async {
+        let execution =
+            NewExecution::new(ExecutionId::new(active.as_str()).unwrap(), Namespace::new(ns.as_str()).unwrap());
+        writer.create_execution(execution).await.expect("create");
+    });
+    let done = run_args(args(&[&before, &active, "--timeout", "300ms"]));
+    let line = failure(&done, 124);
+    assert!(line.contains("timed out after 300ms") && line.contains(&active), "{line}");
+    assert_eq!(done.stdout, [format!("{before} succeeded")], "what finished is still printed");
+
+    // No such execution -> 7; a bad id -> 2.
+    let done = run_args(args(&[&unique("nobody"), "--timeout", "30s"]));
+    assert!(failure(&done, 7).contains("does not exist"), "{done:#?}");
+    let done = run_args(args(&["a{b"]));
+    assert!(failure(&done, 2).contains("execution id"), "{done:#?}");
+}
+
 /// The scenarios every backend's CLI tests run, as `#[test]`s on the calling file's
 /// `fresh()` (the target arguments and a library backend writing to them); `$backend` is the
 /// name `tail --json` reports.
@@ -352,6 +436,12 @@ macro_rules! shared_scenarios {
         fn interrupt_prints_the_last_cursor_and_from_resumes_after_it() {
             let (target, writer) = fresh();
             common::interrupt_then_resume(&target, &writer);
+        }
+
+        #[test]
+        fn wait_reports_outcomes_and_exit_codes() {
+            let (target, writer) = fresh();
+            common::wait_reports_outcomes_and_exit_codes(&target, &writer);
         }
 
         #[test]
