@@ -388,3 +388,29 @@ impl EngineBackend for ValkeyBackend {
         self.shared.store.describe(id).instrument(tracing::debug_span!("describe", execution_id = %id)).await
     }
 }
+
+/// Looks executions up for a [`Waiter`](completion_core::Waiter) of an engine that emits
+/// with [`emit`](ValkeyBackend::emit) (or its own function): the emit marker first (while it
+/// lives: `emit_marker_ttl`), then the execution hash of the built-in write side. An id
+/// known to neither is pending (it may still be emitted), so such a wait ends at its
+/// deadline. Built-in engines use [`Waiter::new`](completion_core::Waiter::new) instead.
+#[async_trait]
+impl completion_core::CompletionLookup for ValkeyBackend {
+    async fn look_up(&self, id: &ExecutionId) -> Result<completion_core::Looked, EngineError> {
+        use completion_core::{ExecutionState, Finished, Looked};
+
+        if let Some((outcome, at)) = self.shared.store.emitted(id).await? {
+            return Ok(Looked::Finished(Finished::new(id.clone(), outcome, at)));
+        }
+        match self.shared.store.describe(id).await {
+            Ok(info) => Ok(match info.state {
+                ExecutionState::Terminal(outcome) => {
+                    Looked::Finished(Finished::new(id.clone(), outcome, info.completed_at_ms.unwrap_or_default()))
+                }
+                _ => Looked::Pending,
+            }),
+            Err(EngineError::NotFound(_)) => Ok(Looked::Pending),
+            Err(e) => Err(e),
+        }
+    }
+}

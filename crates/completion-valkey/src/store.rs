@@ -201,6 +201,20 @@ impl Store {
         self.config.retention.max_age().map_or(String::new(), |age| age.as_millis().to_string())
     }
 
+    /// What the emit marker of `id` records of its first emitted completion (outcome and
+    /// time), while the marker lives.
+    pub(crate) async fn emitted(&self, id: &ExecutionId) -> Result<Option<(Outcome, u64)>, EngineError> {
+        let fields = self.conn.hgetall(&self.keys.emitted(id.as_str())).await?;
+        let (Some(outcome), Some(at)) = (fields.get("outcome"), fields.get("emitted_at_ms")) else { return Ok(None) };
+        let bad = |what: &str| EngineError::Server {
+            backend: BACKEND,
+            op: "look up an emitted completion",
+            message: format!("the emit marker of {id} holds a bad {what}"),
+        };
+        let outcome: Outcome = outcome.parse().map_err(|_| bad("outcome"))?;
+        Ok(Some((outcome, at.parse().map_err(|_| bad("emitted_at_ms"))?)))
+    }
+
     pub(crate) async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
         let fields = self.conn.hgetall(&self.keys.execution(id.as_str())).await?;
         if fields.is_empty() {

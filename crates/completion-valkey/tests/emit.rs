@@ -10,7 +10,8 @@
 //! - an engine function changes its own hash and emits in one FCALL; the same function
 //!   failing before the emit (its own check, a command error, a bad emit argument) leaves
 //!   no event, no marker and its hash as it was;
-//! - bad emit arguments are refused by the Lua side with an error naming the value.
+//! - bad emit arguments are refused by the Lua side with an error naming the value;
+//! - a `Waiter` over the backend's lookup finds emitted completions, before and during.
 
 mod common;
 
@@ -392,6 +393,41 @@ async fn bad_emit_arguments_are_refused_naming_the_value(backend: ValkeyBackend,
     assert!(error.to_string().contains("emit_marker_ttl"), "{error}");
 }
 
+/// A `Waiter` over the backend's own lookup (`CompletionLookup for ValkeyBackend`: the emit
+/// marker, then the execution hash): an emitted completion before the wait is found by the
+/// lookup, one during it arrives from the stream, a terminal write of the built-in side is
+/// found too, and an id neither knows is pending until the deadline (it may still be emitted).
+async fn a_waiter_over_the_emit_markers_finds_emitted_completions(backend: ValkeyBackend, _target: Target) {
+    use completion_conformance::support::EVENT_DEADLINE;
+    use completion_core::{WaitError, Waiter};
+
+    let backend = std::sync::Arc::new(backend);
+    let ns = namespace("emit-wait");
+    let waiter = Waiter::with_lookup(backend.clone(), backend.clone()).await.expect("waiter");
+    let before = execution_id("emit-wait-before");
+    backend.emit(&Completion::new(before.clone(), ns.clone(), Outcome::Failed)).await.expect("emit");
+    let got = waiter.wait(&before, EVENT_DEADLINE).await.expect("found by the lookup");
+    assert_eq!(got.outcome, Outcome::Failed);
+    let built_in = create_and_complete(&*backend, &ns, &Tags::new()).await;
+    assert_eq!(waiter.wait(&built_in, EVENT_DEADLINE).await.expect("found").outcome, Outcome::Succeeded);
+    let during = execution_id("emit-wait-during");
+    let (got, ()) = tokio::join!(waiter.wait(&during, EVENT_DEADLINE), async {
+        let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+        while waiter.pending() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the wait registers");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        backend.emit(&Completion::new(during.clone(), ns.clone(), Outcome::Succeeded)).await.expect("emit");
+    });
+    assert_eq!(got.expect("from the stream").execution_id, during);
+    let never = execution_id("emit-wait-never");
+    match tokio::time::timeout(EVENT_DEADLINE, waiter.wait(&never, Duration::from_millis(100))).await.expect("bounded")
+    {
+        Err(WaitError::TimedOut { .. }) => {}
+        other => panic!("an id nobody knows is pending until the deadline, got {other:?}"),
+    }
+}
+
 async fn standalone(flavor: ValkeyFlavor, tag: &str) -> (ValkeyBackend, Target) {
     let server = common::shared_server(flavor).await;
     let backend = common::connect(common::config(&server, tag).with_safety_interval(NO_SAFETY_NET)).await;
@@ -441,6 +477,7 @@ for_each_flavor!(
     a_second_emit_is_refused_unless_repeated,
     an_engine_function_changes_its_own_hash_and_emits,
     bad_emit_arguments_are_refused_naming_the_value,
+    a_waiter_over_the_emit_markers_finds_emitted_completions,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
