@@ -172,7 +172,7 @@ pub(crate) struct ReadNotes {
     pub in_flight: bool,
     /// The read saw committed events above the final ticket, which it held back: the final
     /// ticket it read up to. They become deliverable once the final ticket passes it.
-    pub held_back_below: Option<i64>,
+    pub held_back_above: Option<i64>,
 }
 
 /// The pooled operations of one instance.
@@ -492,7 +492,7 @@ impl Db {
         };
         let gap = (*after != PgPosition::ORIGIN && *after < watermark)
             .then_some(TrimmedGap { resumed_at: watermark, missed: None });
-        let notes = ReadNotes { in_flight, held_back_below: (held > 0).then_some(final_ticket) };
+        let notes = ReadNotes { in_flight, held_back_above: (held > 0).then_some(final_ticket) };
         Ok((ReadBatch { events, scanned_to, gap, more }, notes))
     }
 

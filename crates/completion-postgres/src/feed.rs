@@ -66,12 +66,12 @@ pub(crate) struct PgReader {
     pub in_flight: AtomicBool,
     /// The final ticket up to which the last checked read delivered while it held committed
     /// events back above it (0: it held none back); read by the feed.
-    pub held_back_below: AtomicI64,
+    pub held_back_above: AtomicI64,
 }
 
 impl PgReader {
     pub(crate) fn new(db: Arc<Db>, check_in_flight: bool) -> Self {
-        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_below: AtomicI64::new(0) }
+        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_above: AtomicI64::new(0) }
     }
 
     /// Whether a read since the last call found terminal writes in flight.
@@ -80,8 +80,8 @@ impl PgReader {
     }
 
     /// The final ticket up to which the last checked read delivered, if it held events back.
-    fn held_back_below(&self) -> Option<i64> {
-        Some(self.held_back_below.load(Ordering::Relaxed)).filter(|h| *h > 0)
+    fn held_back_above(&self) -> Option<i64> {
+        Some(self.held_back_above.load(Ordering::Relaxed)).filter(|h| *h > 0)
     }
 }
 
@@ -104,7 +104,7 @@ impl LogReader<PgPosition> for PgReader {
         if notes.in_flight {
             self.in_flight.store(true, Ordering::Relaxed);
         }
-        self.held_back_below.store(notes.held_back_below.unwrap_or(0), Ordering::Relaxed);
+        self.held_back_above.store(notes.held_back_above.unwrap_or(0), Ordering::Relaxed);
         Ok(batch)
     }
 }
@@ -229,7 +229,7 @@ impl FeedTask {
                     let most = feed.in_flight_recheck * RECHECK_BACKOFF;
                     match (feed.db.final_ticket().await, held.as_mut()) {
                         // The read that follows decides whether anything is still held back.
-                        (Ok(final_ticket), Some(h)) if final_ticket > h.below => {
+                        (Ok(final_ticket), Some(h)) if final_ticket > h.above => {
                             held = None;
                             wake = true;
                         }
@@ -278,12 +278,12 @@ impl FeedTask {
                         read_retry_at = None;
                         busy_until = None;
                     }
-                    held = match (feed.reader.held_back_below(), held) {
-                        (Some(below), Some(h)) if h.below == below => Some(h),
-                        (Some(below), _) => Some(HeldBack::new(below, feed.in_flight_recheck)),
+                    held = match (feed.reader.held_back_above(), held) {
+                        (Some(above), Some(h)) if h.above == above => Some(h),
+                        (Some(above), _) => Some(HeldBack::new(above, feed.in_flight_recheck)),
                         (None, _) => None,
                     };
-                    tracing::trace!(published, in_flight, held_back_below = ?held.map(|h| h.below), "resync");
+                    tracing::trace!(published, in_flight, held_back_above = ?held.map(|h| h.above), "resync");
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?read_pause, "reading the completion log failed");
@@ -312,14 +312,14 @@ impl FeedTask {
 #[derive(Clone, Copy, Debug)]
 struct HeldBack {
     /// The final ticket the read delivered up to.
-    below: i64,
+    above: i64,
     pause: Duration,
     check_at: Instant,
 }
 
 impl HeldBack {
-    fn new(below: i64, first: Duration) -> Self {
-        Self { below, pause: first, check_at: Instant::now() + first }
+    fn new(above: i64, first: Duration) -> Self {
+        Self { above, pause: first, check_at: Instant::now() + first }
     }
 
     fn back_off(&mut self, most: Duration) {
