@@ -3,7 +3,7 @@
 //! connection and a server restart midway.
 //!
 //! Per backend: start (or find) the server, connect a fresh backend instance, run the
-//! [`engine`] over the [`dag`] with a progress bar, inject the faults of [`servers`]
+//! engine of `examples/dag-engine` ([`dag_engine`]) over its DAG with a progress bar, inject the faults of [`servers`]
 //! (kill the backend's connections at 40 % of the tasks, restart the server at 65 %), then
 //! check that every task was promoted exactly once, every completion arrived once, no gap
 //! occurred and every execution is terminal with the outcome the DAG implies. The summary
@@ -15,8 +15,6 @@
 //! a server cannot be started, the demo prints exactly what to install (or which URL to
 //! set) and exits non-zero before running anything; `--backend memory` needs no server.
 
-mod dag;
-mod engine;
 mod report;
 mod servers;
 
@@ -24,10 +22,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use completion_testserver::{ServerError, ValkeyFlavor};
 
-use self::dag::{Dag, NAMESPACES};
-use self::engine::{EngineOptions, Progress, RunReport};
 use self::report::Bars;
 use self::servers::{Kind, Server};
+use dag_engine::dag::{Dag, NAMESPACES};
+use dag_engine::engine::{self, EngineOptions, Progress, RunReport};
 
 /// The options of `cargo xtask demo`.
 #[derive(Debug, clap::Args)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::engine::{Progress, RunReport};
+use dag_engine::engine::{Progress, RunReport};
 
 /// The bars of every backend.
 pub struct Bars {

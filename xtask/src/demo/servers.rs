@@ -25,7 +25,7 @@ use completion_testserver::{
 };
 use completion_valkey::{ValkeyBackend, ValkeyConfig};
 
-use super::engine::{Fault, FaultFuture};
+use dag_engine::engine::{Fault, FaultFuture};
 
 /// Where the demo kills connections, and where it restarts the server: fractions of the
 /// tasks finished.

@@ -36,7 +36,7 @@ use completion_core::{
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::dag::{Dag, Plan};
+use crate::dag::{Dag, Plan};
 
 /// How long a write keeps being retried while it fails with transient errors: longer than
 /// any restart of the demo's servers takes.
