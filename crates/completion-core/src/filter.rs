@@ -42,15 +42,15 @@ impl ScannerFilter {
 
     /// Whether `event` passes.
     pub fn matches(&self, event: &CompletionPayload) -> bool {
-        if let Some(ns) = &self.namespace {
-            if event.namespace() != ns {
-                return false;
-            }
+        if let Some(ns) = &self.namespace
+            && event.namespace() != ns
+        {
+            return false;
         }
-        if let Some((key, value)) = &self.tag {
-            if event.tags().get(key.as_str()) != Some(value) {
-                return false;
-            }
+        if let Some((key, value)) = &self.tag
+            && event.tags().get(key.as_str()) != Some(value)
+        {
+            return false;
         }
         true
     }

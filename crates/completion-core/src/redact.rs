@@ -63,10 +63,10 @@ pub fn redact_url(url: &str) -> String {
     for (start, end) in query_passwords(&rest).into_iter().rev() {
         rest.replace_range(start..end, "***");
     }
-    if let Some(at) = userinfo_end(&rest) {
-        if let Some(colon) = rest[..at].find(':') {
-            rest.replace_range(colon + 1..at, "***");
-        }
+    if let Some(at) = userinfo_end(&rest)
+        && let Some(colon) = rest[..at].find(':')
+    {
+        rest.replace_range(colon + 1..at, "***");
     }
     format!("{scheme}://{rest}")
 }

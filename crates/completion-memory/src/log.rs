@@ -150,11 +150,10 @@ mod tests {
         /// Any cursor text decodes or is refused with a reason; it never panics.
         #[test]
         fn any_cursor_text_never_panics(text in "memory:[0-9+-]{0,24}|.{0,40}", head in any::<u64>()) {
-            if let Ok(cursor) = Cursor::parse(&text) {
-                if let Err(e) = MemoryPosition::decode(&cursor, MemoryPosition(Some(head))) {
+            if let Ok(cursor) = Cursor::parse(&text)
+                && let Err(e) = MemoryPosition::decode(&cursor, MemoryPosition(Some(head))) {
                     prop_assert!(e.to_string().contains("cursor"), "{}", e);
                 }
-            }
         }
     }
 }

@@ -248,10 +248,10 @@ impl Db {
                 Err(failure) if tries < MAX_ATTEMPTS && failure.retryable() => {
                     Stats::bump(&self.stats.retries);
                     tracing::debug!(backend = BACKEND, op, attempt = tries, error = ?failure, "connection lost; retrying");
-                    if let Some((at, limit)) = deadline {
-                        if Instant::now() + pause >= at {
-                            return Err(Failure::Timeout(limit));
-                        }
+                    if let Some((at, limit)) = deadline
+                        && Instant::now() + pause >= at
+                    {
+                        return Err(Failure::Timeout(limit));
                     }
                     tokio::time::sleep(pause).await;
                     pause *= 5;

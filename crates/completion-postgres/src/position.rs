@@ -188,11 +188,10 @@ mod tests {
             let i = at.index(mutated.len());
             mutated[i] = ch;
             for text in [text, mutated.into_iter().collect()] {
-                if let Ok(cursor) = Cursor::parse(&text) {
-                    if let Err(e) = PgCursor::parse(&cursor) {
+                if let Ok(cursor) = Cursor::parse(&text)
+                    && let Err(e) = PgCursor::parse(&cursor) {
                         prop_assert!(e.to_string().contains("cursor"), "{}", e);
                     }
-                }
             }
         }
     }

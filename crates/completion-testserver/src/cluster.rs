@@ -341,10 +341,10 @@ impl ValkeyCluster {
         order.extend((0..self.nodes.len()).filter(|i| *i != to && *i != from && self.is_alive(*i)));
         for i in order {
             // A replica refuses SETSLOT on some versions; gossip tells it anyway.
-            if let Err(e) = self.command(i, &["CLUSTER", "SETSLOT", s, "NODE", &to_id]) {
-                if i == to || i == from {
-                    return Err(e);
-                }
+            if let Err(e) = self.command(i, &["CLUSTER", "SETSLOT", s, "NODE", &to_id])
+                && (i == to || i == from)
+            {
+                return Err(e);
             }
         }
         self.wait("every node agrees on the migrated slot", || {

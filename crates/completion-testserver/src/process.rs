@@ -181,10 +181,10 @@ impl Running {
     /// Stops the server and waits for the wrapper; removes the directory unless
     /// `keep_dir`. Idempotent.
     fn stop(&mut self, keep_dir: bool) {
-        if let Some(mut stdin) = self.stdin.take() {
-            if keep_dir {
-                let _ = stdin.write_all(b"keep\n");
-            }
+        if let Some(mut stdin) = self.stdin.take()
+            && keep_dir
+        {
+            let _ = stdin.write_all(b"keep\n");
         }
         let deadline = Instant::now() + STOP_GRACE;
         loop {

@@ -92,10 +92,10 @@ pub(crate) fn plain_io_error(details: &str) -> String {
         if let (Some(message), Some(code)) = (field("message"), field("code")) {
             return format!("{message} (os error {code})");
         }
-    } else if details.starts_with("Custom {") || details.starts_with("Kind(") {
-        if let Some(error) = field("error") {
-            return error;
-        }
+    } else if (details.starts_with("Custom {") || details.starts_with("Kind("))
+        && let Some(error) = field("error")
+    {
+        return error;
     }
     details.to_string()
 }

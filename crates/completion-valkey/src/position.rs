@@ -430,11 +430,10 @@ mod tests {
                 _ => chars.insert(i, ch),
             }
             let text: String = chars.into_iter().collect();
-            if let Ok(cursor) = Cursor::parse(&text) {
-                if let Err(e) = ValkeyPosition::decode(&cursor, partitions) {
+            if let Ok(cursor) = Cursor::parse(&text)
+                && let Err(e) = ValkeyPosition::decode(&cursor, partitions) {
                     prop_assert!(!e.to_string().is_empty());
                 }
-            }
         }
 
         /// Arbitrary text never panics the decoder.
