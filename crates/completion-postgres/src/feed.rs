@@ -225,9 +225,14 @@ impl FeedTask {
                 _ = safety.tick() => wake = true,
                 _ = sleep_until(read_retry_at) => wake = true,
                 _ = sleep_until(held.map(|h| h.check_at)) => {
+                    let final_ticket = feed.db.final_ticket().await;
+                    // Counted once it answered, not when it started: a check whose query was
+                    // under way while a holder ended must count after that end (edge tests
+                    // read the count to tell which path delivered; on a loaded machine the
+                    // query can take long enough to straddle the rollback).
                     Stats::bump(&feed.stats.held_back_checks);
                     let most = feed.in_flight_recheck * RECHECK_BACKOFF;
-                    match (feed.db.final_ticket().await, held.as_mut()) {
+                    match (final_ticket, held.as_mut()) {
                         // The read that follows decides whether anything is still held back.
                         (Ok(final_ticket), Some(h)) if final_ticket > h.above => {
                             held = None;
