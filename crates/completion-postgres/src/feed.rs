@@ -342,8 +342,11 @@ impl FeedTask {
             match crate::notification::parse(payload) {
                 Ok(Some(event)) if event.position.ticket == self.hub.position().ticket + 1 => {
                     tracing::trace!(position = %event.position, "delivered from the notification");
-                    self.hub.publish([event]);
+                    // Counted before the stream can see it: whoever reads the count after
+                    // receiving the event must find it counted (on a busy machine this task can
+                    // be descheduled right after publishing).
                     Stats::bump(&self.feed.stats.delivered_from_notification);
+                    self.hub.publish([event]);
                 }
                 Ok(_) => {}
                 Err(reason) => {
