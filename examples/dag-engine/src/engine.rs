@@ -1,5 +1,7 @@
-//! A small workflow engine built only on the public traits: [`CompletionBackend`] to learn
-//! of completions, [`EngineBackend`] to create executions and write their outcomes.
+//! A small workflow engine built only on the public API: [`CompletionBackend`] to learn of
+//! completions, a [`TaskStore`] to start tasks and write their outcomes (the backend's own
+//! executions through [`EngineBackend`](completion_core::EngineBackend), or a task table of
+//! the engine's own that emits each completion in the same atomic step).
 //!
 //! How it runs a [`Dag`]:
 //! - It subscribes first (`subscribe_from(StartFrom::Now)`, live on return), so no
@@ -7,7 +9,7 @@
 //!   handled (what a real engine persists to resume after its own restart).
 //! - It promotes the roots, then every task the moment the completion of its last parent
 //!   arrives, by handing it to a worker (one tokio task each; the loop itself never waits
-//!   on the server). The worker creates the execution; if all parents succeeded it sleeps
+//!   on the server). The worker starts the task in the store; if all parents succeeded it sleeps
 //!   for the task's work time and writes its planned outcome, else it cancels it, which is
 //!   itself a completion that propagates downstream. Every write is retried while it fails with a transient error
 //!   ([`EngineError::is_transient`]); a retry that finds its own earlier attempt committed
@@ -16,7 +18,7 @@
 //!   connections, restart the server) in the background, while the engine goes on.
 //! - At the end it checks, and reports as [`RunReport::problems`]: every task promoted
 //!   exactly once, every completion seen exactly once, no gap, every execution terminal
-//!   with the outcome the DAG implies (`describe`), and a namespace-filtered stream that
+//!   with the outcome the DAG implies (in the store), and a namespace-filtered stream that
 //!   saw exactly its namespace's completions and nothing else.
 //!
 //! Limits: one engine process, whole DAG in memory; a stall (no completion for
@@ -30,13 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use completion_core::{
-    CompletionBackend, CounterSnapshot, Cursor, EngineBackend, EngineError, ExecutionState, Namespace, NewExecution,
-    Outcome, Reason, ScannerFilter, StartFrom, StreamItem,
+    CompletionBackend, CounterSnapshot, Cursor, EngineError, ExecutionState, Namespace, NewExecution, Outcome, Reason,
+    ScannerFilter, StartFrom, StreamItem,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::dag::{Dag, Plan};
+use crate::store::TaskStore;
 
 /// How long a write keeps being retried while it fails with transient errors: longer than
 /// any restart of the demo's servers takes.
@@ -92,7 +95,7 @@ pub struct RunReport {
     /// Tasks per final outcome: succeeded, failed, cancelled.
     pub outcomes: [usize; 3],
     /// Per promotion: from the start of the terminal write of the parent that made the
-    /// task ready (its last attempt) to the task's `create_execution` returning.
+    /// task ready (its last attempt) to the task's start (`create_execution`, or its own insert) returning.
     pub hops: Vec<Duration>,
     /// Per terminal write: how long its call (last attempt) took to return.
     pub writes: Vec<Duration>,
@@ -125,7 +128,7 @@ enum Action {
 
 /// State shared with the workers.
 struct Shared {
-    engine: Arc<dyn EngineBackend>,
+    store: Arc<dyn TaskStore>,
     /// When each task's terminal write (its latest attempt) started.
     write_started: Mutex<Vec<Option<Instant>>>,
     /// Hop latencies, pushed by the workers.
@@ -135,11 +138,11 @@ struct Shared {
     retries: AtomicU64,
 }
 
-/// Runs `dag` to the end on one backend: `completions` and `engine` are usually the same
-/// object seen through its two traits.
+/// Runs `dag` to the end on one backend: `completions` delivers the completions that
+/// `store`'s writes make (the same backend, or a store that emits through it).
 pub async fn run(
     completions: Arc<dyn CompletionBackend>,
-    engine: Arc<dyn EngineBackend>,
+    store: Arc<dyn TaskStore>,
     dag: &Dag,
     mut options: EngineOptions,
     progress: &dyn Progress,
@@ -163,7 +166,7 @@ pub async fn run(
     let watcher = tokio::spawn(watch(filtered, options.watch.clone(), watched, options.stall));
 
     let shared = Arc::new(Shared {
-        engine,
+        store,
         write_started: Mutex::new(vec![None; n]),
         hops: Mutex::new(Vec::with_capacity(n)),
         writes: Mutex::new(Vec::with_capacity(n)),
@@ -309,14 +312,13 @@ async fn work(
     new: NewExecution,
     action: Action,
 ) -> Result<(), EngineError> {
-    retry(&shared.retries, None, || shared.engine.create_execution(new.clone())).await?;
+    retry(&shared.retries, None, || shared.store.start(&new)).await?;
     if let Some(parent) = parent {
         let at = shared.write_started.lock().unwrap_or_else(|e| e.into_inner())[parent];
         if let Some(at) = at {
             shared.hops.lock().unwrap_or_else(|e| e.into_inner()).push(at.elapsed());
         }
     }
-    let id = &new.id;
     let (outcome, reason) = match action {
         Action::Run(plan, time) => {
             tokio::time::sleep(time).await;
@@ -333,14 +335,7 @@ async fn work(
     retry(&shared.retries, Some(outcome), || {
         last_attempt = Instant::now();
         shared.write_started.lock().unwrap_or_else(|e| e.into_inner())[task] = Some(last_attempt);
-        async {
-            match (outcome, &reason) {
-                (Outcome::Succeeded, _) => shared.engine.complete(id).await,
-                (Outcome::Failed, Some(reason)) => shared.engine.fail(id, reason).await,
-                (_, Some(reason)) => shared.engine.cancel(id, reason).await,
-                (_, None) => Err(EngineError::invalid("plan", outcome.as_str(), "a failure or cancel needs a reason")),
-            }
-        }
+        shared.store.finish(&new, outcome, reason.as_ref())
     })
     .await?;
     shared.writes.lock().unwrap_or_else(|e| e.into_inner()).push(last_attempt.elapsed());
@@ -435,10 +430,10 @@ async fn check(
                 bad.push(format!("{} ended {outcome}, the DAG implies {}", task.id, expected[i]));
             }
         }
-        match shared.engine.describe(&task.id).await {
-            Ok(info) if info.state == ExecutionState::Terminal(expected[i]) => {}
-            Ok(info) => bad.push(format!("{} is {:?} on the server, expected {}", task.id, info.state, expected[i])),
-            Err(e) => bad.push(format!("describe {}: {e}", task.id)),
+        match shared.store.state(&task.id).await {
+            Ok(state) if state == ExecutionState::Terminal(expected[i]) => {}
+            Ok(state) => bad.push(format!("{} is {state:?} in the store, expected {}", task.id, expected[i])),
+            Err(e) => bad.push(format!("looking up {}: {e}", task.id)),
         }
     }
     if report.counters.gaps > 0 {

@@ -10,6 +10,7 @@ use completion_core::{
 };
 use dag_engine::dag::Dag;
 use dag_engine::engine::{self, EngineOptions, Progress, RunReport};
+use dag_engine::store::Builtin;
 
 /// Ignores what the engine reports.
 struct Quiet;
@@ -89,7 +90,7 @@ async fn run_faulty(repeat: bool) -> Result<RunReport, String> {
     });
     let mut options = EngineOptions::new().unwrap();
     options.stall = Duration::from_secs(1);
-    engine::run(backend.clone(), backend, &dag, options, &Quiet).await
+    engine::run(backend.clone(), std::sync::Arc::new(Builtin::new(backend)), &dag, options, &Quiet).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

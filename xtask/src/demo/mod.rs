@@ -10,6 +10,13 @@
 //! ([`report`]) shows latencies per hop, reconnects and gaps. Any failed check makes the
 //! demo exit non-zero, naming what went wrong.
 //!
+//! `--state` picks where the engine keeps its task state: `builtin` (the backend's
+//! executions, `EngineBackend`), `own` (a task table of the engine's own that emits each
+//! completion from its own transaction or function: PostgreSQL and Valkey/Redis only, the
+//! in-process backend has no emit API) or `both` (the default: each backend in both modes
+//! where it has them, named `valkey` and `valkey/own` and so on). The same checks apply to
+//! every run.
+//!
 //! `--backend all` (the default) runs valkey, postgres and memory, in that order. When no
 //! `valkey-server` is installed, `redis-server` stands in for it (said in the output). When
 //! a server cannot be started, the demo prints exactly what to install (or which URL to
@@ -23,7 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use completion_testserver::{ServerError, ValkeyFlavor};
 
 use self::report::Bars;
-use self::servers::{Kind, Server};
+use self::servers::{Kind, Server, State};
 use dag_engine::dag::{Dag, NAMESPACES};
 use dag_engine::engine::{self, EngineOptions, Progress, RunReport};
 
@@ -41,6 +48,22 @@ pub struct DemoArgs {
     /// clock, printed so that a run can be repeated).
     #[arg(long)]
     seed: Option<u64>,
+    /// Where the engine keeps its task state: the backend's executions (`builtin`), a table
+    /// of its own that emits from its own transaction (`own`: postgres, valkey, redis), or
+    /// `both` in turn on each backend that has them.
+    #[arg(long, value_enum, default_value_t = StateChoice::Both)]
+    state: StateChoice,
+}
+
+/// `--state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StateChoice {
+    /// The backend's executions (`EngineBackend`).
+    Builtin,
+    /// The engine's own task table, emitting from its own atomic step.
+    Own,
+    /// Built-in, then own (where the backend has an emit API).
+    Both,
 }
 
 /// `--backend`.
@@ -70,6 +93,16 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         Choice::Postgres => vec![Kind::Postgres],
         Choice::All => vec![Kind::Valkey(ValkeyFlavor::Valkey), Kind::Postgres, Kind::Memory],
     };
+    let states = match args.state {
+        StateChoice::Builtin => vec![State::Builtin],
+        StateChoice::Own => vec![State::Own],
+        StateChoice::Both => vec![State::Builtin, State::Own],
+    };
+    if kinds == [Kind::Memory] && states == [State::Own] {
+        return Err("--state own needs an emit API, which the in-process backend does not have: \
+                    use --backend postgres, valkey or redis, or --state builtin"
+            .to_string());
+    }
     println!(
         "completions demo: {} tasks in {} flows over {} namespaces (longest chain {} tasks), seed {seed} \
          (repeat with --seed {seed})",
@@ -84,7 +117,17 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     for (kind, server) in &servers {
         println!("  {:<9} {}", kind.name(), server.describe());
     }
-    println!("  started in {} ms\n", started.elapsed().as_millis());
+    println!("  started in {} ms", started.elapsed().as_millis());
+    // Every (server, mode) pair the backend has; memory has no own-state mode.
+    let runs: Vec<(usize, State)> = (0..servers.len())
+        .flat_map(|i| states.iter().map(move |&state| (i, state)))
+        .filter(|&(i, state)| servers[i].0 != Kind::Memory || state == State::Builtin)
+        .collect();
+    if states.contains(&State::Own) && kinds.contains(&Kind::Memory) {
+        let what = if states.contains(&State::Builtin) { "built-in mode only" } else { "skipped" };
+        println!("  memory: {what} (no own-state mode: completion-memory has no emit API)");
+    }
+    println!();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,18 +135,20 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
     let bars = Bars::new();
     let outcome = runtime.block_on(async {
-        let progress: Vec<_> = servers.iter().map(|(kind, _)| bars.add(kind.name(), dag.tasks.len())).collect();
-        let mut runs = Vec::new();
-        for ((kind, server), progress) in servers.iter().zip(&progress) {
-            let result = run_backend(server, &dag, progress).await;
+        let progress: Vec<_> =
+            runs.iter().map(|&(i, state)| bars.add(servers::run_name(servers[i].0, state), dag.tasks.len())).collect();
+        let mut outcome = Vec::new();
+        for (&(i, state), progress) in runs.iter().zip(&progress) {
+            let (kind, server) = &servers[i];
+            let result = run_backend(server, state, &dag, progress).await;
             match &result {
                 Ok(report) if report.problems.is_empty() => progress.finish("ok"),
                 Ok(report) => progress.finish(&format!("FAILED: {} problems", report.problems.len())),
                 Err(e) => progress.finish(&format!("FAILED: {e}")),
             }
-            runs.push((kind.name(), result));
+            outcome.push((servers::run_name(*kind, state), result));
         }
-        runs
+        outcome
     });
     drop(runtime);
     drop(servers);
@@ -169,22 +214,29 @@ fn install_advice(errors: &[ServerError]) -> String {
     text
 }
 
-/// Connects, runs the engine with the server's faults, cleans up on external servers.
-async fn run_backend(server: &Server, dag: &Dag, progress: &report::BackendProgress) -> Result<RunReport, String> {
+/// Connects, runs the engine (its task state as `state` says) with the server's faults,
+/// cleans up on external servers.
+async fn run_backend(
+    server: &Server,
+    state: State,
+    dag: &Dag,
+    progress: &report::BackendProgress,
+) -> Result<RunReport, String> {
     progress.start("connecting");
-    let connected = server.connect().await?;
+    let connected = server.connect(state).await?;
     let mut options = EngineOptions::new().map_err(|e| e.to_string())?;
     options.faults = connected.faults;
+    progress.note(&format!("task state ({}): {}", state.name(), connected.store.describe()));
     progress.start(match server {
         Server::Memory => "running (in-process: no connection to kill, no server to restart)",
         _ if server.is_external() => "running (your server: kills connections twice, no restart)",
         _ => "running",
     });
     let report =
-        engine::run(connected.completions.clone(), connected.engine.clone(), dag, options, progress as &dyn Progress)
+        engine::run(connected.completions.clone(), connected.store.clone(), dag, options, progress as &dyn Progress)
             .await;
     drop(connected.completions);
-    drop(connected.engine);
+    drop(connected.store);
     if let Some(cleanup) = connected.cleanup {
         match cleanup.await {
             Ok(line) => progress.note(&line),
@@ -204,7 +256,8 @@ fn conclude(runs: &[(&'static str, Result<RunReport, String>)]) -> Result<(), St
         println!("summary");
         print!("{}", report::summary(&done));
         println!(
-            "  hop: from the start of a task's terminal write to its dependent's create_execution returning;\n  \
+            "  hop: from the start of a task's terminal write to its dependent's start (create_execution, or the\n  \
+             engine's own insert) returning;\n  \
              delivery: from the start of a terminal write to its completion arriving on the engine's subscription.",
         );
     }

@@ -40,7 +40,7 @@ impl Bars {
 
     /// A bar for `backend`, waiting to start.
     pub fn add(&self, backend: &'static str, tasks: usize) -> BackendProgress {
-        let style = ProgressStyle::with_template("{prefix:>9} [{bar:32.cyan/blue}] {pos:>5}/{len} tasks  {msg}")
+        let style = ProgressStyle::with_template("{prefix:>12} [{bar:32.cyan/blue}] {pos:>5}/{len} tasks  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         let bar = self.multi.add(ProgressBar::new(tasks as u64).with_style(style).with_prefix(backend));
@@ -99,7 +99,7 @@ impl Progress for BackendProgress {
         if self.plain {
             println!("  [{}] {line}", self.backend);
         } else {
-            let _ = self.multi.println(format!("{:>9}: {line}", self.backend));
+            let _ = self.multi.println(format!("{:>12}: {line}", self.backend));
             // The bar keeps only the gist ("restarted valkey-server"), to fit a narrow terminal.
             self.bar.set_message(line.split(" (").next().unwrap_or(line).to_string());
         }
@@ -150,8 +150,13 @@ pub fn summary(runs: &[(&'static str, &RunReport)]) -> String {
         ("faults injected", |r| r.faults.len().to_string()),
         ("run time", |r| format_duration(Some(r.elapsed))),
     ];
-    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let cells: Vec<Vec<String>> = rows.iter().map(|(_, f)| runs.iter().map(|(_, r)| f(r)).collect()).collect();
+    // The first row, the engine's mode, is read from the run's name (`valkey/own`).
+    let mode = |name: &str| if name.ends_with("/own") { "own" } else { "built-in" }.to_string();
+    let labels: Vec<&str> = std::iter::once("task state").chain(rows.iter().map(|(l, _)| *l)).collect();
+    let label_width = labels.iter().map(|l| l.len()).max().unwrap_or(0);
+    let cells: Vec<Vec<String>> = std::iter::once(runs.iter().map(|(name, _)| mode(name)).collect())
+        .chain(rows.iter().map(|(_, f)| runs.iter().map(|(_, r)| f(r)).collect()))
+        .collect();
     let width = runs
         .iter()
         .enumerate()
@@ -162,7 +167,7 @@ pub fn summary(runs: &[(&'static str, &RunReport)]) -> String {
         out.push_str(&format!("  {name:>w$}"));
     }
     out.push('\n');
-    for ((label, _), row) in rows.iter().zip(&cells) {
+    for (label, row) in labels.iter().zip(&cells) {
         out.push_str(&format!("  {label:label_width$}"));
         for (cell, w) in row.iter().zip(&width) {
             out.push_str(&format!("  {cell:>w$}"));
@@ -197,9 +202,11 @@ mod tests {
     #[test]
     fn summary_has_a_column_per_backend() {
         let report = RunReport { tasks: 3, completions: 3, outcomes: [2, 0, 1], ..RunReport::default() };
-        let text = summary(&[("valkey", &report), ("postgres", &report)]);
+        let text = summary(&[("valkey", &report), ("postgres/own", &report)]);
         let header = text.lines().next().unwrap();
-        assert!(header.contains("valkey") && header.contains("postgres"), "{text}");
+        assert!(header.contains("valkey") && header.contains("postgres/own"), "{text}");
+        let mode = text.lines().nth(1).unwrap();
+        assert!(mode.contains("task state") && mode.contains("built-in") && mode.ends_with(" own"), "{text}");
         assert!(text.lines().any(|l| l.contains("succeeded/failed/cancelled") && l.contains("2/0/1")), "{text}");
         assert!(text.lines().any(|l| l.trim_start().starts_with("gaps")), "{text}");
     }

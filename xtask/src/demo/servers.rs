@@ -9,6 +9,9 @@
 //!   restarted: the demo kills its own connections twice instead, says so, and removes
 //!   what it wrote (its key prefix, its schema) at the end.
 //! - Every run uses a fresh key prefix / schema, so runs never see each other's data.
+//! - [`State`] picks the engine's mode: the backend's built-in executions, or the engine's
+//!   own task state (`dag_engine::postgres` / `dag_engine::valkey`) with its own connections,
+//!   which the faults kill too (they are named like the backend's).
 //!
 //! Limits: killing connections needs `CLIENT LIST`/`CLIENT KILL` (Valkey) or
 //! `pg_terminate_backend` (a superuser or a member of `pg_signal_backend`) on the server;
@@ -17,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use completion_core::{CompletionBackend, EngineBackend};
+use completion_core::CompletionBackend;
 use completion_memory::MemoryBackend;
 use completion_postgres::{PostgresBackend, PostgresConfig};
 use completion_testserver::{
@@ -26,6 +29,9 @@ use completion_testserver::{
 use completion_valkey::{ValkeyBackend, ValkeyConfig};
 
 use dag_engine::engine::{Fault, FaultFuture};
+use dag_engine::postgres::PostgresTasks;
+use dag_engine::store::{Builtin, TaskStore};
+use dag_engine::valkey::ValkeyTasks;
 
 /// Where the demo kills connections, and where it restarts the server: fractions of the
 /// tasks finished.
@@ -56,6 +62,36 @@ impl Kind {
     }
 }
 
+/// Where the engine keeps its task state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The backend's executions (`EngineBackend`).
+    Builtin,
+    /// A task table of the engine's own, emitting from its own atomic step.
+    Own,
+}
+
+impl State {
+    /// How the summary names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Builtin => "built-in",
+            State::Own => "own",
+        }
+    }
+}
+
+/// The name of a run in the output: the backend's, with `/own` in the own-state mode.
+pub fn run_name(kind: Kind, state: State) -> &'static str {
+    match (kind, state) {
+        (_, State::Builtin) => kind.name(),
+        (Kind::Memory, State::Own) => "memory/own",
+        (Kind::Valkey(ValkeyFlavor::Redis), State::Own) => "redis/own",
+        (Kind::Valkey(_), State::Own) => "valkey/own",
+        (Kind::Postgres, State::Own) => "postgres/own",
+    }
+}
+
 /// A server ready for a backend to connect to (none for the in-process backend).
 pub enum Server {
     /// No server.
@@ -66,12 +102,13 @@ pub enum Server {
     Postgres(Arc<PostgresServer>),
 }
 
-/// A connected backend, seen through the two traits the engine takes, and its faults.
+/// A connected backend and the engine's task store on it, and its faults.
 pub struct Connected {
     /// The subscribe side.
     pub completions: Arc<dyn CompletionBackend>,
-    /// The write side (the same object).
-    pub engine: Arc<dyn EngineBackend>,
+    /// The write side: the backend's executions, or the engine's own state emitting through
+    /// the backend.
+    pub store: Arc<dyn TaskStore>,
     /// What to do to the server midway.
     pub faults: Vec<Fault>,
     /// Removes what the run wrote, on servers that outlive the demo.
@@ -130,13 +167,18 @@ impl Server {
 
     /// Connects a fresh backend instance (its own key prefix or schema) and prepares the
     /// faults: kill its connections at [`KILL_AT`], restart the server at [`RESTART_AT`]
-    /// (an external server: kill again instead).
-    pub async fn connect(&self) -> Result<Connected, String> {
+    /// (an external server: kill again instead). The engine keeps its task state as `state`
+    /// says; the in-process backend has no own-state mode (no emit API).
+    pub async fn connect(&self, state: State) -> Result<Connected, String> {
         let run = run_tag();
         match self {
+            Server::Memory if state == State::Own => {
+                Err("the in-process backend has no own-state mode: completion-memory has no emit API".to_string())
+            }
             Server::Memory => {
                 let backend = Arc::new(MemoryBackend::new());
-                Ok(Connected { completions: backend.clone(), engine: backend, faults: Vec::new(), cleanup: None })
+                let store = Arc::new(Builtin::new(backend.clone()));
+                Ok(Connected { completions: backend, store, faults: Vec::new(), cleanup: None })
             }
             Server::Valkey(server) => {
                 let prefix = format!("demo-{run}");
@@ -145,12 +187,24 @@ impl Server {
                     .with_reconnect_max_delay(Duration::from_millis(500));
                 let backend =
                     ValkeyBackend::connect(config).await.map_err(|e| format!("connecting to Valkey failed: {e}"))?;
+                let (store, own, library): (Arc<dyn TaskStore>, _, _) = match state {
+                    State::Builtin => (Arc::new(Builtin::new(Arc::new(backend.clone()))), Vec::new(), None),
+                    State::Own => {
+                        let library = format!("demo_{run}");
+                        let tasks =
+                            ValkeyTasks::connect(backend.clone(), &server.url(), &format!("{prefix}-tasks"), &library)
+                                .await
+                                .map_err(|e| format!("connecting the engine's own Valkey client failed: {e}"))?;
+                        let own = vec![tasks.client_name()];
+                        (Arc::new(tasks), own, Some(library))
+                    }
+                };
                 let faults = vec![
-                    Fault { at: KILL_AT, action: valkey_kill(server.clone(), backend.clone()) },
+                    Fault { at: KILL_AT, action: valkey_kill(server.clone(), backend.clone(), own.clone()) },
                     Fault {
                         at: RESTART_AT,
                         action: if server.is_external() {
-                            valkey_kill(server.clone(), backend.clone())
+                            valkey_kill(server.clone(), backend.clone(), own)
                         } else {
                             restart(server.flavor().binary_name(), {
                                 let server = server.clone();
@@ -159,9 +213,8 @@ impl Server {
                         },
                     },
                 ];
-                let cleanup = server.is_external().then(|| valkey_cleanup(server.clone(), prefix));
-                let backend = Arc::new(backend);
-                Ok(Connected { completions: backend.clone(), engine: backend, faults, cleanup })
+                let cleanup = server.is_external().then(|| valkey_cleanup(server.clone(), prefix, library));
+                Ok(Connected { completions: Arc::new(backend), store, faults, cleanup })
             }
             Server::Postgres(server) => {
                 let schema = format!("demo_{run}");
@@ -171,13 +224,33 @@ impl Server {
                 let backend = PostgresBackend::connect(config)
                     .await
                     .map_err(|e| format!("connecting to PostgreSQL failed: {e}"))?;
-                let names = vec![backend.listener_application_name(), backend.pool_application_name()];
+                let backend = Arc::new(backend);
+                let mut names = vec![backend.listener_application_name(), backend.pool_application_name()];
+                let mut schemas = vec![schema.clone()];
+                let store: Arc<dyn TaskStore> = match state {
+                    State::Builtin => Arc::new(Builtin::new(backend.clone())),
+                    State::Own => {
+                        let tasks_schema = format!("{schema}_tasks");
+                        let tasks = PostgresTasks::connect(
+                            backend.clone(),
+                            &server.url(),
+                            &tasks_schema,
+                            &format!("completions-demo-engine-{run}"),
+                        )
+                        .await
+                        .map_err(|e| format!("setting up the engine's own tasks table failed: {e}"))?;
+                        names.push(tasks.application_name().to_string());
+                        schemas.push(tasks_schema);
+                        Arc::new(tasks)
+                    }
+                };
+                let whose = if state == State::Own { "the backend and the engine" } else { "the backend" };
                 let faults = vec![
-                    Fault { at: KILL_AT, action: postgres_kill(server.url(), names.clone()) },
+                    Fault { at: KILL_AT, action: postgres_kill(server.url(), names.clone(), whose) },
                     Fault {
                         at: RESTART_AT,
                         action: if server.is_external() {
-                            postgres_kill(server.url(), names)
+                            postgres_kill(server.url(), names, whose)
                         } else {
                             restart("postgres", {
                                 let server = server.clone();
@@ -186,9 +259,8 @@ impl Server {
                         },
                     },
                 ];
-                let cleanup = server.is_external().then(|| postgres_cleanup(server.url(), schema));
-                let backend = Arc::new(backend);
-                Ok(Connected { completions: backend.clone(), engine: backend, faults, cleanup })
+                let cleanup = server.is_external().then(|| postgres_cleanup(server.url(), schemas));
+                Ok(Connected { completions: backend, store, faults, cleanup })
             }
         }
     }
@@ -200,12 +272,18 @@ fn run_tag() -> String {
     format!("{:x}{:x}", std::process::id(), micros)
 }
 
-/// Kills every connection of `backend` (commands and subscriber) with `CLIENT KILL ID`.
-fn valkey_kill(server: Arc<ValkeyServer>, backend: ValkeyBackend) -> Box<dyn FnOnce() -> FaultFuture + Send> {
+/// Kills every connection of `backend` (commands and subscriber) and the engine's own
+/// (`own`: client names) with `CLIENT KILL ID`.
+fn valkey_kill(
+    server: Arc<ValkeyServer>,
+    backend: ValkeyBackend,
+    own: Vec<String>,
+) -> Box<dyn FnOnce() -> FaultFuture + Send> {
     Box::new(move || {
         Box::pin(async move {
             let names = backend.client_names();
-            let names: Vec<String> = std::iter::once(names.commands).chain(names.subscriber).collect();
+            let whose = if own.is_empty() { "the backend" } else { "the backend and the engine" };
+            let names: Vec<String> = std::iter::once(names.commands).chain(names.subscriber).chain(own).collect();
             tokio::task::spawn_blocking(move || {
                 let list = server.command(&["CLIENT", "LIST"]).map_err(|e| format!("CLIENT LIST failed: {e}"))?;
                 let mut killed = 0;
@@ -219,7 +297,7 @@ fn valkey_kill(server: Arc<ValkeyServer>, backend: ValkeyBackend) -> Box<dyn FnO
                         killed += 1;
                     }
                 }
-                Ok(format!("killed {killed} connections of the backend (CLIENT KILL)"))
+                Ok(format!("killed {killed} connections of {whose} (CLIENT KILL)"))
             })
             .await
             .map_err(|e| format!("killing connections panicked: {e}"))?
@@ -227,8 +305,9 @@ fn valkey_kill(server: Arc<ValkeyServer>, backend: ValkeyBackend) -> Box<dyn FnO
     })
 }
 
-/// Terminates every session of the backend (LISTEN connection and pool) by `application_name`.
-fn postgres_kill(url: String, names: Vec<String>) -> Box<dyn FnOnce() -> FaultFuture + Send> {
+/// Terminates every session of the backend (LISTEN connection and pool), and the engine's
+/// own in the own-state mode, by `application_name`.
+fn postgres_kill(url: String, names: Vec<String>, whose: &'static str) -> Box<dyn FnOnce() -> FaultFuture + Send> {
     Box::new(move || {
         Box::pin(async move {
             let admin = admin(&url).await?;
@@ -239,7 +318,7 @@ fn postgres_kill(url: String, names: Vec<String>) -> Box<dyn FnOnce() -> FaultFu
                 )
                 .await
                 .map_err(|e| format!("pg_terminate_backend failed: {e}"))?;
-            Ok(format!("killed {} sessions of the backend (pg_terminate_backend)", row.get::<_, i64>(0)))
+            Ok(format!("killed {} sessions of {whose} (pg_terminate_backend)", row.get::<_, i64>(0)))
         })
     })
 }
@@ -271,44 +350,63 @@ async fn admin(url: &str) -> Result<tokio_postgres::Client, String> {
     Ok(client)
 }
 
-fn postgres_cleanup(url: String, schema: String) -> FaultFuture {
+fn postgres_cleanup(url: String, schemas: Vec<String>) -> FaultFuture {
     Box::pin(async move {
         let admin = admin(&url).await?;
-        admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await
-            .map_err(|e| format!("dropping schema {schema} failed: {e}"))?;
-        Ok(format!("dropped schema {schema}"))
+        for schema in &schemas {
+            admin
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await
+                .map_err(|e| format!("dropping schema {schema} failed: {e}"))?;
+        }
+        Ok(format!("dropped schema {}", schemas.join(", ")))
     })
 }
 
-fn valkey_cleanup(server: Arc<ValkeyServer>, prefix: String) -> FaultFuture {
+/// Removes the run's keys (the backend's under `prefix`, the engine's own under
+/// `prefix-tasks`) and the engine's function library, if any.
+fn valkey_cleanup(server: Arc<ValkeyServer>, prefix: String, library: Option<String>) -> FaultFuture {
     Box::pin(async move {
         tokio::task::spawn_blocking(move || {
-            let pattern = format!("{prefix}:*");
-            let (mut cursor, mut removed) = ("0".to_string(), 0usize);
-            loop {
-                let reply = server
-                    .command_reply(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
-                    .map_err(|e| format!("SCAN failed: {e}"))?;
-                let Reply::Array(parts) = reply else { return Err(format!("SCAN replied {reply:?}")) };
-                let [next, Reply::Array(keys)] = parts.as_slice() else {
-                    return Err(format!("SCAN replied {parts:?}"));
-                };
-                let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-                if !keys.is_empty() {
-                    let mut args = vec!["UNLINK"];
-                    args.extend(keys.iter().map(String::as_str));
-                    server.command(&args).map_err(|e| format!("UNLINK failed: {e}"))?;
-                    removed += keys.len();
-                }
-                cursor = next.to_string();
-                if cursor == "0" {
-                    return Ok(format!("removed the run's {removed} keys (prefix {prefix})"));
-                }
+            let mut removed = 0usize;
+            for pattern in [format!("{prefix}:*"), format!("{prefix}-tasks:*")] {
+                removed += unlink_matching(&server, &pattern)?;
             }
+            let mut line = format!("removed the run's {removed} keys (prefix {prefix})");
+            if let Some(library) = library {
+                server
+                    .command(&["FUNCTION", "DELETE", &library])
+                    .map_err(|e| format!("FUNCTION DELETE failed: {e}"))?;
+                line.push_str(&format!(" and the engine's library {library}"));
+            }
+            Ok(line)
         })
         .await
         .map_err(|e| format!("removing the run's keys panicked: {e}"))?
     })
+}
+
+/// UNLINKs every key matching `pattern`; returns how many.
+fn unlink_matching(server: &ValkeyServer, pattern: &str) -> Result<usize, String> {
+    let (mut cursor, mut removed) = ("0".to_string(), 0usize);
+    loop {
+        let reply = server
+            .command_reply(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
+            .map_err(|e| format!("SCAN failed: {e}"))?;
+        let Reply::Array(parts) = reply else { return Err(format!("SCAN replied {reply:?}")) };
+        let [next, Reply::Array(keys)] = parts.as_slice() else {
+            return Err(format!("SCAN replied {parts:?}"));
+        };
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        if !keys.is_empty() {
+            let mut args = vec!["UNLINK"];
+            args.extend(keys.iter().map(String::as_str));
+            server.command(&args).map_err(|e| format!("UNLINK failed: {e}"))?;
+            removed += keys.len();
+        }
+        cursor = next.to_string();
+        if cursor == "0" {
+            return Ok(removed);
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use completion_testserver::{ServerError, ValkeyFlavor, ValkeyOptions, ValkeyServer};
 
-use super::servers::{Kind, Server};
+use super::servers::{Kind, Server, State};
 use super::{install_advice, run_backend};
 use dag_engine::dag::Dag;
 use dag_engine::engine::{self, EngineOptions, Progress, RunReport};
@@ -26,18 +26,18 @@ impl Progress for Recorded {
     }
 }
 
-async fn run_on(kind: Kind, tasks: usize, seed: u64) -> (RunReport, Recorded, Dag) {
+async fn run_on(kind: Kind, state: State, tasks: usize, seed: u64) -> (RunReport, Recorded, Dag) {
     let server = tokio::task::spawn_blocking(move || Server::start(kind, None))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("could not start the {} server: {e}", kind.name()));
     let dag = Dag::generate(tasks, seed).unwrap();
-    let connected = server.connect().await.unwrap();
+    let connected = server.connect(state).await.unwrap();
     let mut options = EngineOptions::new().unwrap();
     options.faults = connected.faults;
     options.stall = Duration::from_secs(10);
     let progress = Recorded::default();
-    let report = engine::run(connected.completions, connected.engine, &dag, options, &progress)
+    let report = engine::run(connected.completions, connected.store, &dag, options, &progress)
         .await
         .unwrap_or_else(|e| panic!("the run on {} failed: {e}", kind.name()));
     // Stopping the server blocks: not on a runtime thread.
@@ -66,34 +66,54 @@ fn assert_exactly_once(report: &RunReport, progress: &Recorded, dag: &Dag) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_promotes_every_task_exactly_once() {
-    let (report, progress, dag) = run_on(Kind::Memory, 200, 11).await;
+    let (report, progress, dag) = run_on(Kind::Memory, State::Builtin, 200, 11).await;
     assert_exactly_once(&report, &progress, &dag);
     assert!(report.faults.is_empty(), "the in-process backend has no server to break");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn valkey_survives_killed_connections_and_a_restart() {
-    let (report, progress, dag) = run_on(Kind::Valkey(ValkeyFlavor::Valkey), 200, 12).await;
+/// A run on a throwaway server of `kind` with the engine's task state as `state` says: every
+/// task exactly once through killed connections (the engine's own too) and a restart.
+async fn survives_faults(kind: Kind, state: State, seed: u64) -> Recorded {
+    let (report, progress, dag) = run_on(kind, state, 200, seed).await;
     assert_exactly_once(&report, &progress, &dag);
     assert_eq!(report.faults.len(), 2, "faults: {:?}", report.faults);
-    if std::env::var_os("VALKEY_URL").is_none() {
+    let external = match kind {
+        Kind::Postgres => "DATABASE_URL",
+        _ => "VALKEY_URL",
+    };
+    if std::env::var_os(external).is_none() {
         assert!(report.faults[0].starts_with("killed") && !report.faults[0].starts_with("killed 0 "), "{report:?}");
         assert!(report.faults[1].starts_with("restarted"), "{:?}", report.faults);
     }
-    assert!(report.counters.reconnects >= 1, "the subscriber never reconnected: {:?}", report.counters);
+    assert!(report.counters.reconnects >= 1, "the subscription never reconnected: {:?}", report.counters);
+    progress
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_survives_killed_connections_and_a_restart() {
+    let progress = survives_faults(Kind::Valkey(ValkeyFlavor::Valkey), State::Builtin, 12).await;
     assert_eq!(progress.notes.lock().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_own_state_survives_killed_connections_and_a_restart() {
+    survives_faults(Kind::Valkey(ValkeyFlavor::Valkey), State::Own, 14).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_survives_killed_connections_and_a_restart() {
-    let (report, progress, dag) = run_on(Kind::Postgres, 200, 13).await;
-    assert_exactly_once(&report, &progress, &dag);
-    assert_eq!(report.faults.len(), 2, "faults: {:?}", report.faults);
-    if std::env::var_os("DATABASE_URL").is_none() {
-        assert!(report.faults[0].starts_with("killed") && !report.faults[0].starts_with("killed 0 "), "{report:?}");
-        assert!(report.faults[1].starts_with("restarted"), "{:?}", report.faults);
-    }
-    assert!(report.counters.reconnects >= 1, "the LISTEN connection never reconnected: {:?}", report.counters);
+    survives_faults(Kind::Postgres, State::Builtin, 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_own_state_survives_killed_connections_and_a_restart() {
+    survives_faults(Kind::Postgres, State::Own, 15).await;
+}
+
+#[tokio::test]
+async fn memory_has_no_own_state_mode() {
+    let error = Server::Memory.connect(State::Own).await.err().expect("memory connected in the own-state mode");
+    assert!(error.contains("no emit API"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +121,7 @@ async fn run_backend_reports_the_run() {
     let dag = Dag::generate(30, 5).unwrap();
     let bars = super::report::Bars::new();
     let progress = bars.add("memory", dag.tasks.len());
-    let report = run_backend(&Server::Memory, &dag, &progress).await.unwrap();
+    let report = run_backend(&Server::Memory, State::Builtin, &dag, &progress).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.completions, 30);
 }
