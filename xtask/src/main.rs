@@ -6,8 +6,9 @@
 //! - `conformance`: only the conformance suite, against every backend crate that registers
 //!   it (a crate under `crates/` with `tests/conformance.rs`) and on PostgreSQL 18, as a
 //!   backend-by-test table.
-//! - `demo`: a small DAG engine on the public traits, on throwaway Valkey and PostgreSQL
-//!   servers and in-process, surviving killed connections and a server restart midway.
+//! - `demo`: the DAG engine of `examples/dag-engine`, on throwaway Valkey and PostgreSQL
+//!   servers and in-process, in its built-in and own-state modes, surviving killed
+//!   connections and a server restart midway.
 //! - `bench`: the benchmarks (`crates/completion-bench`), in a release build.
 
 mod cargo;
@@ -43,8 +44,9 @@ enum Command {
     /// Runs only the conformance tests of every backend (PostgreSQL also on PostgreSQL 18)
     /// and prints a test-by-backend table.
     Conformance(Pg18Args),
-    /// A DAG engine of 240 tasks on every backend (throwaway servers, or VALKEY_URL /
-    /// DATABASE_URL), killing connections and restarting the server midway; ends with a
+    /// A DAG engine of 240 tasks (examples/dag-engine) on every backend (throwaway servers,
+    /// or VALKEY_URL / DATABASE_URL), with the backend's executions and with a task table of
+    /// its own (--state), killing connections and restarting the server midway; ends with a
     /// summary and exits non-zero unless every task was promoted exactly once.
     Demo(demo::DemoArgs),
     /// Latency and write throughput of each backend against the raw protocols, on
