@@ -177,18 +177,7 @@ pub async fn guarded<T>(
 fn unreachable(url: &str, e: completion_core::EngineError) -> CliError {
     let shown = redact(url);
     let reason = match &e {
-        completion_core::EngineError::Transport { source, .. } => {
-            let mut reason = source.to_string();
-            let mut cause = source.source();
-            while let Some(next) = cause {
-                let text = next.to_string();
-                if !reason.contains(&text) {
-                    reason = format!("{reason}: {text}");
-                }
-                cause = next.source();
-            }
-            Some(reason)
-        }
+        completion_core::EngineError::Transport { source, .. } => Some(completion_core::error_chain(&**source)),
         _ => None,
     };
     let e = CliError::from(e);

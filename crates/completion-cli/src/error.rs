@@ -106,15 +106,7 @@ impl From<EngineError> for CliError {
             _ => Kind::Failed,
         };
         // The source chain holds the useful part of a transport error ("Connection refused").
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !message.contains(&text) {
-                message = format!("{message}: {text}");
-            }
-            source = cause.source();
-        }
+        let message = completion_core::error_chain(&e);
         Self::new(kind, message)
     }
 }

@@ -4,6 +4,23 @@ use std::time::Duration;
 
 use crate::{ExecutionId, Outcome};
 
+/// `error` and its sources as one line, `error: source: source of source`, leaving out a
+/// source whose text the line already holds. For messages that must say why: a client's
+/// error often names only what failed ("error connecting to server") and its source why
+/// ("Connection refused (os error 111)").
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = next.source();
+    }
+    line
+}
+
 /// A boxed error from a client library, kept as the `source` of [`EngineError::Transport`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

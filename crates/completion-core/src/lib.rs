@@ -72,7 +72,7 @@ pub mod waiter;
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
 pub use counters::{CounterSnapshot, Counters};
 pub use cursor::Cursor;
-pub use error::{BoxError, EngineError};
+pub use error::{BoxError, EngineError, error_chain};
 pub use execution::{Completion, ExecutionInfo, ExecutionState, NewExecution};
 pub use filter::ScannerFilter;
 pub use ids::{ExecutionId, FlowId, Namespace, Reason, TagKey, TagValue, Tags};

@@ -498,21 +498,19 @@ impl Db {
 
     /// The final ticket: every event at or below it is final (migrations/V4).
     pub async fn final_ticket(&self) -> Result<i64, EngineError> {
-        const OP: &str = "final ticket";
-        let rows = self.query(OP, &self.sql.final_ticket, &[]).await.map_err(|f| f.into_engine(OP))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no final ticket".into() })?;
-        column(row, 0)
+        self.ticket("final ticket", &self.sql.final_ticket).await
     }
 
     /// The last ticket handed out: no event has a larger one.
     pub async fn last_ticket(&self) -> Result<i64, EngineError> {
-        const OP: &str = "last ticket";
-        let rows = self.query(OP, &self.sql.last_ticket, &[]).await.map_err(|f| f.into_engine(OP))?;
-        let row = rows
-            .first()
-            .ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: "no last ticket".into() })?;
+        self.ticket("last ticket", &self.sql.last_ticket).await
+    }
+
+    /// The one ticket `sql` answers.
+    async fn ticket(&self, op: &'static str, sql: &str) -> Result<i64, EngineError> {
+        let rows = self.query(op, sql, &[]).await.map_err(|f| f.into_engine(op))?;
+        let row =
+            rows.first().ok_or_else(|| EngineError::Incompatible { backend: BACKEND, reason: format!("no {op}") })?;
         column(row, 0)
     }
 

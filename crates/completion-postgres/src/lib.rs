@@ -213,15 +213,7 @@ impl PostgresBackend {
             Ok(Err(EngineError::Transport { source, .. })) => {
                 // With the causes: tokio-postgres says "error connecting to server", its
                 // source says why ("Connection refused (os error 111)").
-                let mut why = source.to_string();
-                let mut cause = source.source();
-                while let Some(next) = cause {
-                    let text = next.to_string();
-                    if !why.contains(&text) {
-                        why = format!("{why}: {text}");
-                    }
-                    cause = next.source();
-                }
+                let why = completion_core::error_chain(&*source);
                 return Err(EngineError::transport(
                     BACKEND,
                     "connect",
