@@ -17,8 +17,9 @@
 //! measures some of the six only (the tables then leave the others out, the JSON has them
 //! empty or null).
 //!
-//! Limits: latency is measured one completion at a time (no load behind it); the writers of
-//! every figure run in this process, on the same cores as the server.
+//! Limits: latency is measured one completion at a time (no load behind it but figure 6's,
+//! which is other sessions' load, not more of ours); the writers of every figure, figure 6's
+//! load sessions too, run in this process, on the same cores as the server.
 
 mod cluster;
 mod heap;
