@@ -346,6 +346,7 @@ impl<P: Position> Hub<P> {
         let id = state.next_id;
         state.next_id += 1;
         state.mailboxes.push((id, mailbox.clone()));
+        self.inner.counters.note_streams(1);
         let catching_up = start.is_some();
         let position = start.unwrap_or_else(|| state.position.clone());
         drop(state);
@@ -364,7 +365,11 @@ impl<P: Position> Hub<P> {
 
     fn unregister(&self, id: u64) {
         let mut state = self.state();
+        let before = state.mailboxes.len();
         state.mailboxes.retain(|(i, _)| *i != id);
+        if state.mailboxes.len() < before {
+            self.inner.counters.note_streams(-1);
+        }
         if state.mailboxes.is_empty() {
             self.inner.idle.notify_one();
         }
@@ -498,6 +503,7 @@ impl<P: Position> Subscription<P> {
         let mut payload = event.payload.clone();
         payload.cursor = self.position.to_cursor();
         Counters::bump(&self.hub.inner.counters.delivered);
+        self.hub.inner.counters.note_delivery(payload.completed_at_ms);
         Some(StreamItem::Completion(payload))
     }
 

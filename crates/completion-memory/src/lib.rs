@@ -35,7 +35,7 @@ use completion_core::hub::{Feed, Hub, HubConfig, LogEvent, LogReader, ReadBatch}
 use completion_core::{
     CompletionBackend, CompletionPayload, CompletionStream, CounterSnapshot, Counters, Cursor, EngineBackend,
     EngineError, ExecutionId, ExecutionInfo, ExecutionState, NewExecution, Outcome, Reason, ResumableStream, Retention,
-    ScannerFilter, StartFrom,
+    ScannerFilter, StartFrom, WriteOp,
 };
 
 use crate::log::{CompletionLog, MemoryPosition};
@@ -118,7 +118,7 @@ impl MemoryBackend {
             log: CompletionLog::new(config.retention.clone()),
         }));
         let hub_config = config.buffer.map(HubConfig::with_buffer).unwrap_or_default();
-        let hub = Hub::new(BACKEND, hub_config, Arc::new(Counters::default()));
+        let hub = Hub::new(BACKEND, hub_config, Arc::new(Counters::labelled(BACKEND, &[])));
         let reader = Arc::new(StateReader(state.clone()));
         Self { shared: Arc::new(Shared { hub, reader }) }
     }
@@ -136,6 +136,7 @@ impl MemoryBackend {
 
     fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
         let _span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome).entered();
+        let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let mut state = self.shared.reader.lock();
         let info = state.executions.get_mut(id).ok_or_else(|| EngineError::NotFound(id.clone()))?;
         if let ExecutionState::Terminal(first) = info.state {
@@ -218,6 +219,8 @@ impl CompletionBackend for MemoryBackend {
 #[async_trait]
 impl EngineBackend for MemoryBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
+        let _span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id).entered();
+        let _timer = self.shared.hub.counters().time_write(WriteOp::Create);
         let mut state = self.shared.reader.lock();
         if state.executions.contains_key(&execution.id) {
             return Err(EngineError::AlreadyExists(execution.id));

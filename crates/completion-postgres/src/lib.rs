@@ -60,6 +60,7 @@ use completion_core::hub::{Hub, HubConfig, LogReader};
 use completion_core::{
     Completion, CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError,
     ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, Retention, ScannerFilter, StartFrom,
+    WriteOp,
 };
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -192,7 +193,7 @@ impl PostgresBackend {
         let span = tracing::info_span!("postgres_connect", backend = BACKEND, schema = schema.name());
         let tls = tls::connector(&config)?;
         let names = Names::new(&config.application_name);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::labelled(BACKEND, &[("schema", schema.name().to_string())]));
         let stats = Arc::new(Stats::default());
         let pool_pg = names.connection(&validated.pg, "pool", &config);
         let pool =
@@ -341,6 +342,7 @@ impl PostgresBackend {
         completion: &Completion,
     ) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
         emit::emit(&self.shared.db, tx, completion, emit::Repeat::Refuse).instrument(span).await
     }
 
@@ -352,6 +354,7 @@ impl PostgresBackend {
         completion: &Completion,
     ) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
         emit::emit(&self.shared.db, tx, completion, emit::Repeat::Allow).instrument(span).await
     }
 
@@ -417,6 +420,7 @@ impl PostgresBackend {
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
         let span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         self.shared.db.finish(id, outcome, reason).instrument(span).await.map(drop)
     }
 }
@@ -527,6 +531,7 @@ impl CompletionBackend for PostgresBackend {
 impl EngineBackend for PostgresBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
         let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::Create);
         self.shared.db.create(&execution).instrument(span).await
     }
 

@@ -58,7 +58,7 @@ use async_trait::async_trait;
 use completion_core::hub::{Hub, HubConfig};
 use completion_core::{
     Completion, CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError,
-    ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, ScannerFilter, StartFrom,
+    ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, ScannerFilter, StartFrom, WriteOp,
 };
 use tracing::Instrument;
 
@@ -145,7 +145,7 @@ impl ValkeyBackend {
             let conn = Conn::connect(&config).await?;
             let closer = conn.closer();
             let config = Arc::new(config);
-            let counters = Arc::new(Counters::default());
+            let counters = Arc::new(Counters::labelled(BACKEND, &[("prefix", config.key_prefix.clone())]));
             let store = Arc::new(Store::new(conn, config.clone(), Default::default(), counters.clone()));
             let library_on_connect = match store.prepare().await {
                 Ok(ensured) => ensured,
@@ -261,6 +261,7 @@ impl ValkeyBackend {
     async fn emit_with(&self, completion: &Completion, repeat: bool) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id,
             outcome = %completion.outcome, repeat);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
         let entry = self.shared.store.emit(completion, repeat).instrument(span.clone()).await?;
         tracing::trace!(parent: &span, %entry, "completion emitted");
         Ok(())
@@ -296,6 +297,7 @@ impl ValkeyBackend {
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
         let span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let entry = self.shared.store.terminal(id, outcome, reason).instrument(span.clone()).await?;
         tracing::trace!(parent: &span, %entry, "completion logged and published");
         Ok(())
@@ -369,6 +371,7 @@ impl CompletionBackend for ValkeyBackend {
 impl EngineBackend for ValkeyBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
         let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
+        let _timer = self.shared.hub.counters().time_write(WriteOp::Create);
         self.shared.store.create(&execution).instrument(span).await
     }
 
