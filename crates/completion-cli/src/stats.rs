@@ -1,16 +1,19 @@
 //! `completions stats`: what the server reports about the completion log and its live
 //! channel, and the backend's counters.
 //!
-//! - PostgreSQL: schema version, `pg_notification_queue_usage()` (near 1.0 every terminal
-//!   write starts failing), events in the log, events held back behind a long-running
-//!   transaction, the log's size on disk, events pruned so far.
-//! - Valkey/Redis: function library version, key prefix and partitions.
+//! - PostgreSQL (`PostgresBackend::server_view`): schema version, `pg_notification_queue_usage()`
+//!   (near 1.0 every terminal write starts failing), events in the log, events held back
+//!   behind a long-running transaction, the log's size on disk, events pruned so far, the
+//!   oldest and newest tickets and the final ticket, and every LISTEN connection on the
+//!   schema's channel (`pg_stat_activity`: one per live instance with streams open).
+//! - Valkey/Redis (`ValkeyBackend::server_view`): function library version, key prefix and
+//!   partitions, each partition log's length and first/last ids, and the subscriber
+//!   connections on the prefix's channel(s) (`PUBSUB NUMSUB` / `SHARDNUMSUB`).
 //! - Every backend: the counters of the instance this command opened (`reconnects`,
 //!   `gaps`, ...). They count this process's own activity, which for a one-shot command is
 //!   mostly zero; an engine reports the counters of its own long-lived instance.
 //!
-//! Not reported (yet): the Valkey log's length and the subscriber's output buffer, which
-//! completion-valkey does not expose.
+//! Not reported: the Valkey subscribers' output buffers (`CLIENT LIST` shows them).
 
 use serde_json::{Map, Value, json};
 
@@ -32,21 +35,54 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
     match backend {
         Backend::Memory(_) => {}
         Backend::Postgres(pg) => {
-            let log = pg.log_size().await?;
+            let view = pg.server_view().await?;
             server.insert("schema".into(), json!(pg.schema()));
-            server.insert("schema_version".into(), json!(pg.schema_version().await?));
+            server.insert("schema_version".into(), json!(view.schema_version));
             server.insert("notify_channel".into(), json!(pg.channel()));
-            server.insert("notification_queue_usage".into(), json!(pg.notification_queue_usage().await?));
-            server.insert("log_events".into(), json!(log.events));
-            server.insert("log_held_back_events".into(), json!(log.held_back));
-            server.insert("log_bytes".into(), json!(log.bytes));
-            server.insert("log_pruned_events".into(), json!(log.pruned));
+            server.insert("notification_queue_usage".into(), json!(view.notification_queue_usage));
+            server.insert("log_events".into(), json!(view.log.events));
+            server.insert("log_held_back_events".into(), json!(view.log.held_back));
+            server.insert("log_bytes".into(), json!(view.log.bytes));
+            server.insert("log_pruned_events".into(), json!(view.log.pruned));
+            server.insert("log_oldest_ticket".into(), json!(view.oldest_ticket));
+            server.insert("log_oldest_completed_at".into(), json!(view.oldest_completed_at_ms.map(output::timestamp)));
+            server.insert("log_newest_ticket".into(), json!(view.newest_ticket));
+            server.insert("final_ticket".into(), json!(view.final_ticket));
+            // This command's own instance never subscribes, so every listener is another one.
+            server.insert("listen_connections".into(), json!(view.listeners.len()));
+            let listeners: Vec<Value> = view
+                .listeners
+                .iter()
+                .map(|l| {
+                    json!({
+                        "application_name": l.application_name,
+                        "pid": l.pid,
+                        "user": l.user,
+                        "client_addr": l.client_addr,
+                        "connected_at": l.connected_at_ms.map(output::timestamp),
+                    })
+                })
+                .collect();
+            server.insert("listeners".into(), Value::Array(listeners));
         }
         Backend::Valkey(valkey) => {
             let config = valkey.config();
+            let view = valkey.server_view().await?;
             server.insert("key_prefix".into(), json!(config.key_prefix));
             server.insert("partitions".into(), json!(config.partitions));
-            server.insert("library_version".into(), json!(valkey.library_version().await?));
+            server.insert("library_version".into(), json!(view.library_version));
+            server.insert("log_entries".into(), json!(view.log_entries()));
+            // This command's own instance never subscribes, so every subscriber is another one.
+            server.insert("subscribers".into(), json!(view.subscribers()));
+            let logs: Vec<Value> = view
+                .partitions
+                .iter()
+                .map(|p| json!({"partition": p.partition, "key": p.key, "length": p.length, "first_id": p.first_id, "last_id": p.last_id}))
+                .collect();
+            server.insert("partition_logs".into(), Value::Array(logs));
+            let channels: Vec<Value> =
+                view.channels.iter().map(|c| json!({"partition": c.partition, "subscribers": c.subscribers})).collect();
+            server.insert("channels".into(), Value::Array(channels));
         }
     }
     let counters = match serde_json::to_value(completions.counters()) {
@@ -106,6 +142,13 @@ impl Stats {
         for (name, values) in &self.sections {
             lines.push(format!("{name}:"));
             for (key, value) in values {
+                if let Value::Array(items) = value {
+                    lines.push(format!("  {key:<width$}  {}", items.len()));
+                    for item in items {
+                        lines.push(format!("    - {}", item_line(item)));
+                    }
+                    continue;
+                }
                 let value = match value {
                     Value::String(s) => s.clone(),
                     Value::Null => "none".to_string(),
@@ -116,5 +159,21 @@ impl Stats {
             }
         }
         lines
+    }
+}
+
+/// One element of a list as `name=value name=value` (its fields in order; none as `none`).
+fn item_line(item: &Value) -> String {
+    match item {
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                Value::Null => format!("{k}=none"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
     }
 }

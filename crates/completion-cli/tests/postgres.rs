@@ -78,6 +78,57 @@ fn stats_reports_the_log_and_the_notification_queue() {
     assert!(human.stdout.iter().any(|l| l.trim_start().starts_with("log_events") && l.trim_end().ends_with(" 2")));
 }
 
+/// `stats` reports what the server knows about every live instance: another instance with
+/// a stream open shows as a LISTEN connection under its application_name, and the log's
+/// oldest and newest tickets bound what it holds.
+#[test]
+fn stats_shows_the_listen_connection_of_another_live_instance() {
+    use completion_core::CompletionBackend;
+
+    let (target, writer) = fresh();
+    let args = |json: bool| {
+        let mut args = vec!["stats"];
+        args.extend(target.iter().map(String::as_str));
+        if json {
+            args.push("--json");
+        }
+        run(&args)
+    };
+    let before = args(true);
+    assert_eq!(before.status.code(), Some(0), "{before:#?}");
+    let before: serde_json::Value = serde_json::from_str(&before.stdout[0]).expect("one JSON object");
+    assert_eq!(before["server"]["listen_connections"], 0, "nothing subscribed yet: {before}");
+    assert_eq!(before["server"]["log_oldest_ticket"], serde_json::Value::Null, "an empty log: {before}");
+
+    let stream = runtime().block_on(writer.subscribe_completions()).expect("subscribe");
+    common::complete(&writer, "first", "view", &[]);
+    common::complete(&writer, "second", "view", &[]);
+    let done = args(true);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
+    let stats: serde_json::Value = serde_json::from_str(&done.stdout[0]).expect("one JSON object");
+    let server = &stats["server"];
+    assert_eq!(server["listen_connections"], 1, "{stats}");
+    let listener = &server["listeners"][0];
+    assert_eq!(listener["application_name"], writer.listener_application_name().as_str(), "{stats}");
+    assert!(listener["pid"].as_i64().is_some_and(|p| p > 0), "{stats}");
+    let (oldest, newest) = (server["log_oldest_ticket"].as_i64(), server["log_newest_ticket"].as_i64());
+    assert!(oldest.is_some_and(|o| newest.is_some_and(|n| o < n)), "two events, oldest first: {stats}");
+    assert!(server["final_ticket"].as_i64() >= newest, "nothing held back: {stats}");
+    assert!(server["log_oldest_completed_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{stats}");
+
+    let human = args(false);
+    assert_eq!(human.status.code(), Some(0), "{human:#?}");
+    let name = writer.listener_application_name();
+    assert!(
+        human
+            .stdout
+            .iter()
+            .any(|l| l.trim_start().starts_with("- ") && l.contains(&format!("application_name={name}"))),
+        "{human:#?}"
+    );
+    drop(stream);
+}
+
 #[test]
 fn resuming_from_a_pruned_cursor_prints_a_gap_line_first() {
     let schema = unique("gap");

@@ -87,6 +87,58 @@ fn stats_reports_the_library_and_counters_as_json() {
     assert!(stats["valkey_counters"]["library_loads"].is_u64(), "{stats}");
 }
 
+/// `stats` reports what the server knows about every live instance: another instance with
+/// a stream open counts as a subscriber, and each partition's log shows its length and ids.
+#[test]
+fn stats_shows_the_subscriber_of_another_live_instance_and_each_partition_log() {
+    use completion_core::CompletionBackend;
+
+    let (target, writer) = fresh();
+    let stats = |json: bool| {
+        let mut args = vec!["stats"];
+        args.extend(target.iter().map(String::as_str));
+        if json {
+            args.push("--json");
+        }
+        run(&args)
+    };
+    let before = stats(true);
+    assert_eq!(before.status.code(), Some(0), "{before:#?}");
+    let before: serde_json::Value = serde_json::from_str(&before.stdout[0]).expect("one JSON object");
+    assert_eq!(before["server"]["subscribers"], 0, "nothing subscribed yet: {before}");
+
+    let stream = runtime().block_on(writer.subscribe_completions()).expect("subscribe");
+    for id in ["one", "two", "three"] {
+        complete(&writer, id, "view", &[]);
+    }
+    let done = stats(true);
+    assert_eq!(done.status.code(), Some(0), "{done:#?}");
+    let all: serde_json::Value = serde_json::from_str(&done.stdout[0]).expect("one JSON object");
+    let server = &all["server"];
+    assert_eq!(server["subscribers"], 1, "the writer's subscriber connection: {all}");
+    assert_eq!(server["channels"][0]["subscribers"], 1, "{all}");
+    assert_eq!(server["log_entries"], 3, "{all}");
+    let logs = server["partition_logs"].as_array().expect("a list");
+    assert_eq!(logs.len(), 16, "{all}");
+    for log in logs {
+        let length = log["length"].as_u64().expect("a length");
+        assert!(log["key"].as_str().is_some_and(|k| k.starts_with(target[2].as_str()) && k.ends_with(":log")), "{log}");
+        if length == 0 {
+            assert!(log["first_id"].is_null() && log["last_id"].is_null(), "{log}");
+        } else {
+            assert!(log["first_id"].is_string() && log["last_id"].is_string(), "{log}");
+            assert_eq!(length == 1, log["first_id"] == log["last_id"], "{log}");
+        }
+    }
+    let human = stats(false);
+    assert_eq!(human.status.code(), Some(0), "{human:#?}");
+    assert!(human.stdout.iter().any(|l| l.trim_start().starts_with("subscribers") && l.trim_end().ends_with(" 1")));
+    drop(stream);
+    let after = stats(true);
+    let after: serde_json::Value = serde_json::from_str(&after.stdout[0]).expect("one JSON object");
+    assert!(after["server"]["subscribers"].as_u64() <= Some(1), "{after}");
+}
+
 #[test]
 fn a_prefix_with_another_partition_count_is_refused_in_one_line() {
     let (target, _writer) = fresh();

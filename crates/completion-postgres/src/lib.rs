@@ -113,6 +113,51 @@ pub struct LogSize {
     pub pruned: u64,
 }
 
+/// What the server holds for one schema, over every instance that uses it, from
+/// [`PostgresBackend::server_view`].
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct PgServerView {
+    /// The schema's applied migration version (`None`: not migrated).
+    pub schema_version: Option<i32>,
+    /// `pg_notification_queue_usage()`: the share of the server's NOTIFY queue in use (all
+    /// channels). Near 1.0 every NOTIFYing commit fails.
+    pub notification_queue_usage: f64,
+    /// The log's size, held-back events and events pruned ([`PostgresBackend::log_size`]).
+    pub log: LogSize,
+    /// The oldest retained event's ticket: a cursor `postgres:<t>` with `t` below it minus one
+    /// resumes with a gap. `None`: the log is empty.
+    pub oldest_ticket: Option<i64>,
+    /// The oldest retained event's commit time, ms since the Unix epoch.
+    pub oldest_completed_at_ms: Option<u64>,
+    /// The newest event's ticket (it may be held back).
+    pub newest_ticket: Option<i64>,
+    /// The final ticket: events up to it are deliverable; those above wait for a writer in
+    /// flight (`log.held_back`).
+    pub final_ticket: Option<i64>,
+    /// The sessions LISTENing on the schema's channel now: one per live instance with open
+    /// streams (and `listen = true`), named `<application_name>-<instance>-listen`.
+    pub listeners: Vec<PgListener>,
+}
+
+/// One LISTEN session on the schema's channel, from `pg_stat_activity`. Sessions of other
+/// roles show only to a superuser or a member of `pg_read_all_stats` (otherwise their query
+/// text is hidden and they are not found).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PgListener {
+    /// Its `application_name` (this backend's: `<application_name>-<instance>-listen`).
+    pub application_name: String,
+    /// The server process id (for `pg_terminate_backend`).
+    pub pid: i32,
+    /// The role it connected as.
+    pub user: Option<String>,
+    /// The client's address (`None` over a Unix socket).
+    pub client_addr: Option<String>,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at_ms: Option<u64>,
+}
+
 /// Applies the bundled migrations to the configured schema (creating it if needed), on a
 /// dedicated connection, serialized with every other process migrating the same schema.
 /// Idempotent. [`PostgresBackend::connect`] calls it unless
@@ -374,6 +419,25 @@ impl PostgresBackend {
     /// How big the completion log is now, and how much of it is held back (one query).
     pub async fn log_size(&self) -> Result<LogSize, EngineError> {
         self.shared.db.log_size().await
+    }
+
+    /// What the server holds for this schema, over every instance that uses it: schema
+    /// version, NOTIFY queue usage, the log's size and held-back events, its oldest and
+    /// newest tickets, and the LISTEN sessions on its channel (`pg_stat_activity`). Four
+    /// short queries; meant for operators (`completions stats`), not for a hot path.
+    pub async fn server_view(&self) -> Result<PgServerView, EngineError> {
+        let db = &self.shared.db;
+        let (oldest_ticket, newest_ticket, final_ticket, oldest_ms) = db.log_extent().await?;
+        Ok(PgServerView {
+            schema_version: db.schema_version().await?,
+            notification_queue_usage: db.notification_queue_usage().await?,
+            log: db.log_size().await?,
+            oldest_ticket,
+            oldest_completed_at_ms: oldest_ms.map(|ms| ms.max(0) as u64),
+            newest_ticket,
+            final_ticket,
+            listeners: db.listeners(self.channel()).await?,
+        })
     }
 
     /// PostgreSQL-specific counters (the shared ones are in

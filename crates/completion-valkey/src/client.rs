@@ -511,6 +511,62 @@ impl Conn {
         parse_entries(reply).map_err(|message| EngineError::Server { backend: BACKEND, op: "read log", message })
     }
 
+    /// `XLEN key`, and the ids of its first and last entries (`XRANGE key - + COUNT 1`,
+    /// `XREVRANGE key + - COUNT 1`); zero and `None` for a missing key.
+    pub(crate) async fn stream_extent(&self, key: &str) -> Result<(u64, Option<String>, Option<String>), EngineError> {
+        let length: u64 = self.keyed("XLEN", || self.client.xlen(key)).await?;
+        let first: Value = self.keyed("XRANGE", || self.client.xrange(key, "-", "+", Some(1))).await?;
+        let last: Value = self.keyed("XREVRANGE", || self.client.xrevrange(key, "+", "-", Some(1))).await?;
+        let id = |reply: Value| -> Result<Option<String>, EngineError> {
+            let entries = parse_entries(reply).map_err(|message| EngineError::Server {
+                backend: BACKEND,
+                op: "XRANGE",
+                message,
+            })?;
+            Ok(entries.into_iter().next().map(|(id, _)| id))
+        };
+        Ok((length, id(first)?, id(last)?))
+    }
+
+    /// Subscribers of each of `channels`: `PUBSUB NUMSUB`, or (`sharded`, on a cluster)
+    /// `PUBSUB SHARDNUMSUB` on every primary, added up.
+    pub(crate) async fn subscribers(&self, channels: &[String], sharded: bool) -> Result<Vec<u64>, EngineError> {
+        let counts = |reply: Value| -> Vec<u64> {
+            // [channel, count, channel, count, ...] (RESP2) or a map (RESP3).
+            let values: Vec<Value> = match reply {
+                Value::Array(v) => v,
+                Value::Map(m) => m.inner().into_iter().flat_map(|(k, v)| [Value::from(k), v]).collect(),
+                _ => Vec::new(),
+            };
+            values.into_iter().skip(1).step_by(2).map(|v| v.as_u64().unwrap_or(0)).collect()
+        };
+        if !sharded {
+            let reply: Value = self
+                .keyed("PUBSUB NUMSUB", || {
+                    let command = CustomCommand::new_static("PUBSUB", ClusterHash::Random, false);
+                    let mut args = vec!["NUMSUB".to_string()];
+                    args.extend(channels.iter().cloned());
+                    self.client.custom(command, args)
+                })
+                .await?;
+            return Ok(counts(reply));
+        }
+        // A channel's subscribers are on the primary of its slot; asking every primary and
+        // adding up does not depend on the client's routing of a keyless command.
+        let mut all = vec![0u64; channels.len()];
+        for node in self.library_nodes() {
+            let mut args = vec!["SHARDNUMSUB".to_string()];
+            args.extend(channels.iter().cloned());
+            let command = CustomCommand::new_static("PUBSUB", ClusterHash::Random, false);
+            let reply: Value =
+                self.on(node.as_ref()).custom(command, args).await.map_err(self.fail("PUBSUB SHARDNUMSUB"))?;
+            for (total, n) in all.iter_mut().zip(counts(reply)) {
+                *total += n;
+            }
+        }
+        Ok(all)
+    }
+
     /// `HGET key field`.
     pub(crate) async fn hget(&self, op: &'static str, key: &str, field: &str) -> Result<Option<String>, EngineError> {
         self.keyed(op, || self.client.hget(key, field)).await

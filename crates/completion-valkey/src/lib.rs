@@ -64,7 +64,7 @@ use tracing::Instrument;
 
 pub use config::ValkeyConfig;
 pub use library::{EMIT_LUA, Ensured as LibraryChange, LIBRARY_SOURCE, LIBRARY_VERSION};
-pub use stats::ValkeyStats;
+pub use stats::{ChannelView, PartitionView, ValkeyServerView, ValkeyStats};
 
 use crate::client::{Closer, Conn};
 use crate::feed::ValkeyFeed;
@@ -212,6 +212,30 @@ impl ValkeyBackend {
     /// Valkey-specific counters (library loads, lost and lagged messages, resubscriptions).
     pub fn stats(&self) -> ValkeyStats {
         self.shared.store.stats.snapshot()
+    }
+
+    /// What the server holds for this key prefix, over every instance that uses it: the
+    /// library version, each partition's log length and first/last entry ids, and the
+    /// subscriber connections on the prefix's channel(s). `2 + 3 × partitions` commands
+    /// (on a cluster, one `SHARDNUMSUB` per primary); meant for operators (`completions stats`), not
+    /// for a hot path.
+    pub async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
+        let store = &self.shared.store;
+        let library_version = self.library_version().await?;
+        let mut partitions = Vec::with_capacity(usize::from(store.keys.partitions()));
+        for partition in 0..store.keys.partitions() {
+            let key = store.keys.log(partition);
+            let (length, first_id, last_id) = store.conn.stream_extent(&key).await?;
+            partitions.push(PartitionView { partition, key, length, first_id, last_id });
+        }
+        let sharded = store.conn.is_cluster();
+        let counts = store.conn.subscribers(&store.keys.channels(sharded), sharded).await?;
+        let channels = counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
+            .collect();
+        Ok(ValkeyServerView { library_version, partitions, channels })
     }
 
     /// The names of this instance's server connections.
@@ -388,7 +412,11 @@ impl EngineBackend for ValkeyBackend {
     }
 
     async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
-        self.shared.store.describe(id).instrument(tracing::debug_span!("describe", execution_id = %id)).await
+        self.shared
+            .store
+            .describe(id)
+            .instrument(tracing::debug_span!("describe", execution_id = %id))
+            .await
     }
 }
 

@@ -55,3 +55,59 @@ pub struct ValkeyStats {
     /// Periodic safety reads of the log made by the feed.
     pub safety_reads: u64,
 }
+
+/// What the server holds for one key prefix, whichever instances wrote it, from
+/// [`ValkeyBackend::server_view`](crate::ValkeyBackend::server_view).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ValkeyServerView {
+    /// The function library's version on the server (on a cluster, the first primary's);
+    /// `None`: no library loaded.
+    pub library_version: Option<i64>,
+    /// Each partition's log, in partition order.
+    pub partitions: Vec<PartitionView>,
+    /// Subscriber connections on the completion channel: one entry on a standalone server
+    /// (`partition` is `None`), one per partition's sharded channel on a cluster.
+    pub channels: Vec<ChannelView>,
+}
+
+impl ValkeyServerView {
+    /// Entries in every partition's log.
+    pub fn log_entries(&self) -> u64 {
+        self.partitions.iter().map(|p| p.length).sum()
+    }
+
+    /// Subscriber connections of live instances: each instance's subscriber listens on every
+    /// channel of the prefix, so this is the largest count over the channels (other clients
+    /// subscribed to a channel of ours count too).
+    pub fn subscribers(&self) -> u64 {
+        self.channels.iter().map(|c| c.subscribers).max().unwrap_or(0)
+    }
+}
+
+/// One partition's log stream (`<prefix>:{<prefix>:<p>}:log`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionView {
+    /// The partition, 0 to `partitions - 1`.
+    pub partition: u16,
+    /// The stream's key.
+    pub key: String,
+    /// Entries retained (`XLEN`).
+    pub length: u64,
+    /// The oldest retained entry's id, `None` when the log is empty.
+    pub first_id: Option<String>,
+    /// The newest entry's id, `None` when the log is empty.
+    pub last_id: Option<String>,
+}
+
+/// Subscribers of one channel of the prefix (`PUBSUB NUMSUB` / `PUBSUB SHARDNUMSUB`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelView {
+    /// The partition whose sharded channel this is (cluster), or `None` for the one channel
+    /// of a standalone server.
+    pub partition: Option<u16>,
+    /// Client connections subscribed to it now.
+    pub subscribers: u64,
+}

@@ -68,6 +68,17 @@ async fn sharded_channels_deliver_without_the_safety_net() {
     }
     assert_eq!(ids_of(&collect_in(&mut stream, &ns, 64).await), expected, "in commit order, each once");
     assert_eq!(backend.stats().safety_reads, 0);
+    // server_view asks each partition's shard: SHARDNUMSUB per channel, XLEN per log.
+    let view = backend.server_view().await.expect("server view");
+    assert_eq!(view.channels.len(), 16, "{view:?}");
+    assert!(
+        view.channels.iter().enumerate().all(|(p, c)| c.partition == Some(p as u16) && c.subscribers == 1),
+        "{view:?}"
+    );
+    assert_eq!(view.subscribers(), 1);
+    assert_eq!(view.log_entries(), 64, "{view:?}");
+    assert!(view.partitions.iter().all(|p| (p.length == 0) == p.first_id.is_none()), "{view:?}");
+    assert_eq!(view.library_version, Some(completion_valkey::LIBRARY_VERSION));
     drop(stream);
     common::wait_until("the sharded subscriptions are released", || {
         let (cluster, channels) = (cluster.clone(), channels.clone());
