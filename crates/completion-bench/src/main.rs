@@ -30,6 +30,7 @@ mod raw_postgres;
 mod raw_valkey;
 mod scale;
 mod stats;
+mod waits;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,6 +108,9 @@ enum Figure {
     /// 6: PostgreSQL latency with unrelated writers and a session idle in transaction,
     /// against idle (the other backends skip it).
     UnrelatedLoad,
+    /// 7: many concurrent waits on one `Waiter` (memory backend): heap per pending wait, and
+    /// the wake-up latency against a plain stream's.
+    Waits,
 }
 
 /// Which figures a run measures.
@@ -118,6 +122,7 @@ struct Plan {
     filtering: bool,
     catch_up: bool,
     unrelated_load: bool,
+    waits: bool,
 }
 
 impl Plan {
@@ -131,6 +136,7 @@ impl Plan {
             filtering: wants(Figure::Filtering),
             catch_up: wants(Figure::CatchUp),
             unrelated_load: wants(Figure::UnrelatedLoad),
+            waits: wants(Figure::Waits),
         }
     }
 }
@@ -152,6 +158,8 @@ struct Sizes {
     filtering: usize,
     /// Events behind a catch-up subscriber.
     catch_up: usize,
+    /// Concurrent waits of figure 7.
+    waits: usize,
     /// Which figures to measure.
     plan: Plan,
 }
@@ -179,6 +187,8 @@ struct BackendResult {
     floor_label: Option<&'static str>,
     /// Figure 6 (PostgreSQL only).
     unrelated_load: Option<UnrelatedLoadFigure>,
+    /// Figure 7 (memory only).
+    waits: Option<waits::WaitsFigure>,
     /// Bytes of the payload the raw baseline sends: Valkey, the size of the message body our
     /// function PUBLISHes; Postgres, the JSON size of one of our payloads (our NOTIFY is
     /// empty: a raw user would put the event in it).
@@ -317,6 +327,7 @@ async fn run(args: Args) -> Result<(), String> {
         fan_out: (n / 10).max(10),
         filtering: n.max(scale::NAMESPACES),
         catch_up: args.catch_up.unwrap_or(if args.quick { 10_000 } else { 100_000 }).max(1),
+        waits: if args.quick { 10_000 } else { 100_000 },
         plan: Plan::of(&args.figures),
     };
     let which = if args.backends.is_empty() {
@@ -478,6 +489,7 @@ impl Runs {
             floor: floor.finish(),
             floor_label,
             unrelated_load,
+            waits: None,
             payload_bytes,
             throughput,
             scale,
@@ -506,8 +518,14 @@ async fn bench_memory(
             runs.ours[i].push(ours::throughput(backend.clone(), &run, n, writers).await?);
         }
     }
-    bench_scale(backend, &ServerProbe::None, run, repeat, sizes, &mut runs.scale).await?;
-    Ok(runs.finish(Which::Memory, None, None, None))
+    bench_scale(backend.clone(), &ServerProbe::None, run, repeat, sizes, &mut runs.scale).await?;
+    let mut result = runs.finish(Which::Memory, None, None, None);
+    if sizes.plan.waits {
+        eprintln!("   figure 7: {} concurrent waits", sizes.waits);
+        let probes = (n / 10).clamp(100, 2_000);
+        result.waits = Some(waits::measure(backend.clone(), backend, run, sizes.waits, probes).await?);
+    }
+    Ok(result)
 }
 
 async fn bench_valkey(
@@ -763,6 +781,17 @@ fn render_backends(report: &Report, out: &mut String) {
     }
     if report.results.iter().any(|r| r.floor.is_some()) {
         render_floors(report, out);
+    }
+    if let Some(w) = report.results.iter().find_map(|r| r.waits.as_ref()) {
+        let _ = writeln!(
+            out,
+            "\nconcurrent waits on one Waiter (memory backend): {} pending, {:.0} bytes of heap per pending wait (its task, future, table entry and channel), registered in {:.1} s",
+            w.waits, w.heap_per_wait, w.register_seconds
+        );
+        let _ = writeln!(out, "{:<22} {:>8} {:>8} {:>8}", "complete -> (us)", "p50", "p99", "samples");
+        for (what, l) in [("the wait wakes up", &w.wake), ("a plain stream's item", &w.stream)] {
+            let _ = writeln!(out, "{what:<22} {:>8.0} {:>8.0} {:>8}", l.p50_us, l.p99_us, l.samples);
+        }
     }
     if report.results.iter().any(|r| r.unrelated_load.is_some()) {
         render_unrelated_load(report, out);
