@@ -1202,3 +1202,69 @@ async fn a_waiter_over_the_log_lookup_finds_emitted_completions() {
         other => panic!("an id without a completion is pending until the deadline, got {other:?}"),
     }
 }
+
+/// Mixed builds on one schema (schema version 4): an older build's feed, which reads by
+/// `(xid, id)` below the horizon with the statements of version 3 (run here verbatim), keeps
+/// reading everything this build's writers append, emitted completions included, in commit
+/// order, with `writers_in_flight()` and `prune()` (the version 1 entry point) still answering;
+/// and this build's feed delivers what a version 3 writer call (the same `finish_execution`
+/// signature) appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_builds_feed_and_writers_work_on_a_version_4_schema() {
+    use completion_core::Completion;
+
+    let (config, url) = config("mixed").await;
+    let backend = connect(config).await;
+    let ns = namespace("mixed");
+    let s = format!("\"{}\"", backend.schema());
+    // Version 3's log read (crates/completion-postgres/src/schema.rs at version 3), unfiltered.
+    let old_read = format!(
+        "WITH meta AS (
+            SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon,
+                   pg_snapshot_xmax(pg_current_snapshot()) AS xmax, w.xid AS wxid, w.id AS wid
+            FROM {s}.pruned_to w LIMIT 1)
+         SELECT m.horizon::text, m.wxid::text, m.wid, h.held,
+                e.xid::text, e.id, e.execution_id, e.flow_id, e.namespace, e.outcome, e.tags::text, e.completed_at_ms
+         FROM meta m
+         CROSS JOIN LATERAL (
+            SELECT count(*) AS held FROM (SELECT 1 FROM {s}.completion_log h
+                                          WHERE h.xid >= m.horizon AND h.xid < m.xmax
+                                          ORDER BY h.xid DESC, h.id DESC LIMIT 1000) b) h
+         LEFT JOIN LATERAL (
+            SELECT l.* FROM {s}.completion_log l
+            WHERE (l.xid, l.id) > ($1::text::xid8, $2::int8) AND l.xid < m.horizon
+            ORDER BY l.xid, l.id LIMIT $3) e ON true
+         ORDER BY e.xid, e.id"
+    );
+    let mut stream = backend.subscribe_completions().await.expect("subscribe");
+    let mut written = complete_n(&backend, &ns, &Tags::new(), 3).await;
+    let mut client = common::admin(&url).await;
+    let emitted = execution_id("mixed-emit");
+    let tx = client.transaction().await.expect("begin");
+    backend.emit_in(&tx, &Completion::new(emitted.clone(), ns.clone(), Outcome::Succeeded)).await.expect("emit");
+    tx.commit().await.expect("commit");
+    written.push(emitted);
+    // A version 3 writer: the same call, with its version 3 arguments.
+    let old_writer = create(&backend, &ns, None, &Tags::new()).await;
+    client
+        .query_one(
+            &format!("SELECT {s}.finish_execution($1, 'failed', 'old build', $2, true)"),
+            &[&old_writer.as_str(), &"token-v3"],
+        )
+        .await
+        .expect("a version 3 call");
+    written.push(old_writer);
+    let got: Vec<ExecutionId> =
+        collect_in(&mut stream, &ns, written.len()).await.iter().map(|c| c.execution_id().clone()).collect();
+    assert_eq!(got, written, "this build's feed delivers every writer's completion, in order");
+
+    let rows = client.query(&old_read, &[&"0", &0i64, &100i64]).await.expect("the version 3 read runs");
+    let old_order: Vec<String> = rows.iter().filter_map(|r| r.get::<_, Option<String>>(6)).collect();
+    let written_text: Vec<String> = written.iter().map(|id| id.to_string()).collect();
+    assert_eq!(old_order, written_text, "a version 3 feed reads the same events in the same (commit) order");
+    let in_flight: bool = client.query_one(&format!("SELECT {s}.writers_in_flight()"), &[]).await.unwrap().get(0);
+    assert!(!in_flight, "version 2's check still answers");
+    let pruned =
+        client.query_one(&format!("SELECT deleted FROM {s}.prune(2, NULL)"), &[]).await.expect("version 1 prune");
+    assert_eq!(pruned.get::<_, i64>(0), written.len() as i64 - 2, "version 1's prune prunes (in ticket order)");
+}
