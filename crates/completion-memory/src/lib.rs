@@ -135,7 +135,14 @@ impl MemoryBackend {
     }
 
     fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let _span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome).entered();
+        let span = tracing::debug_span!(
+            "terminal_write",
+            backend = BACKEND,
+            execution_id = %id,
+            %outcome,
+            position = tracing::field::Empty
+        );
+        let _span = span.enter();
         let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let mut state = self.shared.reader.lock();
         let info = state.executions.get_mut(id).ok_or_else(|| EngineError::NotFound(id.clone()))?;
@@ -156,6 +163,7 @@ impl MemoryBackend {
             Cursor::new(BACKEND, 0),
         );
         let seq = state.log.append(payload.clone(), now);
+        span.record("position", tracing::field::debug(&seq));
         // Published under the state lock, so the hub sees events in log order.
         self.shared.hub.publish([LogEvent { position: seq, payload }]);
         Ok(())
@@ -187,7 +195,11 @@ impl LogReader<MemoryPosition> for StateReader {
         filter: &ScannerFilter,
         limit: usize,
     ) -> Result<ReadBatch<MemoryPosition>, EngineError> {
-        Ok(self.lock().log.read_after(*after, filter, limit))
+        let span = tracing::debug_span!("read_log", backend = BACKEND, position = ?after, limit);
+        let _span = span.enter();
+        let batch = self.lock().log.read_after(*after, filter, limit);
+        tracing::trace!(events = batch.events.len(), scanned_to = ?batch.scanned_to, "read");
+        Ok(batch)
     }
 }
 

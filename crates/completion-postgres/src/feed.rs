@@ -97,10 +97,11 @@ impl LogReader<PgPosition> for PgReader {
         filter: &ScannerFilter,
         limit: usize,
     ) -> Result<ReadBatch<PgPosition>, EngineError> {
+        let span = tracing::debug_span!("read_log", backend = BACKEND, position = ?after, limit);
         if !self.check_in_flight {
-            return self.db.read(after, filter, limit).await;
+            return self.db.read(after, filter, limit).instrument(span).await;
         }
-        let (batch, notes) = self.db.read_checked(after, filter, limit).await?;
+        let (batch, notes) = self.db.read_checked(after, filter, limit).instrument(span).await?;
         if notes.in_flight {
             self.in_flight.store(true, Ordering::Relaxed);
         }

@@ -483,9 +483,19 @@ impl PostgresBackend {
     }
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome);
+        // The ticket is drawn inside the stored function and not returned: the span carries
+        // the commit time instead (the ticket is in the delivered cursor).
+        let span = tracing::debug_span!(
+            "terminal_write",
+            backend = BACKEND,
+            execution_id = %id,
+            %outcome,
+            completed_at_ms = tracing::field::Empty
+        );
         let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
-        self.shared.db.finish(id, outcome, reason).instrument(span).await.map(drop)
+        let at = self.shared.db.finish(id, outcome, reason).instrument(span.clone()).await?;
+        span.record("completed_at_ms", at);
+        Ok(())
     }
 }
 
@@ -612,7 +622,8 @@ impl EngineBackend for PostgresBackend {
     }
 
     async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
-        self.shared.db.describe(id).await
+        let span = tracing::debug_span!("describe", backend = BACKEND, execution_id = %id);
+        self.shared.db.describe(id).instrument(span).await
     }
 }
 

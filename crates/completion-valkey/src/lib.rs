@@ -284,9 +284,10 @@ impl ValkeyBackend {
 
     async fn emit_with(&self, completion: &Completion, repeat: bool) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id,
-            outcome = %completion.outcome, repeat);
+            outcome = %completion.outcome, repeat, position = tracing::field::Empty);
         let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
         let entry = self.shared.store.emit(completion, repeat).instrument(span.clone()).await?;
+        span.record("position", entry.as_str());
         tracing::trace!(parent: &span, %entry, "completion emitted");
         Ok(())
     }
@@ -320,9 +321,16 @@ impl ValkeyBackend {
     }
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let span = tracing::debug_span!("terminal_write", backend = BACKEND, execution_id = %id, %outcome);
+        let span = tracing::debug_span!(
+            "terminal_write",
+            backend = BACKEND,
+            execution_id = %id,
+            %outcome,
+            position = tracing::field::Empty
+        );
         let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let entry = self.shared.store.terminal(id, outcome, reason).instrument(span.clone()).await?;
+        span.record("position", entry.as_str());
         tracing::trace!(parent: &span, %entry, "completion logged and published");
         Ok(())
     }
@@ -415,7 +423,7 @@ impl EngineBackend for ValkeyBackend {
         self.shared
             .store
             .describe(id)
-            .instrument(tracing::debug_span!("describe", execution_id = %id))
+            .instrument(tracing::debug_span!("describe", backend = BACKEND, execution_id = %id))
             .await
     }
 }

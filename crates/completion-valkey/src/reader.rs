@@ -314,7 +314,7 @@ impl LogReader<ValkeyPosition> for Store {
     ) -> Result<ReadBatch<ValkeyPosition>, EngineError> {
         let limit = limit.max(1);
         let page = page_size(limit, self.keys.partitions());
-        let span = tracing::debug_span!("read_log", backend = "valkey", limit, page);
+        let span = tracing::debug_span!("read_log", backend = "valkey", position = ?after, limit, page);
         let mut reads = self.read_all(after, page).instrument(span.clone()).await?;
         let mut merged = plan(after, &reads, filter, limit);
         for _ in 0..MAX_REFILLS {
