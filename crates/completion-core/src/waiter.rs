@@ -167,6 +167,19 @@ impl Shared {
         }
     }
 
+    /// Fails the waits of `id` that have no answer yet.
+    fn fail(&self, id: &ExecutionId, why: String) {
+        if let Some(entry) = self.table().entries.get(id) {
+            entry.tx.send_if_modified(|slot| match slot {
+                Slot::Done(_) => false,
+                _ => {
+                    *slot = Slot::Failed(why);
+                    true
+                }
+            });
+        }
+    }
+
     fn pending_ids(&self) -> Vec<ExecutionId> {
         self.table().entries.keys().cloned().collect()
     }
@@ -231,7 +244,15 @@ impl Waiter {
                             match look_up(&*state.lookup, &id).await {
                                 Ok(Looked::Finished(finished)) => state.resolve(finished),
                                 Ok(_) => {}
-                                Err(e) => tracing::warn!(%id, error = %e, "looking a pending id up after a gap failed"),
+                                Err(e) => {
+                                    // Its completion may be among the trimmed ones: no answer
+                                    // would come, so its waits fail now instead of at their deadline.
+                                    tracing::warn!(%id, error = %e, "looking a pending id up after a gap failed");
+                                    state.fail(
+                                        &id,
+                                        format!("looking {id} up after the waiter fell behind retention failed: {e}"),
+                                    );
+                                }
                             }
                         }
                     }
@@ -240,7 +261,14 @@ impl Waiter {
             };
             let mut table = state.table();
             for entry in table.entries.values() {
-                entry.tx.send_replace(Slot::Failed(why.clone()));
+                // An answer already given stays given.
+                entry.tx.send_if_modified(|slot| match slot {
+                    Slot::Done(_) => false,
+                    _ => {
+                        *slot = Slot::Failed(why.clone());
+                        true
+                    }
+                });
             }
             table.failed = Some(why);
         });

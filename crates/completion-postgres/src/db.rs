@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use completion_core::hub::{LogEvent, ReadBatch, TrimmedGap};
@@ -191,6 +191,8 @@ pub(crate) struct Db {
     counters: Arc<Counters>,
     /// Whether terminal writes coalesce their NOTIFYs (`PostgresConfig::coalesce_notify`).
     coalesce: bool,
+    /// The largest final ticket this instance has seen (see [`Db::raise_final`]).
+    max_final: AtomicI64,
 }
 
 impl Db {
@@ -203,7 +205,17 @@ impl Db {
         counters: Arc<Counters>,
         coalesce: bool,
     ) -> Self {
-        Self { pool, sql: Sql::new(&schema), schema, timeout, connect_timeout, stats, counters, coalesce }
+        Self {
+            pool,
+            sql: Sql::new(&schema),
+            schema,
+            timeout,
+            connect_timeout,
+            stats,
+            counters,
+            coalesce,
+            max_final: AtomicI64::new(0),
+        }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -218,6 +230,28 @@ impl Db {
     /// Whether terminal writes coalesce their NOTIFYs.
     pub fn coalesce(&self) -> bool {
         self.coalesce
+    }
+
+    /// The floor of the final ticket for a read about to be sent: the largest final ticket
+    /// this instance learned *before* the read (pass it to [`Db::raise_final`] with the
+    /// read's own answer). `final_ticket()` can answer less than an earlier answer (a writer
+    /// that read its bound before that answer registered after it; the feed's position also
+    /// passes it when it delivers from a notification), but a ticket that was final stays
+    /// final, and a snapshot taken after it was learned sees it. Reading up to a smaller one
+    /// would hold back events the hub has already published: a stream catching up would take
+    /// them for held back, stop catching up, and never receive them (found by review). Only
+    /// what was learned before the read was sent is safe: a final ticket learned by another
+    /// read meanwhile may cover commits this read's snapshot does not see.
+    pub fn final_floor(&self) -> i64 {
+        self.max_final.load(Ordering::Acquire)
+    }
+
+    /// Records `answered` (a read's `final_ticket()`, or a ticket known final) and answers
+    /// the final ticket the read may go up to: the larger of it and `floor` (from
+    /// [`Db::final_floor`] before the read was sent).
+    pub fn raise_final(&self, floor: i64, answered: i64) -> i64 {
+        self.max_final.fetch_max(answered, Ordering::AcqRel);
+        answered.max(floor)
     }
 
     /// Closes the pool: idle connections go now, busy ones when returned.
@@ -415,6 +449,7 @@ impl Db {
         };
         let sql = &self.sql;
         let (read_sql, params) = (&sql.read[shape], &params);
+        let floor = self.final_floor();
         let (in_flight, final_ticket, rows) = self
             .run(OP, |client| async move {
                 // tokio-postgres sends requests (and the server runs them) in the order the
@@ -465,6 +500,7 @@ impl Db {
             reason: format!("the schema {} has no retention watermark row", self.schema.name()),
         })?;
         let watermark = PgPosition::at(column(header, 0)?);
+        let final_ticket = self.raise_final(floor, final_ticket);
 
         let mut events = Vec::with_capacity(rows.len());
         let (mut last_final, mut held) = (None, 0u64);
@@ -503,7 +539,8 @@ impl Db {
 
     /// The final ticket: every event at or below it is final (migrations/V4).
     pub async fn final_ticket(&self) -> Result<i64, EngineError> {
-        self.ticket("final ticket", &self.sql.final_ticket).await
+        let floor = self.final_floor();
+        Ok(self.raise_final(floor, self.ticket("final ticket", &self.sql.final_ticket).await?))
     }
 
     /// The last ticket handed out: no event has a larger one.
@@ -528,6 +565,7 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<(i64, Row), EngineError> {
         let final_sql = &self.sql.final_ticket;
+        let floor = self.final_floor();
         self.run(op, |client| async move {
             let (fin, then) = tokio::try_join!(client.prepare_cached(final_sql), client.prepare_cached(second))?;
             // As in a log read: in this order, one round trip, one READ COMMITTED transaction.
@@ -538,7 +576,7 @@ impl Db {
                 client.batch_execute("COMMIT")
             );
             match result {
-                Ok(((), fin, row, ())) => Ok((fin.try_get::<_, i64>(0)?, row)),
+                Ok(((), fin, row, ())) => Ok((self.raise_final(floor, fin.try_get::<_, i64>(0)?), row)),
                 Err(e) => {
                     // Possibly inside the transaction still: not for the pool.
                     drop(Object::take(client));

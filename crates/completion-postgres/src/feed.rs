@@ -342,6 +342,8 @@ impl FeedTask {
         for payload in payloads {
             match crate::notification::parse(payload) {
                 Ok(Some(event)) if event.position.ticket == self.hub.position().ticket + 1 => {
+                    // Final now (see notification.rs): reads must not hold it back again.
+                    self.feed.db.raise_final(0, event.position.ticket);
                     tracing::trace!(position = %event.position, "delivered from the notification");
                     // Counted before the stream can see it: whoever reads the count after
                     // receiving the event must find it counted (on a busy machine this task can

@@ -1153,6 +1153,31 @@ async fn emitting_from_the_callers_own_transaction() {
     let again = collect_in(&mut stream, &ns, 1).await;
     assert_eq!((again[0].execution_id(), again[0].outcome()), (&emitted, Outcome::Succeeded));
 
+    // REPEATABLE READ: its snapshot predates the duplicate check's lock, so the check could
+    // miss a first emit committed meanwhile (found by review): refused, not half-checked.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .expect("begin");
+    match backend.emit_in(&tx, &done(&execution_id("emit-rr"), Outcome::Succeeded)).await {
+        Err(EngineError::Server { message, .. }) => assert!(message.contains("REPEATABLE READ"), "{message}"),
+        other => panic!("an emit under REPEATABLE READ must be refused, got {other:?}"),
+    }
+    tx.rollback().await.expect("rollback");
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .expect("begin");
+    backend
+        .emit_repeat_in(&tx, &done(&execution_id("emit-rr-repeat"), Outcome::Succeeded))
+        .await
+        .expect("repeats allowed: no check to miss");
+    tx.rollback().await.expect("rollback");
+
     // Other programs calling the function get its argument checks.
     let emit = format!("SELECT \"{}\".emit_completion($1, $2, $3, NULL, NULL, NULL, NULL)", backend.schema());
     for (id, namespace, outcome, says) in [
