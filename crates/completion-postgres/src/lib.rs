@@ -386,9 +386,7 @@ impl PostgresBackend {
         tx: &tokio_postgres::Transaction<'_>,
         completion: &Completion,
     ) -> Result<(), EngineError> {
-        let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
-        emit::emit(&self.shared.db, tx, completion, emit::Repeat::Refuse).instrument(span).await
+        self.emit_with(tx, completion, emit::Repeat::Refuse).await
     }
 
     /// [`emit_in`](Self::emit_in), also when the log already holds a completion of the
@@ -398,9 +396,18 @@ impl PostgresBackend {
         tx: &tokio_postgres::Transaction<'_>,
         completion: &Completion,
     ) -> Result<(), EngineError> {
+        self.emit_with(tx, completion, emit::Repeat::Allow).await
+    }
+
+    async fn emit_with(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        completion: &Completion,
+        repeat: emit::Repeat,
+    ) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
         let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
-        emit::emit(&self.shared.db, tx, completion, emit::Repeat::Allow).instrument(span).await
+        emit::emit(&self.shared.db, tx, completion, repeat).instrument(span).await
     }
 
     /// The first completion of `id` that the log retains, if any: a lookup by execution id

@@ -806,12 +806,17 @@ async fn concurrent_writers_and_two_feeds_need_no_safety_read() {
     }
 }
 
+/// Creates a database of its own on the server of `url` (named from `prefix`); its URL.
+async fn another_database(url: &str, prefix: &str) -> String {
+    let name = common::unique_schema(prefix);
+    common::admin(url).await.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    format!("{}/{name}", url.rsplit_once('/').expect("the url names a database").0)
+}
+
 /// Short write transactions on a table of the test's own, one task in the server's database
 /// and one in a database of their own, until `stop`; each task answers how many it committed.
 async fn unrelated_load(url: &str, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<u64>> {
-    let other_db = common::unique_schema("unrelated");
-    common::admin(url).await.batch_execute(&format!("CREATE DATABASE {other_db}")).await.expect("create database");
-    let other_url = format!("{}/{other_db}", url.rsplit_once('/').expect("the url names a database").0);
+    let other_url = another_database(url, "unrelated").await;
     let table = common::unique_schema("unrelated_jobs");
     let mut tasks = Vec::new();
     for url in [url.to_string(), other_url] {
@@ -884,9 +889,7 @@ async fn unrelated_transactions_hold_nothing_back() {
     let (config, url) = config("unrelated").await;
     let backend = connect(config.with_safety_interval(Duration::from_secs(600))).await;
     let ns = namespace("unrelated");
-    let other_db = common::unique_schema("otherdb");
-    common::admin(&url).await.batch_execute(&format!("CREATE DATABASE {other_db}")).await.expect("create database");
-    let other_url = format!("{}/{other_db}", url.rsplit_once('/').expect("the url names a database").0);
+    let other_url = another_database(&url, "otherdb").await;
     let mut stream = backend.subscribe_completions().await.expect("subscribe");
     for ends in [
         UnrelatedEnds::Commit,
