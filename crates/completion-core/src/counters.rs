@@ -108,6 +108,20 @@ impl WriteOp {
 }
 
 /// Times one write call from [`Counters::time_write`] until it is dropped. Without the
+/// The `terminal_write` span every backend opens for a terminal write (debug level), with
+/// the same fields everywhere: `backend`, `execution_id`, `outcome`, and, to be recorded
+/// when known, `position` (where the event landed in the log) and `completed_at_ms`.
+pub fn terminal_write_span(backend: &'static str, id: &crate::ExecutionId, outcome: crate::Outcome) -> tracing::Span {
+    tracing::debug_span!(
+        "terminal_write",
+        backend,
+        execution_id = %id,
+        %outcome,
+        position = tracing::field::Empty,
+        completed_at_ms = tracing::field::Empty
+    )
+}
+
 /// feature `metrics` it is empty and does nothing.
 #[must_use = "the write is timed until this is dropped"]
 #[derive(Debug)]

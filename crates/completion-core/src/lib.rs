@@ -70,7 +70,7 @@ mod retention;
 pub mod waiter;
 
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
-pub use counters::{Count, CounterSnapshot, Counters, WriteOp, WriteTimer};
+pub use counters::{Count, CounterSnapshot, Counters, WriteOp, WriteTimer, terminal_write_span};
 pub use cursor::Cursor;
 pub use error::{BoxError, EngineError, error_chain};
 pub use execution::{Completion, ExecutionInfo, ExecutionState, NewExecution};

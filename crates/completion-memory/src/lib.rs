@@ -135,13 +135,7 @@ impl MemoryBackend {
     }
 
     fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let span = tracing::debug_span!(
-            "terminal_write",
-            backend = BACKEND,
-            execution_id = %id,
-            %outcome,
-            position = tracing::field::Empty
-        );
+        let span = completion_core::terminal_write_span(BACKEND, id, outcome);
         let _span = span.enter();
         let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let mut state = self.shared.reader.lock();

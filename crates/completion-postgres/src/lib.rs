@@ -492,13 +492,7 @@ impl PostgresBackend {
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
         // The ticket is drawn inside the stored function and not returned: the span carries
         // the commit time instead (the ticket is in the delivered cursor).
-        let span = tracing::debug_span!(
-            "terminal_write",
-            backend = BACKEND,
-            execution_id = %id,
-            %outcome,
-            completed_at_ms = tracing::field::Empty
-        );
+        let span = completion_core::terminal_write_span(BACKEND, id, outcome);
         let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let at = self.shared.db.finish(id, outcome, reason).instrument(span.clone()).await?;
         span.record("completed_at_ms", at);

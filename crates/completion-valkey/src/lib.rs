@@ -321,13 +321,7 @@ impl ValkeyBackend {
     }
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let span = tracing::debug_span!(
-            "terminal_write",
-            backend = BACKEND,
-            execution_id = %id,
-            %outcome,
-            position = tracing::field::Empty
-        );
+        let span = completion_core::terminal_write_span(BACKEND, id, outcome);
         let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
         let entry = self.shared.store.terminal(id, outcome, reason).instrument(span.clone()).await?;
         span.record("position", entry.as_str());
