@@ -182,6 +182,7 @@ fn test(pg18_args: &Pg18Args) -> Result<(), String> {
 fn package(steps: &mut Vec<Step>) -> Result<(), String> {
     const CRATES: [&str; 5] =
         ["completion-core", "completion-memory", "completion-valkey", "completion-postgres", "completion-cli"];
+    forget_overlay_sources(&CRATES);
     let mut args = vec!["package", "--allow-dirty"];
     for name in CRATES {
         args.extend(["-p", name]);
@@ -193,6 +194,34 @@ fn package(steps: &mut Vec<Step>) -> Result<(), String> {
     let detail = format!("{} in {:.0?}", if status.success() { "ok" } else { "FAILED" }, started.elapsed());
     steps.push(Step { name: "package", ok: status.success(), detail });
     Ok(())
+}
+
+/// Removes cargo's extracted copies of `crates` from the local overlay registries that
+/// `cargo package` verifies workspace crates against (`$CARGO_HOME/registry/src/-<id>/`).
+/// Cargo does not extract a crate again when a directory of the same name and version is
+/// there, so without this a second packaging of the same version compiled the dependents
+/// against the first run's sources (it failed on an API added in between). The crates.io
+/// sources (directories not starting with `-`) are left alone.
+fn forget_overlay_sources(crates: &[&str]) {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else { return };
+    let Ok(sources) = std::fs::read_dir(&src) else { return };
+    let version = env!("CARGO_PKG_VERSION");
+    for source in sources.flatten() {
+        if !source.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for name in crates {
+            let stale = source.path().join(format!("{name}-{version}"));
+            if stale.is_dir()
+                && let Err(e) = std::fs::remove_dir_all(&stale)
+            {
+                eprintln!("xtask: could not remove the stale {}: {e}", stale.display());
+            }
+        }
+    }
 }
 
 /// A test run's verdict and its summary line.
