@@ -183,7 +183,21 @@ fn package(steps: &mut Vec<Step>) -> Result<(), String> {
     const CRATES: [&str; 5] =
         ["completion-core", "completion-memory", "completion-valkey", "completion-postgres", "completion-cli"];
     forget_overlay_sources(&CRATES);
-    let mut args = vec!["package", "--allow-dirty"];
+    // A target dir of its own, whose builds of our crates are forgotten each time: cargo
+    // takes a crate from a registry (here the local overlay) as unchanging for its version,
+    // so a build kept from an earlier packaging of the same version would be reused.
+    let verify_dir = cargo::workspace_root()
+        .join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
+        .join("package-verify");
+    if let Ok(entries) = std::fs::read_dir(verify_dir.join("debug").join(".fingerprint")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("completion-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let verify_dir = verify_dir.to_string_lossy().into_owned();
+    let mut args = vec!["package", "--allow-dirty", "--target-dir", verify_dir.as_str()];
     for name in CRATES {
         args.extend(["-p", name]);
     }
