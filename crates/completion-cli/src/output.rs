@@ -108,13 +108,13 @@ mod tests {
     fn payload() -> CompletionPayload {
         CompletionPayload::new(
             ExecutionId::new("flow-1/extract").unwrap(),
-            Some(FlowId::new("flow-1").unwrap()),
             Namespace::new("billing").unwrap(),
             Outcome::Failed,
-            Tags::from_pairs([("region", "eu")]).unwrap(),
-            1_700_000_000_123,
-            Cursor::new("memory", 7),
         )
+        .with_flow(FlowId::new("flow-1").unwrap())
+        .with_tags(Tags::from_pairs([("region", "eu")]).unwrap())
+        .with_completed_at_ms(1_700_000_000_123)
+        .with_cursor(Cursor::new("memory", 7))
     }
 
     #[test]

@@ -39,7 +39,6 @@ macro_rules! suite {
                 create_twice_is_rejected describe_reports_state values_round_trip_exactly
                 two_independent_subscribers drop_then_resubscribe
                 filter_by_namespace filter_by_tag filter_by_namespace_and_tag filters_leak_nothing_under_load
-                fail_closed_default
                 resume_after_cursor resume_filtered_after_cursor resume_from_earliest resume_from_a_cursor_of_an_earliest_stream
                 resume_from_trimmed_position_yields_gap retention_by_age_trims_old_events plain_stream_counts_gap
                 stalled_resumable_stream_yields_gap trimming_racing_a_reader_loses_nothing_silently

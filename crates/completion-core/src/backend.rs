@@ -1,10 +1,8 @@
 //! The two traits every backend implements: [`CompletionBackend`] (subscribe) and
 //! [`EngineBackend`] (write executions, and so emit completions).
 
-use std::pin::Pin;
-
 use async_trait::async_trait;
-use futures_core::Stream;
+use futures_util::stream::BoxStream;
 
 use crate::{
     CompletionPayload, CounterSnapshot, EngineError, ExecutionId, ExecutionInfo, NewExecution, Reason, ScannerFilter,
@@ -13,10 +11,10 @@ use crate::{
 
 /// A live stream of completions. It never ends while its backend lives; dropping it
 /// releases everything it held.
-pub type CompletionStream = Pin<Box<dyn Stream<Item = CompletionPayload> + Send + Unpin>>;
+pub type CompletionStream = BoxStream<'static, CompletionPayload>;
 
 /// A live stream that starts where asked and reports [gaps](crate::Gap) as items.
-pub type ResumableStream = Pin<Box<dyn Stream<Item = StreamItem> + Send + Unpin>>;
+pub type ResumableStream = BoxStream<'static, StreamItem>;
 
 /// The subscribe side. See the [crate docs](crate) for the delivery contract every
 /// implementation keeps.
@@ -89,3 +87,46 @@ const _: () = {
     fn assert_dyn_compatible(_: &dyn CompletionBackend, _: &dyn EngineBackend) {}
     let _ = assert_dyn_compatible;
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Namespace, TagKey, TagValue};
+
+    /// A backend that implements only the required methods, as a third-party one might.
+    struct Minimal;
+
+    #[async_trait]
+    impl CompletionBackend for Minimal {
+        fn backend_name(&self) -> &'static str {
+            "minimal"
+        }
+
+        async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
+            Ok(Box::pin(futures_util::stream::pending()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_defaults_fail_closed() {
+        let backend = Minimal;
+        let namespace = ScannerFilter::new().with_namespace(Namespace::new("billing").unwrap());
+        let tag = ScannerFilter::new().with_tag(TagKey::new("team").unwrap(), TagValue::new("a").unwrap());
+        for filter in [namespace, tag] {
+            match backend.subscribe_completions_filtered(&filter).await {
+                Err(EngineError::Unavailable { op: "subscribe_completions_filtered", .. }) => {}
+                Err(other) => panic!("wrong error for {filter:?}: {other}"),
+                Ok(_) => panic!("a backend that cannot filter handed out an unfiltered stream for {filter:?}"),
+            }
+        }
+        assert!(
+            backend.subscribe_completions_filtered(&ScannerFilter::new()).await.is_ok(),
+            "a no-op filter delegates"
+        );
+        assert!(matches!(
+            backend.subscribe_from(StartFrom::Earliest, &ScannerFilter::new()).await,
+            Err(EngineError::Unavailable { op: "subscribe_from", .. })
+        ));
+        assert_eq!(backend.counters(), CounterSnapshot::default());
+    }
+}

@@ -90,13 +90,17 @@ pub enum EngineError {
         reason: String,
     },
     /// The server answered `op` with an error that is not one of the above.
-    #[error("{backend}: {op} failed: {message}")]
+    #[error("{backend}: {op} failed: {message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Server {
         /// The backend's name.
         backend: &'static str,
         /// The operation.
         op: &'static str,
-        /// The server's message.
+        /// The server's code for the error, when it gives one: the SQLSTATE on PostgreSQL
+        /// (`57P01`, `CM005`, ...), the error reply's first word on Valkey (`ERR`,
+        /// `NOSCRIPT`, `COMPLETIONS_NOT_FOUND`, ...). See [`EngineError::code`].
+        code: Option<String>,
+        /// The server's message, without the code.
         message: String,
     },
     /// The backend was shut down or dropped.
@@ -122,6 +126,30 @@ impl EngineError {
     /// An [`EngineError::Transport`] wrapping a client error.
     pub fn transport(backend: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
         EngineError::Transport { backend, op, source: source.into() }
+    }
+
+    /// An [`EngineError::Server`] without a code.
+    pub fn server(backend: &'static str, op: &'static str, message: impl Into<String>) -> Self {
+        EngineError::Server { backend, op, code: None, message: message.into() }
+    }
+
+    /// An [`EngineError::Server`] with the server's error code.
+    pub fn server_code(
+        backend: &'static str,
+        op: &'static str,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        EngineError::Server { backend, op, code: Some(code.into()), message: message.into() }
+    }
+
+    /// The server's error code of an [`EngineError::Server`] (SQLSTATE on PostgreSQL, the
+    /// error reply's first word on Valkey), to match on instead of the message.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            EngineError::Server { code, .. } => code.as_deref(),
+            _ => None,
+        }
     }
 
     /// An [`EngineError::Unavailable`].

@@ -123,18 +123,48 @@ pub struct ExecutionInfo {
 }
 
 impl ExecutionInfo {
-    /// Builds an info. Meant for backends.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: ExecutionId,
-        namespace: Namespace,
-        flow_id: Option<FlowId>,
-        tags: Tags,
-        state: ExecutionState,
-        reason: Option<Reason>,
-        created_at_ms: u64,
-        completed_at_ms: Option<u64>,
-    ) -> Self {
-        Self { id, namespace, flow_id, tags, state, reason, created_at_ms, completed_at_ms }
+    /// An info without flow, tags and reason, created at time 0 and never finished. Meant for
+    /// backends: chain the `with_*` setters for the rest.
+    pub fn new(id: ExecutionId, namespace: Namespace, state: ExecutionState) -> Self {
+        Self {
+            id,
+            namespace,
+            flow_id: None,
+            tags: Tags::new(),
+            state,
+            reason: None,
+            created_at_ms: 0,
+            completed_at_ms: None,
+        }
+    }
+
+    /// Sets the flow (`None`: none).
+    pub fn with_flow(mut self, flow_id: impl Into<Option<FlowId>>) -> Self {
+        self.flow_id = flow_id.into();
+        self
+    }
+
+    /// Sets the tags.
+    pub fn with_tags(mut self, tags: Tags) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Sets the reason given to fail or cancel (`None`: none).
+    pub fn with_reason(mut self, reason: impl Into<Option<Reason>>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// Sets the creation time, ms since the Unix epoch.
+    pub fn with_created_at_ms(mut self, at: u64) -> Self {
+        self.created_at_ms = at;
+        self
+    }
+
+    /// Sets the time of the terminal transition (`None`: not terminal).
+    pub fn with_completed_at_ms(mut self, at: impl Into<Option<u64>>) -> Self {
+        self.completed_at_ms = at.into();
+        self
     }
 }

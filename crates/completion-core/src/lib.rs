@@ -56,7 +56,8 @@
 //! ```
 
 mod backend;
-mod counters;
+pub mod backoff;
+pub mod config;
 mod cursor;
 mod error;
 mod execution;
@@ -70,14 +71,21 @@ mod retention;
 pub mod waiter;
 
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
-pub use counters::{Count, CounterSnapshot, Counters, WriteOp, WriteTimer, terminal_write_span};
+pub use config::SubscriptionConfig;
 pub use cursor::Cursor;
 pub use error::{BoxError, EngineError, error_chain};
 pub use execution::{Completion, ExecutionInfo, ExecutionState, NewExecution};
 pub use filter::ScannerFilter;
+pub use hub::CounterSnapshot;
 pub use ids::{ExecutionId, FlowId, Namespace, Reason, TagKey, TagValue, Tags};
 pub use outcome::Outcome;
 pub use payload::{CompletionPayload, Gap, StartFrom, StreamItem};
 pub use redact::{redact_url, url_password};
 pub use retention::Retention;
 pub use waiter::{CompletionLookup, Finished, Looked, WaitError, Waiter};
+
+/// What [`delegate_completion_backend!`] expands to needs; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+}

@@ -3,45 +3,66 @@
 use crate::{Cursor, ExecutionId, FlowId, Namespace, Outcome, Tags};
 
 /// One execution reached a terminal state.
+///
+/// Read it through its methods. Backends build one with [`new`](Self::new) and the `with_*`
+/// setters; the hub stamps each stream's [`cursor`](Self::cursor) at delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct CompletionPayload {
-    /// The execution.
-    pub execution_id: ExecutionId,
-    /// Its flow, if it belongs to one.
-    pub flow_id: Option<FlowId>,
-    /// Its namespace.
-    pub namespace: Namespace,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Its tags as of the terminal transition.
-    pub tags: Tags,
-    /// Server-side time of the transition, in milliseconds since the Unix epoch.
-    pub completed_at_ms: u64,
-    /// Where this event sits in the backend's log: persist it to resume after this event.
-    pub cursor: Cursor,
+    execution_id: ExecutionId,
+    flow_id: Option<FlowId>,
+    namespace: Namespace,
+    outcome: Outcome,
+    tags: Tags,
+    completed_at_ms: u64,
+    pub(crate) cursor: Cursor,
 }
 
 impl CompletionPayload {
-    /// Builds a payload. Meant for backends and tests.
-    pub fn new(
-        execution_id: ExecutionId,
-        flow_id: Option<FlowId>,
-        namespace: Namespace,
-        outcome: Outcome,
-        tags: Tags,
-        completed_at_ms: u64,
-        cursor: Cursor,
-    ) -> Self {
-        Self { execution_id, flow_id, namespace, outcome, tags, completed_at_ms, cursor }
+    /// A payload without flow and tags, at time 0, with a placeholder cursor.
+    /// Meant for backends and tests: chain the `with_*` setters for the rest.
+    pub fn new(execution_id: ExecutionId, namespace: Namespace, outcome: Outcome) -> Self {
+        Self {
+            execution_id,
+            flow_id: None,
+            namespace,
+            outcome,
+            tags: Tags::new(),
+            completed_at_ms: 0,
+            cursor: Cursor::new("", 0),
+        }
+    }
+
+    /// Sets the flow (`None`: none).
+    pub fn with_flow(mut self, flow_id: impl Into<Option<FlowId>>) -> Self {
+        self.flow_id = flow_id.into();
+        self
+    }
+
+    /// Sets the tags.
+    pub fn with_tags(mut self, tags: Tags) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Sets the server-side time of the transition, ms since the Unix epoch.
+    pub fn with_completed_at_ms(mut self, completed_at_ms: u64) -> Self {
+        self.completed_at_ms = completed_at_ms;
+        self
+    }
+
+    /// Sets the cursor (the hub replaces it per stream at delivery).
+    pub fn with_cursor(mut self, cursor: Cursor) -> Self {
+        self.cursor = cursor;
+        self
     }
 
     /// The execution.
     pub fn execution_id(&self) -> &ExecutionId {
         &self.execution_id
     }
-    /// Its flow, if any.
+    /// Its flow, if it belongs to one.
     pub fn flow_id(&self) -> Option<&FlowId> {
         self.flow_id.as_ref()
     }
@@ -57,11 +78,11 @@ impl CompletionPayload {
     pub fn tags(&self) -> &Tags {
         &self.tags
     }
-    /// Server-side time of the transition in ms since the Unix epoch.
+    /// Server-side time of the transition, in milliseconds since the Unix epoch.
     pub fn completed_at_ms(&self) -> u64 {
         self.completed_at_ms
     }
-    /// The position of this event in the log, to persist and resume after.
+    /// Where this event sits in the backend's log: persist it to resume after this event.
     pub fn cursor(&self) -> &Cursor {
         &self.cursor
     }

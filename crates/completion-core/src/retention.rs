@@ -35,6 +35,18 @@ impl Retention {
         Self { max_events: None, max_age_secs: Some(age.as_secs().max(1)) }
     }
 
+    /// Refuses a limit of zero, which would trim every event as soon as it is written
+    /// (disable a limit with `None` instead); the error names the field.
+    pub fn validate(&self) -> Result<(), crate::EngineError> {
+        if self.max_events == Some(0) {
+            return Err(crate::EngineError::invalid("retention.max_events", "0", "must be at least 1 (or none)"));
+        }
+        if self.max_age_secs == Some(0) {
+            return Err(crate::EngineError::invalid("retention.max_age_secs", "0", "must be at least 1 (or none)"));
+        }
+        Ok(())
+    }
+
     /// The age limit as a duration.
     pub fn max_age(&self) -> Option<Duration> {
         self.max_age_secs.map(Duration::from_secs)

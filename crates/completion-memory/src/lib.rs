@@ -31,39 +31,51 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use completion_core::hub::{Feed, Hub, HubConfig, LogEvent, LogReader, ReadBatch};
+use completion_core::hub::{
+    Counters, Feed, Hub, HubConfig, LogEvent, LogReader, Position, ReadBatch, Subscriptions, WriteOp,
+};
 use completion_core::{
-    CompletionBackend, CompletionPayload, CompletionStream, CounterSnapshot, Counters, Cursor, EngineBackend,
-    EngineError, ExecutionId, ExecutionInfo, ExecutionState, NewExecution, Outcome, Reason, ResumableStream, Retention,
-    ScannerFilter, StartFrom, WriteOp,
+    CompletionPayload, Cursor, EngineBackend, EngineError, ExecutionId, ExecutionInfo, ExecutionState, NewExecution,
+    Outcome, Reason, ScannerFilter, SubscriptionConfig,
 };
 
 use crate::log::{CompletionLog, MemoryPosition};
 
-const BACKEND: &str = "memory";
+const BACKEND: &str = MemoryPosition::BACKEND;
 
 /// Settings of a [`MemoryBackend`].
-#[derive(Clone, Debug, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(default))]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(default, deny_unknown_fields))]
 #[non_exhaustive]
 pub struct MemoryConfig {
-    /// How much of the completion log to keep. Default: the last 100 000 events.
-    pub retention: Retention,
-    /// Events buffered per stream before it falls back to reading the log. Default 1024.
-    pub buffer: Option<usize>,
+    /// Retention and per-stream buffer (the same knobs on every backend; the memory
+    /// backend has no feed to lose announcements, so it ignores `safety_interval`).
+    /// Default: the last 100 000 events, 1024 events per stream.
+    pub subscription: SubscriptionConfig,
 }
 
 impl MemoryConfig {
+    /// Sets the subscription settings.
+    pub fn with_subscription(mut self, subscription: SubscriptionConfig) -> Self {
+        self.subscription = subscription;
+        self
+    }
+
     /// Sets the retention.
-    pub fn with_retention(mut self, retention: Retention) -> Self {
-        self.retention = retention;
+    pub fn with_retention(mut self, retention: completion_core::Retention) -> Self {
+        self.subscription.retention = retention;
         self
     }
 
     /// Sets the per-stream buffer.
     pub fn with_buffer(mut self, buffer: usize) -> Self {
-        self.buffer = Some(buffer);
+        self.subscription.buffer = buffer;
         self
+    }
+
+    /// Checks every value, as [`MemoryBackend::try_with_config`] does first.
+    pub fn check(&self) -> Result<(), EngineError> {
+        self.subscription.validate()
     }
 }
 
@@ -74,14 +86,8 @@ pub struct MemoryBackend {
 }
 
 struct Shared {
-    hub: Hub<MemoryPosition>,
+    subscriptions: Subscriptions<MemoryPosition>,
     reader: Arc<StateReader>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.hub.close();
-    }
 }
 
 struct State {
@@ -111,16 +117,29 @@ impl MemoryBackend {
         Self::with_config(MemoryConfig::default())
     }
 
-    /// A backend with `config`.
+    /// A backend with `config`; a value [`MemoryConfig::check`] refuses is replaced by the
+    /// nearest allowed one (a buffer of 0 by 1). Use [`try_with_config`](Self::try_with_config)
+    /// to be told instead.
     pub fn with_config(config: MemoryConfig) -> Self {
         let state = Arc::new(Mutex::new(State {
             executions: HashMap::new(),
-            log: CompletionLog::new(config.retention.clone()),
+            log: CompletionLog::new(config.subscription.retention.clone()),
         }));
-        let hub_config = config.buffer.map(HubConfig::with_buffer).unwrap_or_default();
-        let hub = Hub::new(BACKEND, hub_config, Arc::new(Counters::labelled(BACKEND, &[])));
+        let hub =
+            Hub::new(HubConfig::with_buffer(config.subscription.buffer), Arc::new(Counters::labelled(BACKEND, &[])));
         let reader = Arc::new(StateReader(state.clone()));
-        Self { shared: Arc::new(Shared { hub, reader }) }
+        let subscriptions = Subscriptions::new(hub, reader.clone(), reader.clone());
+        Self { shared: Arc::new(Shared { subscriptions, reader }) }
+    }
+
+    /// A backend with `config`, after [`MemoryConfig::check`].
+    pub fn try_with_config(config: MemoryConfig) -> Result<Self, EngineError> {
+        config.check()?;
+        Ok(Self::with_config(config))
+    }
+
+    fn hub(&self) -> &Hub<MemoryPosition> {
+        self.shared.subscriptions.hub()
     }
 
     /// Trims the log to its retention now (it is also trimmed on every append; this matters
@@ -131,13 +150,13 @@ impl MemoryBackend {
 
     /// How many streams are open (the memory backend's only "server-side" resource).
     pub fn open_streams(&self) -> usize {
-        self.shared.hub.stream_count()
+        self.hub().stream_count()
     }
 
     fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let span = completion_core::terminal_write_span(BACKEND, id, outcome);
+        let span = completion_core::hub::terminal_write_span(BACKEND, id, outcome);
         let _span = span.enter();
-        let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
+        let _timer = self.hub().counters().time_write(WriteOp::terminal(outcome));
         let mut state = self.shared.reader.lock();
         let info = state.executions.get_mut(id).ok_or_else(|| EngineError::NotFound(id.clone()))?;
         if let ExecutionState::Terminal(first) = info.state {
@@ -147,19 +166,14 @@ impl MemoryBackend {
         info.state = ExecutionState::Terminal(outcome);
         info.reason = reason.cloned();
         info.completed_at_ms = Some(now);
-        let payload = CompletionPayload::new(
-            id.clone(),
-            info.flow_id.clone(),
-            info.namespace.clone(),
-            outcome,
-            info.tags.clone(),
-            now,
-            Cursor::new(BACKEND, 0),
-        );
+        let payload = CompletionPayload::new(id.clone(), info.namespace.clone(), outcome)
+            .with_flow(info.flow_id.clone())
+            .with_tags(info.tags.clone())
+            .with_completed_at_ms(now);
         let seq = state.log.append(payload.clone(), now);
         span.record("position", tracing::field::debug(&seq));
         // Published under the state lock, so the hub sees events in log order.
-        self.shared.hub.publish([LogEvent { position: seq, payload }]);
+        self.hub().publish([LogEvent { position: seq, payload }]);
         Ok(())
     }
 }
@@ -179,7 +193,7 @@ impl Feed<MemoryPosition> for StateReader {
 
 #[async_trait]
 impl LogReader<MemoryPosition> for StateReader {
-    fn decode_cursor(&self, cursor: &Cursor) -> Result<MemoryPosition, EngineError> {
+    async fn decode_cursor(&self, cursor: &Cursor) -> Result<MemoryPosition, EngineError> {
         MemoryPosition::decode(cursor, self.lock().log.head())
     }
 
@@ -197,50 +211,21 @@ impl LogReader<MemoryPosition> for StateReader {
     }
 }
 
-#[async_trait]
-impl CompletionBackend for MemoryBackend {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
-        self.subscribe_completions_filtered(&ScannerFilter::new()).await
-    }
-
-    async fn subscribe_completions_filtered(&self, filter: &ScannerFilter) -> Result<CompletionStream, EngineError> {
-        let reader = self.shared.reader.clone();
-        self.shared.hub.subscribe(&*self.shared.reader, reader, filter).await
-    }
-
-    async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
-        let reader = self.shared.reader.clone();
-        self.shared.hub.subscribe_from(&*self.shared.reader, reader, from, filter).await
-    }
-
-    fn counters(&self) -> CounterSnapshot {
-        self.shared.hub.snapshot()
-    }
-}
+completion_core::delegate_completion_backend!(MemoryBackend, |this| &this.shared.subscriptions);
 
 #[async_trait]
 impl EngineBackend for MemoryBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
         let _span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id).entered();
-        let _timer = self.shared.hub.counters().time_write(WriteOp::Create);
+        let _timer = self.hub().counters().time_write(WriteOp::Create);
         let mut state = self.shared.reader.lock();
         if state.executions.contains_key(&execution.id) {
             return Err(EngineError::AlreadyExists(execution.id));
         }
-        let info = ExecutionInfo::new(
-            execution.id.clone(),
-            execution.namespace,
-            execution.flow_id,
-            execution.tags,
-            ExecutionState::Active,
-            None,
-            now_ms(),
-            None,
-        );
+        let info = ExecutionInfo::new(execution.id.clone(), execution.namespace, ExecutionState::Active)
+            .with_flow(execution.flow_id)
+            .with_tags(execution.tags)
+            .with_created_at_ms(now_ms());
         state.executions.insert(execution.id, info);
         Ok(())
     }

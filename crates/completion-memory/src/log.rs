@@ -5,15 +5,12 @@ use std::collections::VecDeque;
 use completion_core::hub::{LogEvent, Position, ReadBatch, TrimmedGap};
 use completion_core::{CompletionPayload, Cursor, EngineError, Retention, ScannerFilter};
 
-use crate::BACKEND;
-
 /// A position in the memory log: the sequence number of the last event covered.
 ///
 /// `None` is the origin ("from the earliest retained event", never a gap); `Some(0)` is the
 /// head of a log that has no events yet. The two must differ: a stream that subscribed to an
 /// empty log and then fell behind past retention lost events and must be told so, which
-/// `read_after` can only do if its position is not the origin. (With a bare `u64`, both
-/// were 0, and such a stream's gap went unreported and uncounted.)
+/// `read_after` can only do if its position is not the origin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MemoryPosition(pub Option<u64>);
 
@@ -26,7 +23,7 @@ impl MemoryPosition {
     /// Decodes a cursor of a log whose newest event is `head`; a position past it is
     /// refused (it was made by another instance).
     pub fn decode(cursor: &Cursor, head: MemoryPosition) -> Result<Self, EngineError> {
-        let position = cursor.position_for(BACKEND)?;
+        let position = cursor.position_for(Self::BACKEND)?;
         let seq: u64 = position
             .parse()
             .map_err(|_| EngineError::invalid("cursor", cursor.as_str(), "the position is not a sequence number"))?;
@@ -38,6 +35,7 @@ impl MemoryPosition {
 }
 
 impl Position for MemoryPosition {
+    const BACKEND: &'static str = "memory";
     type Event = u64;
 
     fn is_new(&self, event: &u64) -> bool {
@@ -54,7 +52,7 @@ impl Position for MemoryPosition {
     }
 
     fn to_cursor(&self) -> Cursor {
-        Cursor::new(BACKEND, self.seq())
+        Cursor::new(Self::BACKEND, self.seq())
     }
 }
 

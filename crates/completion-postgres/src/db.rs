@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use completion_core::hub::Counters;
 use completion_core::hub::{LogEvent, ReadBatch, TrimmedGap};
 use completion_core::{
-    CompletionPayload, Counters, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace,
-    NewExecution, Outcome, Reason, Retention, ScannerFilter, Tags,
+    CompletionPayload, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution,
+    Outcome, Reason, Retention, ScannerFilter, Tags,
 };
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::time::Instant;
@@ -102,16 +103,15 @@ pub(crate) fn connection_lost(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Maps a tokio-postgres error: connection trouble is `Transport`, a server error `Server`.
-/// A server error's own message and SQLSTATE are kept (tokio-postgres displays only
-/// "db error").
+/// A server error keeps its own message and its SQLSTATE as the error's
+/// [`code`](EngineError::code) (tokio-postgres displays only "db error").
 pub(crate) fn pg_error(op: &'static str, e: tokio_postgres::Error) -> EngineError {
     match e.as_db_error() {
         Some(db) => {
-            let message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
             if connection_lost(&e) {
-                EngineError::transport(BACKEND, op, message)
+                EngineError::transport(BACKEND, op, format!("{} (SQLSTATE {})", db.message(), db.code().code()))
             } else {
-                EngineError::Server { backend: BACKEND, op, message }
+                EngineError::server_code(BACKEND, op, db.code().code(), db.message())
             }
         }
         None => EngineError::transport(BACKEND, op, e),
@@ -380,16 +380,12 @@ impl Db {
         let reason = column::<Option<String>>(row, 5)?.map(Reason::new).transpose().map_err(|e| stored("reason", e))?;
         let created: i64 = column(row, 6)?;
         let completed: Option<i64> = column(row, 7)?;
-        Ok(ExecutionInfo::new(
-            id.clone(),
-            namespace,
-            flow_id,
-            tags,
-            state,
-            reason,
-            created.max(0) as u64,
-            completed.map(|c| c.max(0) as u64),
-        ))
+        Ok(ExecutionInfo::new(id.clone(), namespace, state)
+            .with_flow(flow_id)
+            .with_tags(tags)
+            .with_reason(reason)
+            .with_created_at_ms(created.max(0) as u64)
+            .with_completed_at_ms(completed.map(|c| c.max(0) as u64)))
     }
 
     /// Up to `limit` events after `after` matching `filter`, up to the final ticket.
@@ -800,13 +796,9 @@ fn event_payload(row: &Row, position: PgPosition) -> Result<CompletionPayload, E
     let outcome: Outcome = column::<String>(row, 5)?.parse()?;
     let tags = parse_tags(&column::<String>(row, 6)?)?;
     let completed_at: i64 = column(row, 7)?;
-    Ok(CompletionPayload::new(
-        execution_id,
-        flow_id,
-        namespace,
-        outcome,
-        tags,
-        completed_at.max(0) as u64,
-        position.to_cursor(),
-    ))
+    Ok(CompletionPayload::new(execution_id, namespace, outcome)
+        .with_flow(flow_id)
+        .with_tags(tags)
+        .with_completed_at_ms(completed_at.max(0) as u64)
+        .with_cursor(position.to_cursor()))
 }

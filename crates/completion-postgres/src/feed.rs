@@ -35,8 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use completion_core::hub::Counters;
 use completion_core::hub::{Feed, Hub, LogReader, ReadBatch};
-use completion_core::{Counters, Cursor, EngineError, ScannerFilter};
+use completion_core::{Cursor, EngineError, ScannerFilter};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -44,7 +45,7 @@ use tracing::Instrument;
 use crate::BACKEND;
 use crate::db::Db;
 use crate::listener::{Listener, Wake};
-use crate::position::PgPosition;
+use crate::position::{PgCursor, PgPosition};
 use crate::stats::Stats;
 use crate::tls::Tls;
 
@@ -87,8 +88,23 @@ impl PgReader {
 
 #[async_trait]
 impl LogReader<PgPosition> for PgReader {
-    fn decode_cursor(&self, cursor: &Cursor) -> Result<PgPosition, EngineError> {
-        PgPosition::parse(cursor)
+    /// Reads a ticket cursor, refusing one past the newest ticket drawn, and converts a
+    /// version 3 cursor (`<xid>.<id>`) to the ticket of the event it names.
+    async fn decode_cursor(&self, cursor: &Cursor) -> Result<PgPosition, EngineError> {
+        match PgCursor::parse(cursor)? {
+            PgCursor::Ticket(position) => {
+                let last = self.db.last_ticket().await?;
+                if position.ticket > last {
+                    return Err(EngineError::invalid(
+                        "cursor",
+                        cursor.as_str(),
+                        format!("points past the end of this backend's log (last ticket {last})"),
+                    ));
+                }
+                Ok(position)
+            }
+            PgCursor::Legacy { xid, id } => self.db.legacy_ticket(xid, id).await,
+        }
     }
 
     async fn read_after(

@@ -56,18 +56,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use completion_core::hub::{Hub, HubConfig, LogReader};
+use completion_core::hub::{Counters, Hub, HubConfig, Position, Subscriptions, WriteOp};
 use completion_core::{
-    Completion, CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError,
-    ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, Retention, ScannerFilter, StartFrom,
-    WriteOp,
+    Completion, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, Retention,
 };
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use config::PostgresConfig;
 pub use migrate::MigrationReport;
-use position::PgCursor;
 pub use position::PgPosition;
 pub use stats::PostgresStats;
 
@@ -81,7 +78,7 @@ use crate::stats::Stats;
 use crate::tls::Tls;
 
 /// The backend's name, as used in cursors.
-pub(crate) const BACKEND: &str = "postgres";
+pub(crate) const BACKEND: &str = PgPosition::BACKEND;
 
 /// How long a prune waits for transactions older than the newest event to end, so that it
 /// trims exactly what retention says.
@@ -206,10 +203,9 @@ pub struct PostgresBackend {
 }
 
 struct Shared {
-    hub: Hub<PgPosition>,
+    subscriptions: Subscriptions<PgPosition>,
     db: Arc<Db>,
-    reader: Arc<PgReader>,
-    feed: Arc<PgFeed>,
+    channel: String,
     retention: Retention,
     stats: Arc<Stats>,
     names: Names,
@@ -220,7 +216,7 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.hub.close();
+        self.subscriptions.hub().close();
         if let Some(task) = &self.prune_task {
             task.abort();
         }
@@ -282,20 +278,22 @@ impl PostgresBackend {
         }
 
         let reader = Arc::new(PgReader::new(db.clone(), false));
+        let channel = schema.channel();
         let feed = Arc::new(PgFeed {
             db: db.clone(),
             // The feed checks for writes in flight whatever this instance's own writes do:
             // other instances' (or programs') writes may coalesce.
             reader: Arc::new(PgReader::new(db.clone(), true)),
             listen: config.listen.then(|| (names.connection(&validated.pg, "listen", &config), tls::share(&tls))),
-            channel: schema.channel(),
+            channel: channel.clone(),
             safety_interval: config.safety_interval,
             in_flight_recheck: config.in_flight_recheck,
             connect_timeout: config.connect_timeout,
             max_backoff: config.reconnect_max_backoff,
             stats: stats.clone(),
         });
-        let hub = Hub::new(BACKEND, HubConfig::with_buffer(config.buffer), counters);
+        let hub = Hub::new(HubConfig::with_buffer(config.buffer), counters);
+        let subscriptions = Subscriptions::new(hub, Arc::new(feed), reader);
         let prune_task = config.prune_interval.map(|every| {
             let (db, retention) = (db.clone(), config.retention.clone());
             tokio::spawn(prune_periodically(db, retention, every).instrument(span.clone()))
@@ -303,10 +301,9 @@ impl PostgresBackend {
         tracing::info!(parent: &span, server, listen = config.listen, "connected");
         Ok(Self {
             shared: Arc::new(Shared {
-                hub,
+                subscriptions,
                 db,
-                reader,
-                feed,
+                channel,
                 retention: config.retention,
                 stats,
                 names,
@@ -406,7 +403,7 @@ impl PostgresBackend {
         repeat: emit::Repeat,
     ) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
+        let _timer = self.hub().counters().time_write(WriteOp::Emit);
         emit::emit(&self.shared.db, tx, completion, repeat).instrument(span).await
     }
 
@@ -460,7 +457,7 @@ impl PostgresBackend {
 
     /// The NOTIFY channel of the schema (`<schema>_completions`).
     pub fn channel(&self) -> &str {
-        &self.shared.feed.channel
+        &self.shared.channel
     }
 
     /// The `application_name` of this instance's LISTEN connection (find it in
@@ -476,24 +473,24 @@ impl PostgresBackend {
 
     /// How many streams are open.
     pub fn open_streams(&self) -> usize {
-        self.shared.hub.stream_count()
+        self.hub().stream_count()
     }
 
     /// Ends every stream and refuses new subscriptions; the LISTEN connection closes once
     /// the streams are gone. Writes keep working until the backend is dropped.
     pub fn close(&self) {
-        self.shared.hub.close();
+        self.hub().close();
     }
 
-    fn reader(&self) -> Arc<dyn LogReader<PgPosition>> {
-        self.shared.reader.clone()
+    fn hub(&self) -> &Hub<PgPosition> {
+        self.shared.subscriptions.hub()
     }
 
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
         // The ticket is drawn inside the stored function and not returned: the span carries
         // the commit time instead (the ticket is in the delivered cursor).
-        let span = completion_core::terminal_write_span(BACKEND, id, outcome);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
+        let span = completion_core::hub::terminal_write_span(BACKEND, id, outcome);
+        let _timer = self.hub().counters().time_write(WriteOp::terminal(outcome));
         let at = self.shared.db.finish(id, outcome, reason).instrument(span.clone()).await?;
         span.record("completed_at_ms", at);
         Ok(())
@@ -559,54 +556,13 @@ async fn prune_periodically(db: Arc<Db>, retention: Retention, every: Duration) 
     }
 }
 
-#[async_trait]
-impl CompletionBackend for PostgresBackend {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
-        self.subscribe_completions_filtered(&ScannerFilter::new()).await
-    }
-
-    async fn subscribe_completions_filtered(&self, filter: &ScannerFilter) -> Result<CompletionStream, EngineError> {
-        self.shared.hub.subscribe(&self.shared.feed, self.reader(), filter).await
-    }
-
-    async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
-        let from = match from {
-            StartFrom::After(cursor) => {
-                let position = match PgCursor::parse(&cursor)? {
-                    PgCursor::Ticket(position) => {
-                        let last = self.shared.db.last_ticket().await?;
-                        if position.ticket > last {
-                            return Err(EngineError::invalid(
-                                "cursor",
-                                cursor.as_str(),
-                                format!("points past the end of this backend's log (last ticket {last})"),
-                            ));
-                        }
-                        position
-                    }
-                    PgCursor::Legacy { xid, id } => self.shared.db.legacy_ticket(xid, id).await?,
-                };
-                StartFrom::After(completion_core::hub::Position::to_cursor(&position))
-            }
-            other => other,
-        };
-        self.shared.hub.subscribe_from(&self.shared.feed, self.reader(), from, filter).await
-    }
-
-    fn counters(&self) -> CounterSnapshot {
-        self.shared.hub.snapshot()
-    }
-}
+completion_core::delegate_completion_backend!(PostgresBackend, |this| &this.shared.subscriptions);
 
 #[async_trait]
 impl EngineBackend for PostgresBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
         let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::Create);
+        let _timer = self.hub().counters().time_write(WriteOp::Create);
         self.shared.db.create(&execution).instrument(span).await
     }
 

@@ -110,7 +110,7 @@ fn refinery_error(schema: &Schema, e: refinery::Error) -> EngineError {
             backend: BACKEND,
             reason: format!("schema {}: its migration history does not match this build: {e}", schema.name()),
         },
-        _ => EngineError::Server { backend: BACKEND, op: "migrate", message: format!("schema {}: {e}", schema.name()) },
+        _ => EngineError::server(BACKEND, "migrate", format!("schema {}: {e}", schema.name())),
     }
 }
 

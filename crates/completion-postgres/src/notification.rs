@@ -58,13 +58,13 @@ pub(crate) fn parse(payload: &str) -> Result<Option<LogEvent<PgPosition>>, Strin
     let position = PgPosition::at(p.t);
     let payload = CompletionPayload::new(
         ExecutionId::new(p.e).map_err(|e| e.to_string())?,
-        p.f.map(FlowId::new).transpose().map_err(|e| e.to_string())?,
         Namespace::new(p.n).map_err(|e| e.to_string())?,
         p.o.parse::<Outcome>().map_err(|e| e.to_string())?,
-        Tags::from_pairs(p.g).map_err(|e| e.to_string())?,
-        p.c.max(0) as u64,
-        position.to_cursor(),
-    );
+    )
+    .with_flow(p.f.map(FlowId::new).transpose().map_err(|e| e.to_string())?)
+    .with_tags(Tags::from_pairs(p.g).map_err(|e| e.to_string())?)
+    .with_completed_at_ms(p.c.max(0) as u64)
+    .with_cursor(position.to_cursor());
     Ok(Some(LogEvent { position, payload }))
 }
 

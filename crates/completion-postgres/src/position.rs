@@ -85,6 +85,7 @@ impl fmt::Display for PgPosition {
 }
 
 impl Position for PgPosition {
+    const BACKEND: &'static str = "postgres";
     type Event = PgPosition;
 
     fn is_new(&self, event: &PgPosition) -> bool {

@@ -72,7 +72,23 @@ pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
         ErrorKind::Config | ErrorKind::Url => {
             EngineError::invalid("valkey client configuration", error.details(), "refused by the client library")
         }
-        _ => EngineError::Server { backend: BACKEND, op, message: error.details().to_string() },
+        _ => server_reply(op, error.details()),
+    }
+}
+
+/// An error reply as [`EngineError::Server`]: its first word is the code when it is one
+/// (upper-case letters, digits and `_`, as `ERR`, `NOSCRIPT` or the library's
+/// `COMPLETIONS_NOT_FOUND`), the rest the message.
+pub(crate) fn server_reply(op: &'static str, reply: &str) -> EngineError {
+    let reply = reply.trim();
+    let (first, rest) = reply.split_once(' ').unwrap_or((reply, ""));
+    let is_code = !first.is_empty()
+        && first.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && first.bytes().any(|b| b.is_ascii_uppercase());
+    if is_code {
+        EngineError::server_code(BACKEND, op, first, rest.trim_start())
+    } else {
+        EngineError::server(BACKEND, op, reply)
     }
 }
 
@@ -508,7 +524,7 @@ impl Conn {
         let start = format!("({after}");
         let reply: Value =
             self.keyed("read log", || self.client.xrange(key, start.as_str(), "+", Some(count as u64))).await?;
-        parse_entries(reply).map_err(|message| EngineError::Server { backend: BACKEND, op: "read log", message })
+        parse_entries(reply).map_err(|message| EngineError::server(BACKEND, "read log", message))
     }
 
     /// `XLEN key`, and the ids of its first and last entries (`XRANGE key - + COUNT 1`,
@@ -518,11 +534,7 @@ impl Conn {
         let first: Value = self.keyed("XRANGE", || self.client.xrange(key, "-", "+", Some(1))).await?;
         let last: Value = self.keyed("XREVRANGE", || self.client.xrevrange(key, "+", "-", Some(1))).await?;
         let id = |reply: Value| -> Result<Option<String>, EngineError> {
-            let entries = parse_entries(reply).map_err(|message| EngineError::Server {
-                backend: BACKEND,
-                op: "XRANGE",
-                message,
-            })?;
+            let entries = parse_entries(reply).map_err(|message| EngineError::server(BACKEND, "XRANGE", message))?;
             Ok(entries.into_iter().next().map(|(id, _)| id))
         };
         Ok((length, id(first)?, id(last)?))

@@ -37,8 +37,9 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use completion_core::EngineError;
+use completion_core::hub::Counters;
 use completion_core::hub::{Feed, Hub};
-use completion_core::{Counters, EngineError};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 

@@ -55,10 +55,9 @@ mod wire;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use completion_core::hub::{Hub, HubConfig};
+use completion_core::hub::{Counters, Hub, HubConfig, Subscriptions, WriteOp};
 use completion_core::{
-    Completion, CompletionBackend, CompletionStream, CounterSnapshot, Counters, EngineBackend, EngineError,
-    ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, ResumableStream, ScannerFilter, StartFrom, WriteOp,
+    Completion, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason,
 };
 use tracing::Instrument;
 
@@ -79,9 +78,10 @@ pub struct ValkeyBackend {
 }
 
 struct Shared {
-    hub: Hub<ValkeyPosition>,
+    subscriptions: Subscriptions<ValkeyPosition>,
     store: Arc<Store>,
-    feed: ValkeyFeed,
+    /// The latest subscriber connection's name (see [`ValkeyBackend::client_names`]).
+    subscriber_name: Arc<Mutex<Option<String>>>,
     closer: Mutex<Option<Closer>>,
     /// What `connect` did to the server's function library.
     library_on_connect: library::Ensured,
@@ -92,7 +92,7 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // Ends every stream, which stops the feed and closes the subscriber connection.
-        self.hub.close();
+        self.subscriptions.hub().close();
         if let Some(closer) = self.closer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             closer.close();
         }
@@ -155,13 +155,15 @@ impl ValkeyBackend {
                 }
             };
             tracing::info!(server = ?store.conn.server_version(), "connected");
-            let hub = Hub::new(BACKEND, HubConfig::with_buffer(config.buffer), counters);
-            let feed = ValkeyFeed { store: store.clone(), subscriber_name: Arc::new(Mutex::new(None)) };
+            let hub = Hub::new(HubConfig::with_buffer(config.buffer), counters);
+            let subscriber_name = Arc::new(Mutex::new(None));
+            let feed = ValkeyFeed { store: store.clone(), subscriber_name: subscriber_name.clone() };
+            let subscriptions = Subscriptions::new(hub, Arc::new(feed), store.clone());
             let stop_retention = config.retention_interval.map(|every| spawn_retention(store.clone(), every));
             let shared = Shared {
-                hub,
+                subscriptions,
                 store,
-                feed,
+                subscriber_name,
                 closer: Mutex::new(Some(closer)),
                 library_on_connect,
                 _stop_retention: stop_retention,
@@ -242,7 +244,7 @@ impl ValkeyBackend {
     pub fn client_names(&self) -> ClientNames {
         ClientNames {
             commands: self.shared.store.conn.name(),
-            subscriber: self.shared.feed.subscriber_name.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            subscriber: self.shared.subscriber_name.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
@@ -285,7 +287,7 @@ impl ValkeyBackend {
     async fn emit_with(&self, completion: &Completion, repeat: bool) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id,
             outcome = %completion.outcome, repeat, position = tracing::field::Empty);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::Emit);
+        let _timer = self.hub().counters().time_write(WriteOp::Emit);
         let entry = self.shared.store.emit(completion, repeat).instrument(span.clone()).await?;
         span.record("position", entry.as_str());
         tracing::trace!(parent: &span, %entry, "completion emitted");
@@ -320,9 +322,13 @@ impl ValkeyBackend {
         keys.hash_tag(keys.partition_of(id.as_str()))
     }
 
+    fn hub(&self) -> &Hub<ValkeyPosition> {
+        self.shared.subscriptions.hub()
+    }
+
     async fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
-        let span = completion_core::terminal_write_span(BACKEND, id, outcome);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::terminal(outcome));
+        let span = completion_core::hub::terminal_write_span(BACKEND, id, outcome);
+        let _timer = self.hub().counters().time_write(WriteOp::terminal(outcome));
         let entry = self.shared.store.terminal(id, outcome, reason).instrument(span.clone()).await?;
         span.record("position", entry.as_str());
         tracing::trace!(parent: &span, %entry, "completion logged and published");
@@ -353,51 +359,13 @@ fn spawn_retention(store: Arc<Store>, every: std::time::Duration) -> tokio::sync
     stop
 }
 
-#[async_trait]
-impl CompletionBackend for ValkeyBackend {
-    fn backend_name(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
-        self.subscribe_completions_filtered(&ScannerFilter::new()).await
-    }
-
-    async fn subscribe_completions_filtered(&self, filter: &ScannerFilter) -> Result<CompletionStream, EngineError> {
-        let reader = self.shared.store.clone();
-        self.shared.hub.subscribe(&self.shared.feed, reader, filter).await
-    }
-
-    async fn subscribe_from(&self, from: StartFrom, filter: &ScannerFilter) -> Result<ResumableStream, EngineError> {
-        if let StartFrom::After(cursor) = &from {
-            // A well-formed cursor past the log's head (from another prefix or server) would
-            // silently skip every event up to it: refuse it. The head is the newest id of the
-            // whole log, not of each partition: after a gap a stream's position is past the
-            // newest trimmed id in every partition (see `reader`), older partitions included.
-            let position = ValkeyPosition::decode(cursor, self.shared.store.config.partitions)?;
-            let head = self.shared.store.head().await?.watermark();
-            if let Some(p) = (0..self.shared.store.config.partitions).find(|&p| position.get(p) > head) {
-                return Err(EngineError::invalid(
-                    "cursor",
-                    cursor.as_str(),
-                    format!("points past the end of this backend's log (partition {p}; head {head})"),
-                ));
-            }
-        }
-        let reader = self.shared.store.clone();
-        self.shared.hub.subscribe_from(&self.shared.feed, reader, from, filter).await
-    }
-
-    fn counters(&self) -> CounterSnapshot {
-        self.shared.hub.snapshot()
-    }
-}
+completion_core::delegate_completion_backend!(ValkeyBackend, |this| &this.shared.subscriptions);
 
 #[async_trait]
 impl EngineBackend for ValkeyBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
         let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
-        let _timer = self.shared.hub.counters().time_write(WriteOp::Create);
+        let _timer = self.hub().counters().time_write(WriteOp::Create);
         self.shared.store.create(&execution).instrument(span).await
     }
 

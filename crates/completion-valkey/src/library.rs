@@ -111,11 +111,11 @@ async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<Ensured, EngineEr
             }
         }
     }
-    Err(EngineError::Server {
-        backend: BACKEND,
-        op: "FUNCTION LOAD",
-        message: format!("the function library `{LIBRARY_NAME}` kept changing while loading it; try again"),
-    })
+    Err(EngineError::server(
+        BACKEND,
+        "FUNCTION LOAD",
+        format!("the function library `{LIBRARY_NAME}` kept changing while loading it; try again"),
+    ))
 }
 
 /// Whether `error` says a library function is missing (the server lost its functions).

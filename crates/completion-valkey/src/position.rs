@@ -224,6 +224,7 @@ pub struct EventPosition {
 }
 
 impl Position for ValkeyPosition {
+    const BACKEND: &'static str = BACKEND;
     type Event = EventPosition;
 
     fn is_new(&self, event: &EventPosition) -> bool {

@@ -39,8 +39,9 @@
 //! once (about `10 x limit`).
 
 use async_trait::async_trait;
+use completion_core::hub::Counters;
 use completion_core::hub::{LogEvent, LogReader, ReadBatch, TrimmedGap};
-use completion_core::{Counters, Cursor, EngineError, ScannerFilter};
+use completion_core::{Cursor, EngineError, ScannerFilter};
 use tracing::Instrument;
 
 use crate::position::{StreamId, ValkeyPosition};
@@ -128,11 +129,8 @@ impl Store {
     async fn read_page(&self, partition: u16, after: StreamId, limit: usize) -> Result<PartitionRead, EngineError> {
         let raw = self.read_partition(partition, &after.to_string(), limit).await?;
         let id = |text: &str, what: &str| {
-            text.parse::<StreamId>().map_err(|e| EngineError::Server {
-                backend: crate::client::BACKEND,
-                op: "read log",
-                message: format!("{what}: {e}"),
-            })
+            text.parse::<StreamId>()
+                .map_err(|e| EngineError::server(crate::client::BACKEND, "read log", format!("{what}: {e}")))
         };
         let truncated = limit > 0 && raw.entries.len() >= limit;
         let mut entries = Vec::with_capacity(raw.entries.len());
@@ -302,8 +300,22 @@ pub(crate) fn merge(
 
 #[async_trait]
 impl LogReader<ValkeyPosition> for Store {
-    fn decode_cursor(&self, cursor: &Cursor) -> Result<ValkeyPosition, EngineError> {
-        ValkeyPosition::decode(cursor, self.keys.partitions())
+    /// Decodes a cursor of this prefix's partition count, refusing one past the log's head.
+    /// The head is the newest id of the whole log, not of each partition: after a gap a
+    /// stream's position is past the newest trimmed id in every partition, older partitions
+    /// included.
+    async fn decode_cursor(&self, cursor: &Cursor) -> Result<ValkeyPosition, EngineError> {
+        let partitions = self.keys.partitions();
+        let position = ValkeyPosition::decode(cursor, partitions)?;
+        let head = self.head().await?.watermark();
+        if let Some(p) = (0..partitions).find(|&p| position.get(p) > head) {
+            return Err(EngineError::invalid(
+                "cursor",
+                cursor.as_str(),
+                format!("points past the end of this backend's log (partition {p}; head {head})"),
+            ));
+        }
+        Ok(position)
     }
 
     async fn read_after(
@@ -344,13 +356,11 @@ mod tests {
     fn event(p: u16, ms: u64, ns: &str) -> (StreamId, Result<LogEvent<ValkeyPosition>, String>) {
         let payload = CompletionPayload::new(
             ExecutionId::new(format!("e{ms}")).unwrap(),
-            None,
             Namespace::new(ns).unwrap(),
             Outcome::Succeeded,
-            Tags::new(),
-            ms,
-            Cursor::new("valkey", "origin"),
-        );
+        )
+        .with_tags(Tags::new())
+        .with_completed_at_ms(ms);
         (id(ms), Ok(LogEvent { position: EventPosition { partition: p, id: id(ms), partitions: 16 }, payload }))
     }
 

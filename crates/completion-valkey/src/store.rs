@@ -8,9 +8,10 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use completion_core::hub::Counters;
 use completion_core::{
-    Completion, Counters, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution,
-    Outcome, Reason,
+    Completion, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution, Outcome,
+    Reason,
 };
 
 use crate::client::{BACKEND, Conn, FcallArgs, FcallReply, RawRead};
@@ -111,7 +112,7 @@ impl Store {
         ];
         match self.call("create_execution", "completions_create", false, vec![self.keys.execution(id)], args).await {
             Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some(EXISTS) => Err(EngineError::AlreadyExists(execution.id.clone())),
+            Err(e) if e.code() == Some(EXISTS) => Err(EngineError::AlreadyExists(execution.id.clone())),
             Err(e) => Err(e),
         }
     }
@@ -144,7 +145,7 @@ impl Store {
         }
         match self.call("terminal write", "completions_terminal", false, keys, args).await {
             Ok(reply) => Ok(reply.text().unwrap_or_default()),
-            Err(e) => Err(match code(&e) {
+            Err(e) => Err(match e.code() {
                 Some(NOT_FOUND) => EngineError::NotFound(id.clone()),
                 Some(TERMINAL) => match terminal_outcome(&e) {
                     Some(first) => EngineError::AlreadyTerminal { execution_id: id.clone(), outcome: first },
@@ -188,7 +189,7 @@ impl Store {
         let (keys, args) = self.emit_call(completion, repeat);
         match self.call("emit", "completions_emit", false, keys, args).await {
             Ok(reply) => Ok(reply.text().unwrap_or_default()),
-            Err(e) => Err(match (code(&e), terminal_outcome(&e)) {
+            Err(e) => Err(match (e.code(), terminal_outcome(&e)) {
                 (Some(EMITTED), Some(first)) => {
                     EngineError::AlreadyTerminal { execution_id: completion.execution_id.clone(), outcome: first }
                 }
@@ -206,10 +207,12 @@ impl Store {
     pub(crate) async fn emitted(&self, id: &ExecutionId) -> Result<Option<(Outcome, u64)>, EngineError> {
         let fields = self.conn.hgetall(&self.keys.emitted(id.as_str())).await?;
         let (Some(outcome), Some(at)) = (fields.get("outcome"), fields.get("emitted_at_ms")) else { return Ok(None) };
-        let bad = |what: &str| EngineError::Server {
-            backend: BACKEND,
-            op: "look up an emitted completion",
-            message: format!("the emit marker of {id} holds a bad {what}"),
+        let bad = |what: &str| {
+            EngineError::server(
+                BACKEND,
+                "look up an emitted completion",
+                format!("the emit marker of {id} holds a bad {what}"),
+            )
         };
         let outcome: Outcome = outcome.parse().map_err(|_| bad("outcome"))?;
         Ok(Some((outcome, at.parse().map_err(|_| bad("emitted_at_ms"))?)))
@@ -220,10 +223,12 @@ impl Store {
         if fields.is_empty() {
             return Err(EngineError::NotFound(id.clone()));
         }
-        parse_info(id, &fields).map_err(|reason| EngineError::Server {
-            backend: BACKEND,
-            op: "describe",
-            message: format!("execution {id} is stored in a shape this build does not read: {reason}"),
+        parse_info(id, &fields).map_err(|reason| {
+            EngineError::server(
+                BACKEND,
+                "describe",
+                format!("execution {id} is stored in a shape this build does not read: {reason}"),
+            )
         })
     }
 
@@ -254,8 +259,7 @@ impl Store {
                 vec![after.to_string(), "0".into()],
             )
             .await?;
-        let mut read =
-            reply.into_read().map_err(|message| EngineError::Server { backend: BACKEND, op: "read log", message })?;
+        let mut read = reply.into_read().map_err(|message| EngineError::server(BACKEND, "read log", message))?;
         if count > 0 {
             read.entries = self.conn.xrange_after(&log, after, count).await?;
             read.trimmed_to = self.conn.hget("read log", &meta, "trimmed_to").await?.unwrap_or_else(|| "0-0".into());
@@ -332,15 +336,13 @@ impl Store {
         let reply = self
             .call("trim log", "completions_ids", true, vec![self.keys.log(p)], vec![before, page.to_string()])
             .await?;
-        let ids = reply.texts().ok_or_else(|| EngineError::Server {
-            backend: BACKEND,
-            op: "trim log",
-            message: "the ids function did not return a list of ids".into(),
-        })?;
+        let ids = reply
+            .texts()
+            .ok_or_else(|| EngineError::server(BACKEND, "trim log", "the ids function did not return a list of ids"))?;
         exhausted[at] = ids.len() < page;
         for text in ids {
             let id: StreamId =
-                text.parse().map_err(|message| EngineError::Server { backend: BACKEND, op: "trim log", message })?;
+                text.parse().map_err(|message: String| EngineError::server(BACKEND, "trim log", message))?;
             pages[at].push_back(id);
             last[at] = Some(id);
         }
@@ -348,17 +350,11 @@ impl Store {
     }
 }
 
-/// The code of a library error reply.
-fn code(error: &EngineError) -> Option<&str> {
-    match error {
-        EngineError::Server { message, .. } => message.split_whitespace().next(),
-        _ => None,
-    }
-}
-
+/// The first outcome an `COMPLETIONS_TERMINAL` / `COMPLETIONS_EMITTED` reply names (its
+/// message is the outcome).
 fn terminal_outcome(error: &EngineError) -> Option<Outcome> {
     match error {
-        EngineError::Server { message, .. } => message.split_whitespace().nth(1)?.parse().ok(),
+        EngineError::Server { message, .. } => message.split_whitespace().next()?.parse().ok(),
         _ => None,
     }
 }
@@ -381,17 +377,14 @@ fn parse_info(id: &ExecutionId, fields: &HashMap<String, String>) -> Result<Exec
         }
         _ => None,
     };
-    Ok(ExecutionInfo::new(
-        id.clone(),
-        Namespace::new(get("namespace")?).map_err(|e| e.to_string())?,
-        match get("flow_id")? {
-            "" => None,
-            f => Some(FlowId::new(f).map_err(|e| e.to_string())?),
-        },
-        wire::tags_from_json(get("tags")?)?,
-        state,
-        reason,
-        number("created_at_ms")?.ok_or("`created_at_ms` is empty")?,
-        number("completed_at_ms")?,
-    ))
+    let flow_id = match get("flow_id")? {
+        "" => None,
+        f => Some(FlowId::new(f).map_err(|e| e.to_string())?),
+    };
+    Ok(ExecutionInfo::new(id.clone(), Namespace::new(get("namespace")?).map_err(|e| e.to_string())?, state)
+        .with_flow(flow_id)
+        .with_tags(wire::tags_from_json(get("tags")?)?)
+        .with_reason(reason)
+        .with_created_at_ms(number("created_at_ms")?.ok_or("`created_at_ms` is empty")?)
+        .with_completed_at_ms(number("completed_at_ms")?))
 }

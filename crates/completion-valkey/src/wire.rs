@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 
 use completion_core::hub::LogEvent;
-use completion_core::{CompletionPayload, Cursor, ExecutionId, FlowId, Namespace, Outcome, Tags};
+use completion_core::{CompletionPayload, ExecutionId, FlowId, Namespace, Outcome, Tags};
 use serde::Deserialize;
 
 use crate::keys::Keyspace;
-use crate::position::{BACKEND, EventPosition, StreamId, ValkeyPosition};
+use crate::position::{EventPosition, StreamId, ValkeyPosition};
 
 /// Version of the message body this build reads (`"v"`). Newer versions stay readable as
 /// long as they keep these fields.
@@ -78,20 +78,14 @@ pub(crate) fn parse_message(body: &[u8], keys: &Keyspace) -> Result<Announcement
     }
     let payload = CompletionPayload::new(
         execution_id,
-        m.flow_id.filter(|f| !f.is_empty()).map(FlowId::new).transpose().map_err(|e| e.to_string())?,
         Namespace::new(m.namespace).map_err(|e| e.to_string())?,
         m.outcome.parse::<Outcome>().map_err(|e| e.to_string())?,
-        tags_from_map(m.tags)?,
-        m.completed_at_ms,
-        placeholder_cursor(),
-    );
+    )
+    .with_flow(m.flow_id.filter(|f| !f.is_empty()).map(FlowId::new).transpose().map_err(|e| e.to_string())?)
+    .with_tags(tags_from_map(m.tags)?)
+    .with_completed_at_ms(m.completed_at_ms);
     let position = EventPosition { partition: m.partition, id, partitions: keys.partitions() };
     Ok(Announcement { event: LogEvent { position, payload }, prev })
-}
-
-/// The cursor a payload carries until the hub stamps the stream's own.
-fn placeholder_cursor() -> Cursor {
-    Cursor::new(BACKEND, "origin")
 }
 
 /// Parses one log entry's fields (`field, value, field, value, ...`).
@@ -106,12 +100,13 @@ pub(crate) fn parse_entry(
     let flow = get("flow_id").filter(|f| !f.is_empty()).map(FlowId::new).transpose().map_err(|e| e.to_string())?;
     let payload = CompletionPayload::new(
         ExecutionId::new(need("execution_id")?).map_err(|e| e.to_string())?,
-        flow,
         Namespace::new(need("namespace")?).map_err(|e| e.to_string())?,
         need("outcome")?.parse::<Outcome>().map_err(|e| e.to_string())?,
-        tags_from_json(need("tags")?)?,
+    )
+    .with_flow(flow)
+    .with_tags(tags_from_json(need("tags")?)?)
+    .with_completed_at_ms(
         need("completed_at_ms")?.parse().map_err(|_| format!("log entry {id} has a bad `completed_at_ms`"))?,
-        placeholder_cursor(),
     );
     Ok(LogEvent { position: EventPosition { partition, id, partitions: keys.partitions() }, payload })
 }

@@ -153,11 +153,11 @@ impl TaskStore for PostgresTasks {
             return Err(match state.as_deref().map(str::parse::<Outcome>) {
                 None => EngineError::NotFound(task.id.clone()),
                 Some(Ok(first)) => EngineError::AlreadyTerminal { execution_id: task.id.clone(), outcome: first },
-                Some(Err(_)) => EngineError::Server {
-                    backend: "postgres",
-                    op: OP,
-                    message: format!("task {} is {state:?} after an update of running tasks", task.id),
-                },
+                Some(Err(_)) => EngineError::server(
+                    "postgres",
+                    OP,
+                    format!("task {} is {state:?} after an update of running tasks", task.id),
+                ),
             });
         };
         // The completion from the engine's own row: what the subscribers will see.
@@ -198,13 +198,8 @@ fn pg_error(e: tokio_postgres::Error) -> EngineError {
         }
         None => true, // no server verdict: I/O, closed connection
     };
-    let message = match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    };
-    if lost {
-        EngineError::transport("postgres", OP, message)
-    } else {
-        EngineError::Server { backend: "postgres", op: OP, message }
+    match e.as_db_error() {
+        Some(db) if !lost => EngineError::server_code("postgres", OP, db.code().code(), db.message()),
+        _ => EngineError::transport("postgres", OP, e),
     }
 }

@@ -225,7 +225,7 @@ impl TaskStore for ValkeyTasks {
                 Err(match first {
                     Some(first) => EngineError::AlreadyTerminal { execution_id: task.id.clone(), outcome: first },
                     None if message.contains("ENGINE_NOT_FOUND") => EngineError::NotFound(task.id.clone()),
-                    None => EngineError::Server { backend: BACKEND, op: "finish", message },
+                    None => EngineError::server(BACKEND, "finish", message),
                 })
             }
             other => other,
@@ -255,6 +255,6 @@ fn fred_error(op: &'static str, e: Error) -> EngineError {
         // fred's "channel closed": the connection died under the command.
         ErrorKind::Unknown if reply == "channel closed" => EngineError::transport(BACKEND, op, e),
         _ if in_flux => EngineError::transport(BACKEND, op, e),
-        _ => EngineError::Server { backend: BACKEND, op, message: e.details().to_string() },
+        _ => EngineError::server(BACKEND, op, e.details()),
     }
 }

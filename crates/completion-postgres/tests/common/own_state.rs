@@ -26,7 +26,7 @@ fn pg(op: &'static str, e: tokio_postgres::Error) -> EngineError {
     {
         EngineError::transport("own-state engine", op, e)
     } else {
-        EngineError::Server { backend: "own-state engine", op, message: e.to_string() }
+        EngineError::server("own-state engine", op, e.to_string())
     }
 }
 
@@ -163,15 +163,11 @@ impl EngineBackend for OwnStateEngine {
             "running" => ExecutionState::Active,
             other => ExecutionState::Terminal(other.parse()?),
         };
-        Ok(ExecutionInfo::new(
-            id.clone(),
-            Namespace::new(row.get::<_, String>(0))?,
-            row.get::<_, Option<String>>(1).map(FlowId::new).transpose()?,
-            Tags::from_pairs(tags)?,
-            state,
-            row.get::<_, Option<String>>(4).map(Reason::new).transpose()?,
-            row.get::<_, i64>(5) as u64,
-            row.get::<_, Option<i64>>(6).map(|t| t as u64),
-        ))
+        Ok(ExecutionInfo::new(id.clone(), Namespace::new(row.get::<_, String>(0))?, state)
+            .with_flow(row.get::<_, Option<String>>(1).map(FlowId::new).transpose()?)
+            .with_tags(Tags::from_pairs(tags)?)
+            .with_reason(row.get::<_, Option<String>>(4).map(Reason::new).transpose()?)
+            .with_created_at_ms(row.get::<_, i64>(5) as u64)
+            .with_completed_at_ms(row.get::<_, Option<i64>>(6).map(|t| t as u64)))
     }
 }
