@@ -43,8 +43,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A runnable, URL-driven version: `examples/subscribe.rs` of this crate
-//! (`cargo run -p completions --example subscribe --features valkey,postgres -- URL`).
+//! A runnable, URL-driven version: `examples/subscribe` of the repository
+//! (`cargo run -p subscribe -- URL --demo`); `examples/README.md` lists every example.
 
 mod open;
 mod url;
