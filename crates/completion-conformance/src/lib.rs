@@ -17,6 +17,19 @@
 //! [`BackendHooks::kill_connections`] and [`BackendHooks::restart_server`]; pass
 //! `#[ignore = "why"]` (or a `cfg_attr` of one) where a backend cannot offer them, so a
 //! skipped test is reported as ignored with its reason, never as passed.
+//!
+//! # For authors of other backends
+//!
+//! The suite is published so that a backend outside this repository can prove it keeps the
+//! same contract: depend on it (or on `completions` with its `conformance` feature, as
+//! `completions::conformance`) as a dev-dependency, with `tokio` (features `macros` and
+//! `rt-multi-thread`, which the `#[tokio::test]`s that [`suite!`] writes need), implement
+//! [`Harness`] and [`BackendHooks`] for your backend, and call [`suite!`] once.
+//!
+//! **The suite is not a stable API.** As `object_store`'s `integration` tests, it changes
+//! with the contract it checks: tests are added, tightened and renamed in any release, and
+//! the [`Harness`] traits may gain methods. Pin the version you run and read the changelog
+//! before moving on.
 
 mod harness;
 pub mod support;
@@ -39,7 +52,6 @@ macro_rules! suite {
                 create_twice_is_rejected describe_reports_state values_round_trip_exactly
                 two_independent_subscribers drop_then_resubscribe
                 filter_by_namespace filter_by_tag filter_by_namespace_and_tag filters_leak_nothing_under_load
-                fail_closed_default
                 resume_after_cursor resume_filtered_after_cursor resume_from_earliest resume_from_a_cursor_of_an_earliest_stream
                 resume_from_trimmed_position_yields_gap retention_by_age_trims_old_events plain_stream_counts_gap
                 stalled_resumable_stream_yields_gap trimming_racing_a_reader_loses_nothing_silently

@@ -17,7 +17,7 @@
 //! | 2. log order, no duplicates | [`two_independent_subscribers`], [`resume_after_cursor`], [`racing_terminal_writes_publish_once`], and every test that compares a whole sequence |
 //! | 3. resumes after faults | [`connections_killed_mid_stream_lose_nothing`], [`server_restarted_mid_stream_loses_nothing`], [`resume_from_a_cursor_of_an_earliest_stream`]; retention: [`resume_from_earliest`], [`retention_by_age_trims_old_events`] |
 //! | 4. bounded memory, gaps | [`slow_consumer_stays_bounded_and_loses_nothing`], [`plain_stream_counts_gap`], [`stalled_resumable_stream_yields_gap`], [`resume_from_trimmed_position_yields_gap`] |
-//! | 5. filters never leak | [`filter_by_namespace`], [`filter_by_tag`], [`filter_by_namespace_and_tag`], [`filters_leak_nothing_under_load`], [`resume_filtered_after_cursor`], [`fail_closed_default`] |
+//! | 5. filters never leak | [`filter_by_namespace`], [`filter_by_tag`], [`filter_by_namespace_and_tag`], [`filters_leak_nothing_under_load`], [`resume_filtered_after_cursor`]; a backend that cannot filter fails closed: `completion_core`'s unit tests of the trait's default |
 //! | 6. drop releases | [`drop_releases_server_resources`], [`drop_then_resubscribe`] |
 //! | write side | [`each_outcome`], [`with_and_without_flow`], [`already_terminal_publishes_nothing`], [`create_twice_is_rejected`], [`describe_reports_state`], [`values_round_trip_exactly`] |
 //! | errors | [`invalid_input_is_rejected`] |
@@ -27,11 +27,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use completion_core::{
-    CompletionBackend, CompletionPayload, CompletionStream, Cursor, EngineBackend, EngineError, ExecutionId,
-    ExecutionState, FlowId, Namespace, NewExecution, Outcome, Reason, Retention, ScannerFilter, StartFrom, StreamItem,
-    TagKey, TagValue, Tags, WaitError, Waiter,
+    CompletionPayload, CompletionStream, Cursor, EngineBackend, EngineError, ExecutionId, ExecutionState, FlowId,
+    Namespace, NewExecution, Outcome, Reason, Retention, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue, Tags,
+    WaitError, Waiter,
 };
 use futures_util::StreamExt;
 
@@ -661,55 +660,6 @@ pub async fn filters_leak_nothing_under_load(harness: &dyn Harness) {
     }
     assert_sequence(&item_ids(&items), &written[0], "resumable filtered stream under load");
     assert_no_gap(&items, "resumable filtered stream under load");
-}
-
-/// The trait's default `subscribe_completions_filtered` fails closed: a backend that only
-/// implements the plain subscription refuses a real filter with `Unavailable` (never a
-/// silently unfiltered stream) and delegates a no-op filter. Every backend inherits this
-/// default, so it is part of the contract even though it needs no server.
-pub async fn fail_closed_default(_harness: &dyn Harness) {
-    struct Minimal(CompletionPayload);
-    #[async_trait]
-    impl CompletionBackend for Minimal {
-        fn backend_name(&self) -> &'static str {
-            "minimal"
-        }
-        async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
-            let once = futures_util::stream::iter([self.0.clone()]);
-            Ok(Box::pin(once.chain(futures_util::stream::pending())))
-        }
-    }
-    let ns = namespace("minimal");
-    let payload = CompletionPayload::new(
-        execution_id("minimal"),
-        None,
-        ns.clone(),
-        Outcome::Succeeded,
-        Tags::new(),
-        1,
-        Cursor::new("minimal", 1),
-    );
-    let minimal: Arc<dyn CompletionBackend> = Arc::new(Minimal(payload.clone()));
-    for filter in [
-        ns_filter(&ns),
-        tag_filter("team", "x"),
-        ns_filter(&ns).with_tag(TagKey::new("a").unwrap(), TagValue::new("b").unwrap()),
-    ] {
-        match minimal.subscribe_completions_filtered(&filter).await {
-            Err(EngineError::Unavailable { .. }) => {}
-            Err(e) => panic!("filter {filter:?}: expected Unavailable, got {e}"),
-            Ok(_) => panic!("filter {filter:?}: a backend that cannot filter handed out a stream"),
-        }
-    }
-    let mut stream =
-        minimal.subscribe_completions_filtered(&ScannerFilter::new()).await.expect("a no-op filter delegates");
-    assert_eq!(next_completion(&mut stream, "the delegated stream's event").await, payload);
-    match minimal.subscribe_from(StartFrom::Now, &ScannerFilter::new()).await {
-        Err(EngineError::Unavailable { .. }) => {}
-        Err(e) => panic!("default subscribe_from: expected Unavailable, got {e}"),
-        Ok(_) => panic!("default subscribe_from handed out a stream"),
-    }
-    assert_eq!(minimal.counters(), Default::default(), "default counters are zeros");
 }
 
 /// A resumable stream after a cursor yields exactly the events after it, in the order the
