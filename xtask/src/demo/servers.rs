@@ -292,23 +292,11 @@ fn valkey_kill(
             let names = backend.client_names();
             let whose = if own.is_empty() { "the backend" } else { "the backend and the engine" };
             let names: Vec<String> = std::iter::once(names.commands).chain(names.subscriber).chain(own).collect();
-            tokio::task::spawn_blocking(move || {
-                let list = server.command(&["CLIENT", "LIST"]).map_err(|e| format!("CLIENT LIST failed: {e}"))?;
-                let mut killed = 0;
-                for line in list.lines() {
-                    let field = |key: &str| line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
-                    if let (Some(id), Some(name)) = (field("id"), field("name"))
-                        && names.iter().any(|n| n == name)
-                        // A connection may close by itself meanwhile: an error here is fine.
-                        && server.command(&["CLIENT", "KILL", "ID", id]).is_ok()
-                    {
-                        killed += 1;
-                    }
-                }
-                Ok(format!("killed {killed} connections of {whose} (CLIENT KILL)"))
-            })
-            .await
-            .map_err(|e| format!("killing connections panicked: {e}"))?
+            let killed = tokio::task::spawn_blocking(move || server.kill_clients_named(&names))
+                .await
+                .map_err(|e| format!("killing connections panicked: {e}"))?
+                .map_err(|e| format!("CLIENT LIST / CLIENT KILL failed: {e}"))?;
+            Ok(format!("killed {killed} connections of {whose} (CLIENT KILL)"))
         })
     })
 }
@@ -318,15 +306,10 @@ fn valkey_kill(
 fn postgres_kill(url: String, names: Vec<String>, whose: &'static str) -> Box<dyn FnOnce() -> FaultFuture + Send> {
     Box::new(move || {
         Box::pin(async move {
-            let admin = admin(&url).await?;
-            let row = admin
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = ANY($1)",
-                    &[&names],
-                )
+            let killed = completion_testserver::terminate_sessions(&url, &names)
                 .await
                 .map_err(|e| format!("pg_terminate_backend failed: {e}"))?;
-            Ok(format!("killed {} sessions of {whose} (pg_terminate_backend)", row.get::<_, i64>(0)))
+            Ok(format!("killed {killed} sessions of {whose} (pg_terminate_backend)"))
         })
     })
 }
