@@ -7,7 +7,7 @@
 //!   describe), [`Waiter`], the validated values, [`EngineError`] and [`hub`] for backend
 //!   authors. The delivery contract and the tests that prove it: `docs/delivery.md` of the
 //!   repository.
-//! - Each backend behind a cargo feature, as a module: [`memory`] (feature `memory`, on by
+//! - Each backend behind a cargo feature, as a module: `memory` (feature `memory`, on by
 //!   default), `valkey` (feature `valkey`: Valkey 7.2+ / Redis 7.0+, standalone or cluster)
 //!   and `postgres` (feature `postgres`). `tls` adds TLS to the server backends, `metrics`
 //!   exports counters and latencies through the `metrics` facade, `serde` derives serde on
