@@ -177,11 +177,18 @@ fn test(pg18_args: &Pg18Args) -> Result<(), String> {
 /// `cargo package` of the published crates, each verified (built from its packaged sources
 /// alone, as crates.io would: a missing file or an unpublished dependency fails here). Cargo
 /// packages the workspace crates together, so the dependents verify against the packaged
-/// core. All five verified take about 80 s on the 2-core VM (core alone 14 s).
+/// core. All seven verified take about 2 min on the 2-core VM.
 /// `--allow-dirty`: a developer's run packages the working tree it tests.
 fn package(steps: &mut Vec<Step>) -> Result<(), String> {
-    const CRATES: [&str; 5] =
-        ["completion-core", "completion-memory", "completion-valkey", "completion-postgres", "completion-cli"];
+    const CRATES: [&str; 7] = [
+        "completion-core",
+        "completion-memory",
+        "completion-valkey",
+        "completion-postgres",
+        "completion-conformance",
+        "completions",
+        "completion-cli",
+    ];
     forget_overlay_sources(&CRATES);
     // A target dir of its own, whose builds of our crates are forgotten each time: cargo
     // takes a crate from a registry (here the local overlay) as unchanging for its version,
@@ -191,7 +198,8 @@ fn package(steps: &mut Vec<Step>) -> Result<(), String> {
         .join("package-verify");
     if let Ok(entries) = std::fs::read_dir(verify_dir.join("debug").join(".fingerprint")) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("completion-") {
+            // `completion-*` and `completions-*`.
+            if entry.file_name().to_string_lossy().starts_with("completion") {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

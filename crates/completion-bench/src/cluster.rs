@@ -17,9 +17,9 @@
 
 use std::sync::Arc;
 
-use completion_core::Retention;
 use completion_testserver::{ValkeyCluster, ValkeyClusterOptions, ValkeyFlavor, ValkeyOptions, ValkeyServer};
-use completion_valkey::{ValkeyBackend, ValkeyConfig};
+use completions::valkey::ValkeyBackend;
+use completions::{Backend, OpenOptions};
 use serde::Serialize;
 
 use crate::scale::ServerProbe;
@@ -73,8 +73,10 @@ fn err(op: &str, e: impl std::fmt::Display) -> String {
 }
 
 async fn connect(url: String, prefix: &str, retention: u64) -> Result<Arc<ValkeyBackend>, String> {
-    let config = ValkeyConfig::new(url).with_key_prefix(prefix).with_retention(Retention::events(retention));
-    ValkeyBackend::connect(config).await.map(Arc::new).map_err(|e| err("connect", e))
+    match crate::open(&url, OpenOptions::default().with_prefix(prefix), retention).await? {
+        Backend::Valkey(backend) => Ok(Arc::new(backend)),
+        other => Err(crate::opened_as(&other)),
+    }
 }
 
 /// Measures both deployments; `n` completions per throughput run, `fan_out` per

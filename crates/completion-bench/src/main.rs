@@ -39,10 +39,8 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use completion_core::{CompletionBackend, EngineBackend, Retention};
-use completion_memory::{MemoryBackend, MemoryConfig};
-use completion_postgres::{PostgresBackend, PostgresConfig};
 use completion_testserver::{PostgresOptions, PostgresServer, ValkeyFlavor, ValkeyOptions, ValkeyServer};
-use completion_valkey::{ValkeyBackend, ValkeyConfig};
+use completions::{Backend, OpenOptions};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -504,8 +502,10 @@ async fn bench_memory(
     repeat: usize,
     sizes: Sizes,
 ) -> Result<BackendResult, String> {
-    let backend =
-        Arc::new(MemoryBackend::with_config(MemoryConfig::default().with_retention(Retention::events(RETENTION))));
+    let backend = match open("memory:", OpenOptions::default(), RETENTION).await? {
+        Backend::Memory(backend) => Arc::new(backend),
+        other => return Err(opened_as(&other)),
+    };
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
@@ -549,13 +549,10 @@ async fn bench_valkey(
     machine.valkey = Some(format!("{} {version}", server.flavor().binary_name()));
     let url = server.url();
     let prefix = format!("bench-{run}");
-    let backend = Arc::new(
-        ValkeyBackend::connect(
-            ValkeyConfig::new(url.clone()).with_key_prefix(prefix.clone()).with_retention(Retention::events(RETENTION)),
-        )
-        .await
-        .map_err(|e| format!("connect: {e}"))?,
-    );
+    let backend = match open(&url, OpenOptions::default().with_prefix(prefix.clone()), RETENTION).await? {
+        Backend::Valkey(backend) => Arc::new(backend),
+        other => return Err(opened_as(&other)),
+    };
     // The raw PUBLISH sends as many bytes as our function's PUBLISH does (the channel name
     // is documented in docs/valkey.md), not the size of the decoded payload.
     // One completion before the measured runs, so that the extra subscriber is gone by then.
@@ -608,10 +605,11 @@ async fn bench_postgres(
     machine.postgres = Some(version);
     let url = server.url();
     // As many pooled connections as the bare baseline's writers use.
-    let config = PostgresConfig::from_url(url.clone())
-        .with_pool_size(WRITERS[WRITERS.len() - 1])
-        .with_retention(Retention::events(RETENTION));
-    let backend = Arc::new(PostgresBackend::connect(config).await.map_err(|e| format!("connect: {e}"))?);
+    let backend = match open(&url, OpenOptions::default().with_pool_size(WRITERS[WRITERS.len() - 1]), RETENTION).await?
+    {
+        Backend::Postgres(backend) => Arc::new(backend),
+        other => return Err(opened_as(&other)),
+    };
     let mut runs = Runs::default();
     for rep in 0..repeat {
         let run = format!("{run}-{rep}");
@@ -655,6 +653,17 @@ async fn bench_postgres(
         Some("prepared SELECT of a PL/pgSQL UPDATE+INSERT+NOTIFY(event), autocommit -> LISTEN, same size"),
         Some("UPDATE alone"),
     ))
+}
+
+/// Opens the backend `url` names with `options`, keeping the last `retention` events.
+pub(crate) async fn open(url: &str, options: OpenOptions, retention: u64) -> Result<Backend, String> {
+    let options = options.with_retention(Retention::events(retention));
+    completions::open(url, &options).await.map_err(|e| format!("connect: {e}"))
+}
+
+/// The error for a URL that opened another backend than the figure measures.
+pub(crate) fn opened_as(backend: &Backend) -> String {
+    format!("connect: the URL opened the {} backend, not the one measured", backend.name())
 }
 
 /// Figures 3 to 5 on one backend instance, `repeat` times each.

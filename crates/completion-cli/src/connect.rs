@@ -1,5 +1,5 @@
-//! Opening the backend a URL names, with the CLI's settings: nothing the CLI opens changes
-//! or trims anyone's data behind the operator's back.
+//! Opening the backend a URL names ([`completions::open`]), with the CLI's settings: nothing
+//! the CLI opens changes or trims anyone's data behind the operator's back.
 //!
 //! - PostgreSQL is opened with `migrate` off (a missing or old schema is reported; only
 //!   `completions migrate` changes it) and no periodic prune.
@@ -12,13 +12,9 @@
 
 use std::time::Duration;
 
-use completion_core::CompletionBackend;
-use completion_memory::MemoryBackend;
-use completion_postgres::{PostgresBackend, PostgresConfig};
-use completion_valkey::{ValkeyBackend, ValkeyConfig};
+use completions::{Backend, OpenOptions, Scheme};
 
 use crate::error::{CliError, Kind};
-use crate::url::{Target, redact};
 
 /// The default of `--connect-timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,10 +37,10 @@ impl Options {
         self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
-    /// Refuses options that do not apply to `target`'s backend, naming the one that does.
-    pub fn check_for(&self, target: &Target) -> Result<(), CliError> {
-        let valkey = matches!(target, Target::Valkey { .. });
-        let postgres = matches!(target, Target::Postgres { .. });
+    /// Refuses options that do not apply to `scheme`'s backend, naming the one that does.
+    pub fn check_for(&self, scheme: Scheme) -> Result<(), CliError> {
+        let valkey = scheme == Scheme::Valkey;
+        let postgres = scheme == Scheme::Postgres;
         if self.prefix.is_some() && !valkey {
             return Err(CliError::usage("--prefix applies to Valkey/Redis URLs only (PostgreSQL: --schema)"));
         }
@@ -59,91 +55,37 @@ impl Options {
         }
         Ok(())
     }
-}
 
-/// An open backend.
-pub enum Backend {
-    /// In-process.
-    Memory(MemoryBackend),
-    /// Valkey / Redis.
-    Valkey(ValkeyBackend),
-    /// PostgreSQL.
-    Postgres(PostgresBackend),
-}
-
-impl Backend {
-    /// The subscribe side, shared.
-    pub fn completions_arc(&self) -> std::sync::Arc<dyn CompletionBackend> {
-        match self {
-            Backend::Memory(b) => std::sync::Arc::new(b.clone()),
-            Backend::Valkey(b) => std::sync::Arc::new(b.clone()),
-            Backend::Postgres(b) => std::sync::Arc::new(b.clone()),
+    /// How the CLI opens a backend: as given on the command line, with no migrations and
+    /// no background trim (see the module docs), a pool of two and its own
+    /// `application_name`.
+    pub fn open_options(&self) -> OpenOptions {
+        let mut options = OpenOptions::default()
+            .with_connect_timeout(self.connect_timeout())
+            .with_migrate(false)
+            .with_background_retention(false)
+            .with_application_name("completions-cli")
+            .with_pool_size(2);
+        if let Some(prefix) = &self.prefix {
+            options = options.with_prefix(prefix);
         }
-    }
-
-    /// The write side (for `describe`), shared.
-    pub fn engine_arc(&self) -> std::sync::Arc<dyn completion_core::EngineBackend> {
-        match self {
-            Backend::Memory(b) => std::sync::Arc::new(b.clone()),
-            Backend::Valkey(b) => std::sync::Arc::new(b.clone()),
-            Backend::Postgres(b) => std::sync::Arc::new(b.clone()),
+        if let Some(partitions) = self.partitions {
+            options = options.with_partitions(partitions);
         }
-    }
-
-    /// The subscribe side.
-    pub fn completions(&self) -> &dyn CompletionBackend {
-        match self {
-            Backend::Memory(b) => b,
-            Backend::Valkey(b) => b,
-            Backend::Postgres(b) => b,
+        if let Some(schema) = &self.schema {
+            options = options.with_schema(schema);
         }
+        options
     }
 }
 
-/// The Valkey config the CLI uses for `url`.
-pub fn valkey_config(url: &str, options: &Options) -> ValkeyConfig {
-    let mut config =
-        ValkeyConfig::new(url).with_connect_timeout(options.connect_timeout()).with_retention_interval(None);
-    if let Some(prefix) = &options.prefix {
-        config = config.with_key_prefix(prefix);
-    }
-    if let Some(partitions) = options.partitions {
-        config = config.with_partitions(partitions);
-    }
-    config
-}
-
-/// The PostgreSQL config the CLI uses for `url`.
-pub fn postgres_config(url: &str, options: &Options) -> PostgresConfig {
-    let mut config = PostgresConfig::from_url(url)
-        .with_connect_timeout(options.connect_timeout())
-        .with_prune_interval(None)
-        .with_migrate(false)
-        .with_application_name("completions-cli")
-        .with_pool_size(2);
-    if let Some(schema) = &options.schema {
-        config = config.with_schema(schema);
-    }
-    config
-}
-
-/// Connects to `target`. Unreachable servers fail with [`Kind::Connect`], bad settings with
-/// [`Kind::Usage`], an old or missing PostgreSQL schema with [`Kind::Incompatible`] and a
-/// hint to run `completions migrate`.
-pub async fn open(target: &Target, options: &Options) -> Result<Backend, CliError> {
-    let opened = match target {
-        Target::Memory => return Ok(Backend::Memory(MemoryBackend::new())),
-        Target::Valkey { url } => {
-            let config = valkey_config(url, options);
-            guarded(options, url, async { ValkeyBackend::connect(config).await.map(Backend::Valkey) }).await
-        }
-        Target::Postgres { url } => {
-            let config = postgres_config(url, options);
-            guarded(options, url, async { PostgresBackend::connect(config).await.map(Backend::Postgres) }).await
-        }
-    };
+/// Connects to the backend `url` names (see [`completions::open`]). Unreachable servers
+/// fail with [`Kind::Connect`], bad settings with [`Kind::Usage`], an old or missing
+/// PostgreSQL schema with [`Kind::Incompatible`] and a hint to run `completions migrate`.
+pub async fn open(url: &str, scheme: Scheme, options: &Options) -> Result<Backend, CliError> {
+    let opened = guarded(options, url, completions::open(url, &options.open_options())).await;
     opened.map_err(|e| match e.kind {
-        Kind::Incompatible if matches!(target, Target::Postgres { .. }) => {
+        Kind::Incompatible if scheme == Scheme::Postgres => {
             e.context("the schema is not ready (run `completions migrate URL` first)")
         }
         _ => e,
@@ -155,7 +97,7 @@ pub async fn open(target: &Target, options: &Options) -> Result<Backend, CliErro
 pub async fn guarded<T>(
     options: &Options,
     url: &str,
-    connect: impl Future<Output = Result<T, completion_core::EngineError>>,
+    connect: impl Future<Output = Result<T, completions::EngineError>>,
 ) -> Result<T, CliError> {
     let limit = options.connect_timeout();
     // The libraries bound the connection itself by `limit`; the guard only catches set-up
@@ -166,7 +108,11 @@ pub async fn guarded<T>(
         Ok(Err(e)) => Err(unreachable(url, e)),
         Err(_) => Err(CliError::new(
             Kind::Connect,
-            format!("cannot reach {}: no answer within {}", redact(url), humantime::format_duration(guard)),
+            format!(
+                "cannot reach {}: no answer within {}",
+                completions::redact_url(url),
+                humantime::format_duration(guard)
+            ),
         )),
     }
 }
@@ -174,10 +120,10 @@ pub async fn guarded<T>(
 /// A failure of a first contact with the server at `url`: when it could not be reached,
 /// `cannot reach URL: <the reason, as the system gave it>`, without the library's wrapping
 /// (`valkey transport error during connect: could not connect to URL: ...`).
-fn unreachable(url: &str, e: completion_core::EngineError) -> CliError {
-    let shown = redact(url);
+fn unreachable(url: &str, e: completions::EngineError) -> CliError {
+    let shown = completions::redact_url(url);
     let reason = match &e {
-        completion_core::EngineError::Transport { source, .. } => Some(completion_core::error_chain(&**source)),
+        completions::EngineError::Transport { source, .. } => Some(completions::error_chain(&**source)),
         _ => None,
     };
     let e = CliError::from(e);
@@ -190,5 +136,52 @@ fn unreachable(url: &str, e: completion_core::EngineError) -> CliError {
             CliError::new(Kind::Connect, format!("cannot reach {shown}: {reason}"))
         }
         None => e.context(format!("cannot reach {shown}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SCHEMES: &[&str] =
+        &["redis", "valkey", "redis-cluster", "valkey-cluster", "rediss", "postgres", "postgresql", "memory", "http"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any text after any scheme, with a password in it: the URL check and the backend
+        /// config the CLI builds never panic, a refusal is a usage error of one line, and
+        /// the password never shows.
+        #[test]
+        fn any_url_never_panics_nor_shows_the_password(
+            scheme in proptest::sample::select(SCHEMES),
+            host in "[a-z0-9.:\\[\\]]{0,12}",
+            rest in "\\PC{0,40}",
+        ) {
+            let url = format!("{scheme}://user:hunter2@{host}{rest}");
+            let options = Options::default().open_options();
+            match completions::parse_url(&url) {
+                Ok(scheme) => {
+                    // What `open` checks before connecting: errors only, no panic.
+                    let checked = match scheme {
+                        Scheme::Valkey => options.valkey_config(&url).check(),
+                        Scheme::Postgres => options.postgres_config(&url).check(),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = checked {
+                        let line = CliError::from(e).line(completions::url_password(&url));
+                        prop_assert!(!line.contains("hunter2"), "{url}: {line}");
+                    }
+                }
+                Err(e) => {
+                    let e = CliError::from(e);
+                    prop_assert_eq!(e.kind, Kind::Usage);
+                    let line = e.line(None);
+                    prop_assert!(!line.contains('\n') && !line.contains("hunter2"), "{url}: {line}");
+                }
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@
 use std::fmt;
 use std::process::ExitCode;
 
-use completion_core::EngineError;
+use completions::EngineError;
 
 /// The kind of a failure; it picks the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +106,7 @@ impl From<EngineError> for CliError {
             _ => Kind::Failed,
         };
         // The source chain holds the useful part of a transport error ("Connection refused").
-        let message = completion_core::error_chain(&e);
+        let message = completions::error_chain(&e);
         Self::new(kind, message)
     }
 }

@@ -7,7 +7,7 @@
 //! completions wait URL ID... [--timeout DURATION] [--json]
 //! ```
 //!
-//! The URL picks the backend (see [`url`]). Every failure prints one line on stderr and
+//! The URL picks the backend (see [`completions::parse_url`]). Every failure prints one line on stderr and
 //! exits non-zero with a code that tells its kind (see [`error`]); passwords in URLs are
 //! never printed. Logs go to stderr, off unless `RUST_LOG` asks for them
 //! (`RUST_LOG=completion_valkey=debug`). Full usage: `docs/cli.md`.
@@ -19,7 +19,6 @@ mod output;
 mod stats;
 mod stdio;
 mod tail;
-mod url;
 mod wait;
 
 use std::process::ExitCode;
@@ -128,7 +127,7 @@ impl TargetArgs {
     /// The arguments that reach the same backend again, quoted for a shell, with the URL's
     /// password redacted.
     fn shell_words(&self) -> Vec<String> {
-        let mut words = vec![url::redact(&self.url)];
+        let mut words = vec![completions::redact_url(&self.url)];
         let mut option = |name: &str, value: Option<String>| {
             if let Some(value) = value {
                 words.push(name.to_string());
@@ -171,7 +170,7 @@ fn main() -> ExitCode {
         | Command::Stats { target, .. }
         | Command::Wait { target, .. } => target.clone(),
     };
-    let secret = url::password(&target.url).map(str::to_string);
+    let secret = completions::url_password(&target.url).map(str::to_string);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -195,11 +194,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Tail { target, namespace, tags, from, json } => {
-            let url_target = url::parse(&target.url)?;
+            let scheme = completions::parse_url(&target.url)?;
             let options = target.options();
-            options.check_for(&url_target)?;
-            let plan = tail::Plan::new(namespace.as_deref(), &tags, &from, json, url_target.backend())?;
-            let backend = connect::open(&url_target, &options).await?;
+            options.check_for(scheme)?;
+            let plan = tail::Plan::new(namespace.as_deref(), &tags, &from, json, scheme.name())?;
+            let backend = connect::open(&target.url, scheme, &options).await?;
             let resume = |from: &str| {
                 let mut words = vec!["completions".to_string(), "tail".to_string()];
                 words.extend(target.shell_words());
@@ -214,26 +213,26 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     words.push("--json".to_string());
                 }
                 let mut command = quote(words);
-                if url::password(&target.url).is_some() {
+                if completions::url_password(&target.url).is_some() {
                     command.push_str("   (put the password back into the URL)");
                 }
                 command
             };
-            tail::run(&backend, plan, &url::redact(&target.url), resume).await.map(|()| 0)
+            tail::run(&backend, plan, &completions::redact_url(&target.url), resume).await.map(|()| 0)
         }
         Command::Migrate { target } => {
-            let url_target = url::parse(&target.url)?;
+            let scheme = completions::parse_url(&target.url)?;
             let options = target.options();
-            options.check_for(&url_target)?;
-            let lines = migrate::run(&url_target, &options).await?;
+            options.check_for(scheme)?;
+            let lines = migrate::run(&target.url, scheme, &options).await?;
             print_lines(lines.iter().map(String::as_str)).map(|()| 0)
         }
         Command::Stats { target, json } => {
-            let url_target = url::parse(&target.url)?;
+            let scheme = completions::parse_url(&target.url)?;
             let options = target.options();
-            options.check_for(&url_target)?;
-            let backend = connect::open(&url_target, &options).await?;
-            let stats = stats::gather(&backend, &url::redact(&target.url)).await?;
+            options.check_for(scheme)?;
+            let backend = connect::open(&target.url, scheme, &options).await?;
+            let stats = stats::gather(&backend, &completions::redact_url(&target.url)).await?;
             if json {
                 print_lines([stats.to_json().as_str()])
             } else {
@@ -242,12 +241,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             .map(|()| 0)
         }
         Command::Wait { target, ids, timeout, json } => {
-            let url_target = url::parse(&target.url)?;
+            let scheme = completions::parse_url(&target.url)?;
             let options = target.options();
-            options.check_for(&url_target)?;
+            options.check_for(scheme)?;
             let ids = wait::ids(&ids)?;
-            let backend = connect::open(&url_target, &options).await?;
-            wait::run(&backend, &url::redact(&target.url), &ids, timeout, json).await
+            let backend = connect::open(&target.url, scheme, &options).await?;
+            wait::run(&backend, &completions::redact_url(&target.url), &ids, timeout, json).await
         }
     }
 }

@@ -2,32 +2,32 @@
 //! version it found and which it left.
 //!
 //! - PostgreSQL: applies the pending migrations to the schema (creating it), with
-//!   `completion_postgres::migrate` (serialized across processes by an advisory lock).
+//!   `completions::postgres::migrate` (serialized across processes by an advisory lock).
 //! - Valkey/Redis: loads or upgrades the function library (what every connect does), and
 //!   records the key prefix's partition count when the prefix is new.
 //! - memory: nothing to do.
 //!
 //! Idempotent: a second run changes nothing and says "already at version N".
 
-use completion_postgres::PostgresBackend;
-use completion_valkey::{LibraryChange, ValkeyBackend};
+use completions::Scheme;
+use completions::postgres::PostgresBackend;
+use completions::valkey::{LibraryChange, ValkeyBackend};
 
 use crate::connect::{self, Options};
 use crate::error::{CliError, Kind};
-use crate::url::Target;
 
-/// Runs the migration for `target`; returns the lines to print.
-pub async fn run(target: &Target, options: &Options) -> Result<Vec<String>, CliError> {
-    match target {
-        Target::Memory => Ok(vec!["memory: nothing to migrate (the in-process backend keeps no schema)".into()]),
-        Target::Postgres { url } => postgres(url, options).await,
-        Target::Valkey { url } => valkey(url, options).await,
+/// Runs the migration for `url` (of `scheme`'s backend); returns the lines to print.
+pub async fn run(url: &str, scheme: Scheme, options: &Options) -> Result<Vec<String>, CliError> {
+    match scheme {
+        Scheme::Postgres => postgres(url, options).await,
+        Scheme::Valkey => valkey(url, options).await,
+        _ => Ok(vec![format!("{}: nothing to migrate (the in-process backend keeps no schema)", scheme.name())]),
     }
 }
 
 async fn postgres(url: &str, options: &Options) -> Result<Vec<String>, CliError> {
-    let config = connect::postgres_config(url, options);
-    let report = connect::guarded(options, url, completion_postgres::migrate(&config)).await?;
+    let config = options.open_options().postgres_config(url);
+    let report = connect::guarded(options, url, completions::postgres::migrate(&config)).await?;
     let schema = &report.schema;
     let line = match (report.applied.first(), report.applied.last()) {
         (Some((first, _)), Some((last, _))) => {
@@ -50,7 +50,7 @@ async fn postgres(url: &str, options: &Options) -> Result<Vec<String>, CliError>
 }
 
 async fn valkey(url: &str, options: &Options) -> Result<Vec<String>, CliError> {
-    let config = connect::valkey_config(url, options);
+    let config = options.open_options().valkey_config(url);
     let (prefix, partitions) = (config.key_prefix.clone(), config.partitions);
     let backend = connect::guarded(options, url, ValkeyBackend::connect(config)).await?;
     let version = backend.library_version().await.map_err(CliError::from)?;

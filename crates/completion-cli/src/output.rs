@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use completion_core::{CompletionPayload, Cursor, Gap};
+use completions::{CompletionPayload, Cursor, Gap};
 use serde::Serialize;
 
 /// How lines are printed.
@@ -101,7 +101,7 @@ pub fn now() -> String {
 
 #[cfg(test)]
 mod tests {
-    use completion_core::{ExecutionId, FlowId, Namespace, Outcome, Tags};
+    use completions::{ExecutionId, FlowId, Namespace, Outcome, Tags};
 
     use super::*;
 

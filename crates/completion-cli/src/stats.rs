@@ -15,9 +15,9 @@
 //!
 //! Not reported: the Valkey subscribers' output buffers (`CLIENT LIST` shows them).
 
+use completions::Backend;
 use serde_json::{Map, Value, json};
 
-use crate::connect::Backend;
 use crate::error::CliError;
 use crate::output;
 
@@ -33,7 +33,6 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
     server.insert("backend".into(), json!(completions.backend_name()));
     server.insert("url".into(), json!(shown_url));
     match backend {
-        Backend::Memory(_) => {}
         Backend::Postgres(pg) => {
             let view = pg.server_view().await?;
             server.insert("schema".into(), json!(pg.schema()));
@@ -84,6 +83,8 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
                 view.channels.iter().map(|c| json!({"partition": c.partition, "subscribers": c.subscribers})).collect();
             server.insert("channels".into(), Value::Array(channels));
         }
+        // The in-process backend has no server.
+        _ => {}
     }
     let counters = match serde_json::to_value(completions.counters()) {
         Ok(Value::Object(map)) => map,
@@ -91,7 +92,6 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
     };
     let mut sections = vec![("server", server), ("counters", counters)];
     match backend {
-        Backend::Memory(_) => {}
         Backend::Postgres(pg) => {
             let s = pg.stats();
             let fields = [
@@ -120,6 +120,7 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
             ];
             sections.push(("valkey_counters", fields.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()));
         }
+        _ => {}
     }
     Ok(Stats { sections })
 }

@@ -19,10 +19,9 @@
 //! Limit: with `--from now` and no item received, there is no cursor to resume from;
 //! completions committed between two runs are then not printed by the second.
 
-use completion_core::{Cursor, Namespace, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue};
+use completions::{Backend, Cursor, Namespace, ScannerFilter, StartFrom, StreamItem, TagKey, TagValue};
 use futures_util::StreamExt;
 
-use crate::connect::Backend;
 use crate::error::{CliError, Kind};
 use crate::output::{self, Format};
 use crate::stdio::{self, Closed};
@@ -100,7 +99,7 @@ impl Plan {
     }
 }
 
-fn usage(option: &str, e: completion_core::EngineError) -> CliError {
+fn usage(option: &str, e: completions::EngineError) -> CliError {
     CliError::usage(format!("{option}: {e}"))
 }
 

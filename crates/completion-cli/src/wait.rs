@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use completion_core::{ExecutionId, Finished, Outcome, WaitError, Waiter};
+use completions::{Backend, ExecutionId, Finished, Outcome, WaitError, Waiter};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::json;
 
-use crate::connect::Backend;
 use crate::error::{CliError, Kind};
 use crate::stdio;
 
@@ -45,7 +44,7 @@ pub async fn run(
     timeout: Option<Duration>,
     json: bool,
 ) -> Result<u8, CliError> {
-    let waiter = Waiter::new(backend.completions_arc(), backend.engine_arc()).await?;
+    let waiter = Waiter::new(backend.completions(), backend.engine()).await?;
     // The readiness line: subscribed, so from here on no outcome can be missed.
     let plural = if ids.len() == 1 { "" } else { "s" };
     stdio::status(&format!("completions: waiting for {} execution{plural} on {shown}", ids.len()));

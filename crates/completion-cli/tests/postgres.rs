@@ -7,8 +7,8 @@ mod common;
 use std::sync::OnceLock;
 
 use common::{run, runtime, unique};
-use completion_postgres::{PostgresBackend, PostgresConfig};
 use completion_testserver::{PostgresOptions, PostgresServer};
+use completions::postgres::{PostgresBackend, PostgresConfig};
 
 fn server() -> &'static PostgresServer {
     static SERVER: OnceLock<PostgresServer> = OnceLock::new();
@@ -66,7 +66,7 @@ fn stats_reports_the_log_and_the_notification_queue() {
     let server = &stats["server"];
     assert_eq!(server["backend"], "postgres");
     assert_eq!(server["schema"], target[2].as_str());
-    assert_eq!(server["schema_version"], completion_postgres::SCHEMA_VERSION);
+    assert_eq!(server["schema_version"], completions::postgres::SCHEMA_VERSION);
     assert_eq!(server["log_events"], 2, "{stats}");
     assert_eq!(server["log_held_back_events"], 0, "{stats}");
     assert!(server["log_bytes"].as_u64().is_some_and(|b| b > 0), "{stats}");
@@ -83,7 +83,7 @@ fn stats_reports_the_log_and_the_notification_queue() {
 /// oldest and newest tickets bound what it holds.
 #[test]
 fn stats_shows_the_listen_connection_of_another_live_instance() {
-    use completion_core::CompletionBackend;
+    use completions::CompletionBackend;
 
     let (target, writer) = fresh();
     let args = |json: bool| {
@@ -135,7 +135,7 @@ fn resuming_from_a_pruned_cursor_prints_a_gap_line_first() {
     let config = PostgresConfig::from_url(server().url())
         .with_schema(&schema)
         .with_prune_interval(None)
-        .with_retention(completion_core::Retention::events(1));
+        .with_retention(completions::Retention::events(1));
     let writer = runtime().block_on(PostgresBackend::connect(config)).expect("writer connects");
     let target = [server().url(), "--schema".to_string(), schema];
     let mut args: Vec<&str> = target.iter().map(String::as_str).collect();

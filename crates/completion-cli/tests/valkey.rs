@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use common::{Running, Stream, assert_no_panic, complete, run, runtime, unique};
 use completion_testserver::{ValkeyOptions, ValkeyServer};
-use completion_valkey::{LIBRARY_VERSION, ValkeyBackend, ValkeyConfig};
+use completions::valkey::{LIBRARY_VERSION, ValkeyBackend, ValkeyConfig};
 
 fn server() -> &'static ValkeyServer {
     static SERVER: OnceLock<ValkeyServer> = OnceLock::new();
@@ -91,7 +91,7 @@ fn stats_reports_the_library_and_counters_as_json() {
 /// a stream open counts as a subscriber, and each partition's log shows its length and ids.
 #[test]
 fn stats_shows_the_subscriber_of_another_live_instance_and_each_partition_log() {
-    use completion_core::CompletionBackend;
+    use completions::CompletionBackend;
 
     let (target, writer) = fresh();
     let stats = |json: bool| {

@@ -17,6 +17,19 @@
 //! [`BackendHooks::kill_connections`] and [`BackendHooks::restart_server`]; pass
 //! `#[ignore = "why"]` (or a `cfg_attr` of one) where a backend cannot offer them, so a
 //! skipped test is reported as ignored with its reason, never as passed.
+//!
+//! # For authors of other backends
+//!
+//! The suite is published so that a backend outside this repository can prove it keeps the
+//! same contract: depend on it (or on `completions` with its `conformance` feature, as
+//! `completions::conformance`) as a dev-dependency, with `tokio` (features `macros` and
+//! `rt-multi-thread`, which the `#[tokio::test]`s that [`suite!`] writes need), implement
+//! [`Harness`] and [`BackendHooks`] for your backend, and call [`suite!`] once.
+//!
+//! **The suite is not a stable API.** As `object_store`'s `integration` tests, it changes
+//! with the contract it checks: tests are added, tightened and renamed in any release, and
+//! the [`Harness`] traits may gain methods. Pin the version you run and read the changelog
+//! before moving on.
 
 mod harness;
 pub mod support;

@@ -429,16 +429,7 @@ impl ValkeyCluster {
     pub fn kill_clients_named(&self, names: &[String]) -> Result<usize, ServerError> {
         let mut killed = 0;
         for i in (0..self.nodes.len()).filter(|&i| self.is_alive(i)) {
-            for line in self.command(i, &["CLIENT", "LIST"])?.lines() {
-                let field =
-                    |name: &str| line.split(' ').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
-                if let (Some(id), Some(name)) = (field("id"), field("name")) {
-                    // The connection may close by itself meanwhile: an error here is fine.
-                    if names.iter().any(|n| n == name) && self.command(i, &["CLIENT", "KILL", "ID", id]).is_ok() {
-                        killed += 1;
-                    }
-                }
-            }
+            killed += crate::valkey::kill_clients_named(|args| self.command(i, args), names)?;
         }
         Ok(killed)
     }

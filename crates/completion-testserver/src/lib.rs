@@ -14,9 +14,13 @@
 //! [`ValkeyCluster::start`] forms a throwaway cluster of such servers (3 primaries by
 //! default, optionally with replicas) and offers slot migration, failover and restarts.
 //!
+//! Faults: [`ValkeyServer::kill_clients_named`] and [`ValkeyCluster::kill_clients_named`]
+//! cut the connections a backend named, [`terminate_sessions`] ends a PostgreSQL backend's
+//! sessions by `application_name` (the one async function of the crate).
+//!
 //! Limits:
-//! - Linux only (`/bin/sh`, `/proc`); the API is blocking — call it from async
-//!   code through `spawn_blocking`.
+//! - Linux only (`/bin/sh`, `/proc`); the API is blocking (but [`terminate_sessions`]) —
+//!   call it from async code through `spawn_blocking`.
 //! - Started servers listen on `127.0.0.1` only, never on the standard ports
 //!   (6379, 5432), and the crate only ever connects to them or to the URL the
 //!   caller provided through the environment.
@@ -41,6 +45,7 @@ mod pgwire;
 mod postgres;
 mod process;
 mod resp;
+mod sessions;
 mod url;
 mod valkey;
 
@@ -48,4 +53,5 @@ pub use cluster::{CLUSTER_SLOTS, ValkeyCluster, ValkeyClusterOptions};
 pub use error::ServerError;
 pub use postgres::{PostgresBinaries, PostgresOptions, PostgresServer};
 pub use resp::Reply;
+pub use sessions::terminate_sessions;
 pub use valkey::{ValkeyFlavor, ValkeyOptions, ValkeyServer};

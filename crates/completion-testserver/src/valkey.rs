@@ -256,6 +256,13 @@ impl ValkeyServer {
         self.endpoint.call(args, COMMAND_TIMEOUT)
     }
 
+    /// Kills every client connection named (`CLIENT SETNAME`) one of `names`, with
+    /// `CLIENT KILL ID`; returns how many were killed. The way tests and the demo cut a
+    /// backend's connections; works on an external server too.
+    pub fn kill_clients_named(&self, names: &[String]) -> Result<usize, ServerError> {
+        kill_clients_named(|args| self.command(args), names)
+    }
+
     /// Stops the server and starts it again on the same port and directory.
     pub fn restart(&self) -> Result<(), ServerError> {
         self.local("restart")?.restart()
@@ -294,6 +301,26 @@ impl ValkeyServer {
             Target::External(_) => Err(ServerError::External { operation, env_var: URL_ENV }),
         }
     }
+}
+
+/// Kills every client connection named one of `names` on the server `command` talks to
+/// (`CLIENT LIST`, then `CLIENT KILL ID`); returns how many were killed.
+pub(crate) fn kill_clients_named(
+    command: impl Fn(&[&str]) -> Result<String, ServerError>,
+    names: &[String],
+) -> Result<usize, ServerError> {
+    let mut killed = 0;
+    for line in command(&["CLIENT", "LIST"])?.lines() {
+        let field = |name: &str| line.split(' ').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
+        if let (Some(id), Some(name)) = (field("id"), field("name"))
+            && names.iter().any(|n| n == name)
+            // The connection may close by itself meanwhile: an error here is fine.
+            && command(&["CLIENT", "KILL", "ID", id]).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    Ok(killed)
 }
 
 /// How to run a server of `opts` in `dir`.

@@ -331,6 +331,53 @@ fn binaries_the_server_user_cannot_run_are_refused_clearly() {
 /// Not a test on its own: the child side of the tests above, a no-op unless
 /// `COMPLETION_TESTSERVER_CHILD` is set.
 #[test]
+fn named_valkey_clients_are_killed_and_no_others() {
+    use std::io::{Read, Write};
+
+    let server = ValkeyServer::start(ValkeyOptions::default().persistence(false)).unwrap();
+    // Connections that stay open, named as a backend names its own.
+    let named = |name: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        let command = format!("*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n${}\r\n{name}\r\n", name.len());
+        stream.write_all(command.as_bytes()).unwrap();
+        let mut ok = [0u8; 5];
+        stream.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+        stream
+    };
+    let _victims = [named("victim"), named("victim")];
+    let _bystander = named("bystander");
+    assert_eq!(server.kill_clients_named(&["victim".to_string(), "nobody".to_string()]).unwrap(), 2);
+    assert_eq!(server.kill_clients_named(&["victim".to_string()]).unwrap(), 0, "already gone");
+    assert!(server.command(&["CLIENT", "LIST"]).unwrap().contains("name=bystander"));
+}
+
+#[test]
+fn postgres_sessions_are_terminated_by_application_name() {
+    let server = PostgresServer::start(PostgresOptions::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let session = |name: &'static str| {
+            let mut config: tokio_postgres::Config = server.url().parse().unwrap();
+            config.application_name(name);
+            async move {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+                (client, tokio::spawn(connection))
+            }
+        };
+        let (victim, victim_connection) = session("victim").await;
+        let (bystander, _bystander_connection) = session("bystander").await;
+        let names = ["victim".to_string(), "nobody".to_string()];
+        assert_eq!(completion_testserver::terminate_sessions(&server.url(), &names).await.unwrap(), 1);
+        let _ = victim_connection.await;
+        assert!(victim.simple_query("SELECT 1").await.is_err(), "the victim's session is gone");
+        assert!(bystander.simple_query("SELECT 1").await.is_ok(), "the bystander's is not");
+        let bad = completion_testserver::terminate_sessions("postgres://h:notaport/db", &names).await.unwrap_err();
+        assert!(matches!(bad, ServerError::InvalidUrl(_)), "{bad}");
+    });
+}
+
+#[test]
 fn child_process_entry() {
     let Ok(mode) = std::env::var(CHILD_ENV) else { return };
     match mode.as_str() {

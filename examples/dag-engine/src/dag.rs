@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use completion_core::{EngineError, ExecutionId, FlowId, Namespace, Outcome};
+use completions::{EngineError, ExecutionId, FlowId, Namespace, Outcome};
 
 /// The namespaces tasks are spread over (a flow lives in one namespace).
 pub const NAMESPACES: [&str; 3] = ["billing", "search", "ingest"];

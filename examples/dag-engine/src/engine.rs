@@ -1,6 +1,6 @@
 //! A small workflow engine built only on the public API: [`CompletionBackend`] to learn of
 //! completions, a [`TaskStore`] to start tasks and write their outcomes (the backend's own
-//! executions through [`EngineBackend`](completion_core::EngineBackend), or a task table of
+//! executions through [`EngineBackend`](completions::EngineBackend), or a task table of
 //! the engine's own that emits each completion in the same atomic step).
 //!
 //! How it runs a [`Dag`]:
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use completion_core::{
+use completions::{
     CompletionBackend, CounterSnapshot, Cursor, EngineError, ExecutionState, Namespace, NewExecution, Outcome, Reason,
     ScannerFilter, StartFrom, StreamItem,
 };
@@ -375,7 +375,7 @@ where
 /// Counts what a namespace-filtered stream yields until it has `expected` events of that
 /// namespace (or nothing comes for `stall`): (of the namespace, of others).
 async fn watch(
-    mut stream: completion_core::CompletionStream,
+    mut stream: completions::CompletionStream,
     namespace: Namespace,
     expected: usize,
     stall: Duration,
@@ -451,7 +451,7 @@ async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use completion_core::ExecutionId;
+    use completions::ExecutionId;
 
     fn transient() -> EngineError {
         EngineError::transport("test", "complete", "connection reset")

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use completion_core::{Completion, EngineError, ExecutionId, ExecutionState, NewExecution, Outcome, Reason};
-use completion_postgres::PostgresBackend;
+use completions::postgres::PostgresBackend;
+use completions::{Completion, EngineError, ExecutionId, ExecutionState, NewExecution, Outcome, Reason};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -161,10 +161,10 @@ impl TaskStore for PostgresTasks {
             });
         };
         // The completion from the engine's own row: what the subscribers will see.
-        let namespace = completion_core::Namespace::new(row.get::<_, String>(0))?;
+        let namespace = completions::Namespace::new(row.get::<_, String>(0))?;
         let mut completion = Completion::new(task.id.clone(), namespace, outcome);
         if let Some(flow) = row.get::<_, Option<String>>(1) {
-            completion = completion.with_flow(completion_core::FlowId::new(flow)?);
+            completion = completion.with_flow(completions::FlowId::new(flow)?);
         }
         if let Some(reason) = reason {
             completion = completion.with_reason(reason.clone());

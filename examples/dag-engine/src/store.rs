@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use completion_core::{EngineBackend, EngineError, ExecutionId, ExecutionState, NewExecution, Outcome, Reason};
+use completions::{EngineBackend, EngineError, ExecutionId, ExecutionState, NewExecution, Outcome, Reason};
 
 /// The engine's task state: start a task, end it (which emits its completion), look it up.
 #[async_trait]

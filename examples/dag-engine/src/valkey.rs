@@ -1,7 +1,7 @@
 //! The own-state mode on Valkey/Redis: [`ValkeyTasks`] keeps each task in a hash of the
 //! engine's own (`<prefix>:{P:p}:<id>`: state, namespace, flow, reason, completion) and ends
 //! it with a function of its own library, which includes the emit step
-//! ([`completion_valkey::EMIT_LUA`]) so that the task's state change and its completion are
+//! ([`completions::valkey::EMIT_LUA`]) so that the task's state change and its completion are
 //! one atomic `FCALL`:
 //!
 //! ```text
@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use completion_core::{Completion, EngineError, ExecutionId, ExecutionState, NewExecution, Outcome, Reason};
-use completion_valkey::{EMIT_LUA, ValkeyBackend};
+use completions::valkey::{EMIT_LUA, ValkeyBackend};
+use completions::{Completion, EngineError, ExecutionId, ExecutionState, NewExecution, Outcome, Reason};
 use fred::prelude::*;
 use fred::types::Value;
 

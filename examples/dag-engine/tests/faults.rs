@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use completion_core::{
+use completions::{
     CompletionBackend, CompletionStream, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Reason,
     ResumableStream, ScannerFilter, StartFrom,
 };
@@ -23,7 +23,7 @@ impl Progress for Quiet {
 /// The in-process backend, with its resumable stream losing or repeating the completion of
 /// one execution: the engine must notice either.
 struct Faulty {
-    inner: completion_memory::MemoryBackend,
+    inner: completions::memory::MemoryBackend,
     victim: ExecutionId,
     repeat: bool,
 }
@@ -84,7 +84,7 @@ async fn run_faulty(repeat: bool) -> Result<RunReport, String> {
     // A task with children, so that losing or repeating it matters to the promotion loop.
     let victim = dag.children.iter().position(|c| !c.is_empty()).expect("a task with children");
     let backend = std::sync::Arc::new(Faulty {
-        inner: completion_memory::MemoryBackend::new(),
+        inner: completions::memory::MemoryBackend::new(),
         victim: dag.tasks[victim].id.clone(),
         repeat,
     });

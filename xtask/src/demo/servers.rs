@@ -20,13 +20,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use completion_core::CompletionBackend;
-use completion_memory::MemoryBackend;
-use completion_postgres::{PostgresBackend, PostgresConfig};
 use completion_testserver::{
     PostgresOptions, PostgresServer, Reply, ServerError, ValkeyFlavor, ValkeyOptions, ValkeyServer,
 };
-use completion_valkey::{ValkeyBackend, ValkeyConfig};
+use completions::valkey::ValkeyBackend;
+use completions::{Backend, CompletionBackend, OpenOptions};
 
 use dag_engine::engine::{Fault, FaultFuture};
 use dag_engine::postgres::PostgresTasks;
@@ -176,17 +174,17 @@ impl Server {
                 Err("the in-process backend has no own-state mode: completion-memory has no emit API".to_string())
             }
             Server::Memory => {
-                let backend = Arc::new(MemoryBackend::new());
-                let store = Arc::new(Builtin::new(backend.clone()));
-                Ok(Connected { completions: backend, store, faults: Vec::new(), cleanup: None })
+                let backend = open("the in-process backend", "memory:", OpenOptions::default()).await?;
+                let store = Arc::new(Builtin::new(backend.engine()));
+                Ok(Connected { completions: backend.completions(), store, faults: Vec::new(), cleanup: None })
             }
             Server::Valkey(server) => {
                 let prefix = format!("demo-{run}");
-                let config = ValkeyConfig::new(server.url())
-                    .with_key_prefix(prefix.clone())
-                    .with_reconnect_max_delay(Duration::from_millis(500));
-                let backend =
-                    ValkeyBackend::connect(config).await.map_err(|e| format!("connecting to Valkey failed: {e}"))?;
+                let options = OpenOptions::default().with_prefix(prefix.clone());
+                let backend = match open("Valkey", &server.url(), options).await? {
+                    Backend::Valkey(backend) => backend,
+                    other => return Err(format!("the Valkey URL opened the {} backend", other.name())),
+                };
                 let (store, own, library): (Arc<dyn TaskStore>, _, _) = match state {
                     State::Builtin => (Arc::new(Builtin::new(Arc::new(backend.clone()))), Vec::new(), None),
                     State::Own => {
@@ -218,13 +216,16 @@ impl Server {
             }
             Server::Postgres(server) => {
                 let schema = format!("demo_{run}");
-                let config = PostgresConfig::from_url(server.url())
-                    .with_schema(schema.clone())
-                    .with_reconnect_max_backoff(Duration::from_millis(500));
-                let backend = PostgresBackend::connect(config)
-                    .await
-                    .map_err(|e| format!("connecting to PostgreSQL failed: {e}"))?;
-                let backend = Arc::new(backend);
+                let backend = match open(
+                    "PostgreSQL",
+                    &server.url(),
+                    OpenOptions::default().with_schema(schema.clone()),
+                )
+                .await?
+                {
+                    Backend::Postgres(backend) => Arc::new(backend),
+                    other => return Err(format!("the PostgreSQL URL opened the {} backend", other.name())),
+                };
                 let mut names = vec![backend.listener_application_name(), backend.pool_application_name()];
                 let mut schemas = vec![schema.clone()];
                 let store: Arc<dyn TaskStore> = match state {
@@ -266,6 +267,13 @@ impl Server {
     }
 }
 
+/// Opens the backend `url` names (`what`, for the error), reconnecting quickly after the
+/// demo's faults (at most 500 ms between attempts).
+async fn open(what: &str, url: &str, options: OpenOptions) -> Result<Backend, String> {
+    let options = options.with_reconnect_max_delay(Duration::from_millis(500));
+    completions::open(url, &options).await.map_err(|e| format!("connecting to {what} failed: {e}"))
+}
+
 /// Unique per process and moment, so runs on one external server never share data.
 fn run_tag() -> String {
     let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
@@ -284,23 +292,11 @@ fn valkey_kill(
             let names = backend.client_names();
             let whose = if own.is_empty() { "the backend" } else { "the backend and the engine" };
             let names: Vec<String> = std::iter::once(names.commands).chain(names.subscriber).chain(own).collect();
-            tokio::task::spawn_blocking(move || {
-                let list = server.command(&["CLIENT", "LIST"]).map_err(|e| format!("CLIENT LIST failed: {e}"))?;
-                let mut killed = 0;
-                for line in list.lines() {
-                    let field = |key: &str| line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
-                    if let (Some(id), Some(name)) = (field("id"), field("name"))
-                        && names.iter().any(|n| n == name)
-                        // A connection may close by itself meanwhile: an error here is fine.
-                        && server.command(&["CLIENT", "KILL", "ID", id]).is_ok()
-                    {
-                        killed += 1;
-                    }
-                }
-                Ok(format!("killed {killed} connections of {whose} (CLIENT KILL)"))
-            })
-            .await
-            .map_err(|e| format!("killing connections panicked: {e}"))?
+            let killed = tokio::task::spawn_blocking(move || server.kill_clients_named(&names))
+                .await
+                .map_err(|e| format!("killing connections panicked: {e}"))?
+                .map_err(|e| format!("CLIENT LIST / CLIENT KILL failed: {e}"))?;
+            Ok(format!("killed {killed} connections of {whose} (CLIENT KILL)"))
         })
     })
 }
@@ -310,15 +306,10 @@ fn valkey_kill(
 fn postgres_kill(url: String, names: Vec<String>, whose: &'static str) -> Box<dyn FnOnce() -> FaultFuture + Send> {
     Box::new(move || {
         Box::pin(async move {
-            let admin = admin(&url).await?;
-            let row = admin
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = ANY($1)",
-                    &[&names],
-                )
+            let killed = completion_testserver::terminate_sessions(&url, &names)
                 .await
                 .map_err(|e| format!("pg_terminate_backend failed: {e}"))?;
-            Ok(format!("killed {} sessions of {whose} (pg_terminate_backend)", row.get::<_, i64>(0)))
+            Ok(format!("killed {killed} sessions of {whose} (pg_terminate_backend)"))
         })
     })
 }

@@ -52,7 +52,7 @@ fn assert_exactly_once(report: &RunReport, progress: &Recorded, dag: &Dag) {
     assert_eq!(report.outcomes.iter().sum::<usize>(), dag.tasks.len());
     let expected = dag.expected_outcomes();
     let count = |o| expected.iter().filter(|e| **e == o).count();
-    use completion_core::Outcome::*;
+    use completions::Outcome::*;
     assert_eq!(report.outcomes, [count(Succeeded), count(Failed), count(Cancelled)]);
     let roots = dag.tasks.iter().filter(|t| t.parents.is_empty()).count();
     assert_eq!(report.hops.len(), dag.tasks.len() - roots, "one hop per promoted non-root task");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use completion_core::{EngineBackend, ExecutionId, Namespace, NewExecution, Reason, Tags};
+use completions::{EngineBackend, ExecutionId, Namespace, NewExecution, Reason, Tags};
 
 /// Long enough for a loaded 2-core machine; only reached when something is broken.
 pub const DEADLINE: Duration = Duration::from_secs(60);

@@ -63,13 +63,5 @@ pub async fn connections_named(url: &str, name: &str) -> usize {
 
 /// Terminates every connection whose application_name is one of `names`; returns how many.
 pub async fn terminate_named(url: &str, names: &[String]) -> usize {
-    let client = admin(url).await;
-    let row = client
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = ANY($1)",
-            &[&names],
-        )
-        .await
-        .expect("pg_terminate_backend");
-    row.get::<_, i64>(0) as usize
+    completion_testserver::terminate_sessions(url, names).await.expect("pg_terminate_backend")
 }

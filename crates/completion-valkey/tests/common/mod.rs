@@ -76,16 +76,11 @@ impl Server {
 
     /// Kills every connection named one of `names`; returns how many.
     pub async fn kill_named(&self, names: &[String]) -> usize {
-        let mut killed = 0;
-        for (id, name) in self.clients().await {
-            if names.contains(&name) {
-                // The connection may close by itself meanwhile: an error here is fine.
-                if self.try_command(&["CLIENT", "KILL", "ID", &id]).await.is_ok() {
-                    killed += 1;
-                }
-            }
-        }
-        killed
+        let (server, names) = (self.clone(), names.to_vec());
+        tokio::task::spawn_blocking(move || server.get().kill_clients_named(&names))
+            .await
+            .expect("killing clients panicked")
+            .expect("CLIENT LIST / CLIENT KILL")
     }
 
     /// Open connections named `name`.

@@ -1,0 +1,78 @@
+//! The suite's test list is kept twice: as the `pub async fn`s of `src/tests.rs` and as the
+//! names `suite!` registers (`src/lib.rs`). A function missing from `suite!` would never
+//! run on any backend, and a name without a function breaks every backend's build; this
+//! test fails on either, naming the function.
+
+use std::collections::BTreeSet;
+
+const TESTS: &str = include_str!("../src/tests.rs");
+const LIB: &str = include_str!("../src/lib.rs");
+
+/// The names of the `pub async fn`s of `source` (the conformance tests).
+fn test_functions(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .filter_map(|line| line.strip_prefix("pub async fn "))
+        .map(|rest| rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The names every `$crate::suite!(@tests $harness; [attributes]; names...)` call of
+/// `source` registers.
+fn registered(source: &str) -> Vec<String> {
+    const CALL: &str = "$crate::suite!(@tests $harness;";
+    let mut names = Vec::new();
+    for (at, _) in source.match_indices(CALL) {
+        let call = &source[at + CALL.len()..];
+        let call = &call[..call.find(");").unwrap_or(call.len())];
+        // `[attributes]; names`: the attribute list holds no `;`.
+        let list = call.split_once(';').map_or("", |(_, names)| names);
+        // The macro's own recursion (`$($rest)*`) registers nothing of its own.
+        if !list.contains('$') {
+            names.extend(list.split_whitespace().map(str::to_string));
+        }
+    }
+    names
+}
+
+/// Every name of `names` that `others` lacks, in order.
+fn missing<'a>(names: &'a [String], others: &[String]) -> Vec<&'a str> {
+    names.iter().filter(|name| !others.contains(name)).map(String::as_str).collect()
+}
+
+#[test]
+fn every_test_function_is_registered_in_suite_and_nothing_else() {
+    let functions = test_functions(TESTS);
+    let names = registered(LIB);
+    assert!(functions.len() > 10, "found only {functions:?} in src/tests.rs");
+    assert!(names.len() > 10, "found only {names:?} in suite! of src/lib.rs");
+    let unregistered = missing(&functions, &names);
+    assert!(
+        unregistered.is_empty(),
+        "pub async fn {} of src/tests.rs never runs: add it to a list of suite! in src/lib.rs",
+        unregistered.join(", ")
+    );
+    let unknown = missing(&names, &functions);
+    assert!(
+        unknown.is_empty(),
+        "suite! in src/lib.rs registers {}, which src/tests.rs does not define as a pub async fn",
+        unknown.join(", ")
+    );
+    let mut seen = BTreeSet::new();
+    let twice: Vec<&str> = names.iter().filter(|name| !seen.insert(name.as_str())).map(String::as_str).collect();
+    assert!(twice.is_empty(), "suite! in src/lib.rs registers {} twice", twice.join(", "));
+}
+
+#[test]
+fn the_check_names_what_is_missing() {
+    let tests = "pub async fn listed(harness: &dyn Harness) {}\npub async fn forgotten(h: &dyn Harness) {}\n\
+                 async fn helper() {}\n";
+    let lib = "$crate::suite!(@tests $harness; [];\n    listed ghost\n);\n\
+               $crate::suite!(@tests $harness; [$($(#[$kill])*)?]; other);\n\
+               $crate::suite!(@tests $harness; $attrs; $($rest)*);";
+    let (functions, names) = (test_functions(tests), registered(lib));
+    assert_eq!(functions, ["listed", "forgotten"]);
+    assert_eq!(names, ["listed", "ghost", "other"]);
+    assert_eq!(missing(&functions, &names), ["forgotten"]);
+    assert_eq!(missing(&names, &functions), ["ghost", "other"]);
+}
