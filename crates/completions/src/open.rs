@@ -309,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn memory_opens_an_empty_backend_with_the_retention_asked_for() {
         let options = OpenOptions::default().with_retention(Retention::events(3));
-        assert_eq!(options.memory_config().retention, Retention::events(3));
+        assert_eq!(options.memory_config().subscription.retention, Retention::events(3));
         let backend = open("memory:", &options).await.unwrap();
         assert_eq!(backend.name(), "memory");
         assert_eq!(backend.completions().backend_name(), "memory");
