@@ -81,7 +81,7 @@ pub use ids::{ExecutionId, FlowId, Namespace, Reason, TagKey, TagValue, Tags};
 pub use outcome::Outcome;
 pub use payload::{CompletionPayload, Gap, StartFrom, StreamItem};
 pub use redact::{redact_url, url_password};
-pub use retention::Retention;
+pub use retention::{Retention, RetentionReport};
 pub use waiter::{CompletionLookup, Finished, Looked, WaitError, Waiter};
 
 /// What [`delegate_completion_backend!`] expands to needs; not a public API.

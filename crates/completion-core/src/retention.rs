@@ -52,3 +52,29 @@ impl Retention {
         self.max_age_secs.map(Duration::from_secs)
     }
 }
+
+/// What one exact trim of the log to its [`Retention`] did (every backend's
+/// `enforce_retention`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionReport {
+    /// Events removed by this trim.
+    pub removed: u64,
+    /// Where the retained log starts after the trim: every event at or before this cursor is
+    /// gone, and a stream resuming at or before it gets a [`Gap`](crate::Gap). `None` when
+    /// the backend does not track it or nothing was ever trimmed.
+    pub watermark: Option<crate::Cursor>,
+}
+
+impl RetentionReport {
+    /// A report of `removed` events, without a watermark.
+    pub fn removed(removed: u64) -> Self {
+        Self { removed, watermark: None }
+    }
+
+    /// Sets the watermark.
+    pub fn with_watermark(mut self, watermark: crate::Cursor) -> Self {
+        self.watermark = Some(watermark);
+        self
+    }
+}

@@ -36,7 +36,7 @@ use completion_core::hub::{
 };
 use completion_core::{
     CompletionPayload, Cursor, EngineBackend, EngineError, ExecutionId, ExecutionInfo, ExecutionState, NewExecution,
-    Outcome, Reason, ScannerFilter, SubscriptionConfig,
+    Outcome, Reason, RetentionReport, ScannerFilter, SubscriptionConfig,
 };
 
 use crate::log::{CompletionLog, MemoryPosition};
@@ -143,9 +143,12 @@ impl MemoryBackend {
     }
 
     /// Trims the log to its retention now (it is also trimmed on every append; this matters
-    /// for an age limit when nothing is written).
-    pub fn enforce_retention(&self) {
-        self.shared.reader.lock().log.trim(now_ms());
+    /// for an age limit when nothing is written). The watermark is the newest event trimmed
+    /// so far (`memory:0`: none).
+    pub fn enforce_retention(&self) -> RetentionReport {
+        let mut state = self.shared.reader.lock();
+        let removed = state.log.trim(now_ms());
+        RetentionReport::removed(removed).with_watermark(state.log.trimmed_to().to_cursor())
     }
 
     /// How many streams are open (the memory backend's only "server-side" resource).

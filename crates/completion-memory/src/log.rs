@@ -85,7 +85,9 @@ impl CompletionLog {
         self.head
     }
 
-    pub fn trim(&mut self, now_ms: u64) {
+    /// Trims to retention; returns how many events it removed.
+    pub fn trim(&mut self, now_ms: u64) -> u64 {
+        let before = self.events.len();
         let max_events = self.retention.max_events.map_or(usize::MAX, |n| n as usize);
         let min_time = self.retention.max_age().map_or(0, |age| now_ms.saturating_sub(age.as_millis() as u64));
         while let Some(&(seq, at, _)) = self.events.front() {
@@ -95,6 +97,12 @@ impl CompletionLog {
             self.trimmed_to = seq;
             self.events.pop_front();
         }
+        (before - self.events.len()) as u64
+    }
+
+    /// The position of the newest event trimmed away (`Some(0)`: none yet).
+    pub fn trimmed_to(&self) -> MemoryPosition {
+        MemoryPosition(Some(self.trimmed_to))
     }
 
     pub fn read_after(&self, after: MemoryPosition, filter: &ScannerFilter, limit: usize) -> ReadBatch<MemoryPosition> {

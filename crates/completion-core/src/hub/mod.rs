@@ -37,6 +37,7 @@
 
 mod counters;
 mod mailbox;
+mod periodic;
 mod subscription;
 mod subscriptions;
 mod traits;
@@ -50,6 +51,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 pub use counters::{Count, CounterSnapshot, Counters, WriteOp, WriteTimer, terminal_write_span};
+pub use periodic::Periodic;
 pub use subscriptions::Subscriptions;
 pub use traits::{Feed, LogEvent, LogReader, Position, ReadBatch, TrimmedGap};
 
