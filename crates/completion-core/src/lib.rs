@@ -68,6 +68,8 @@ mod outcome;
 mod payload;
 mod redact;
 mod retention;
+#[cfg(feature = "rustls")]
+pub mod tls;
 pub mod waiter;
 
 pub use backend::{CompletionBackend, CompletionStream, EngineBackend, ResumableStream};
