@@ -9,19 +9,9 @@
 //! and reads up to it: streams are in log order, so anything committed before the marker
 //! arrives before it. That replaces most waits for silence.
 //!
-//! Which tests prove which clause of the delivery contract (`completion_core` crate docs):
-//!
-//! | clause | tests |
-//! |---|---|
-//! | 1. live on return | [`ready_on_return`], [`concurrent_subscribes_are_ready`] |
-//! | 2. log order, no duplicates | [`two_independent_subscribers`], [`resume_after_cursor`], [`racing_terminal_writes_publish_once`], and every test that compares a whole sequence |
-//! | 3. resumes after faults | [`connections_killed_mid_stream_lose_nothing`], [`server_restarted_mid_stream_loses_nothing`], [`resume_from_a_cursor_of_an_earliest_stream`]; retention: [`resume_from_earliest`], [`retention_by_age_trims_old_events`] |
-//! | 4. bounded memory, gaps | [`slow_consumer_stays_bounded_and_loses_nothing`], [`plain_stream_counts_gap`], [`stalled_resumable_stream_yields_gap`], [`resume_from_trimmed_position_yields_gap`] |
-//! | 5. filters never leak | [`filter_by_namespace`], [`filter_by_tag`], [`filter_by_namespace_and_tag`], [`filters_leak_nothing_under_load`], [`resume_filtered_after_cursor`]; a backend that cannot filter fails closed: `completion_core`'s unit tests of the trait's default |
-//! | 6. drop releases | [`drop_releases_server_resources`], [`drop_then_resubscribe`] |
-//! | write side | [`each_outcome`], [`with_and_without_flow`], [`already_terminal_publishes_nothing`], [`create_twice_is_rejected`], [`describe_reports_state`], [`values_round_trip_exactly`] |
-//! | errors | [`invalid_input_is_rejected`] |
-//! | awaiting ([`Waiter`]) | [`waits_answer_before_and_during`], [`waits_time_out_refuse_unknown_ids_and_free_their_entries`], [`waits_survive_killed_connections`] |
+//! Which test proves which promise of the delivery contract: the table "Which conformance
+//! test proves what" of `docs/delivery.md`, the one copy of it (`tests/registered.rs` checks
+//! that it names every test here).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -76,3 +76,15 @@ fn the_check_names_what_is_missing() {
     assert_eq!(missing(&functions, &names), ["forgotten"]);
     assert_eq!(missing(&names, &functions), ["ghost", "other"]);
 }
+
+/// `docs/delivery.md` is the one home of the promise -> test table: every test of the suite
+/// must appear in it, so the table cannot fall behind the suite.
+#[test]
+fn every_test_function_is_in_the_promise_table_of_docs_delivery_md() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/delivery.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let table = &doc[doc.find("## Which conformance test proves what").expect("the table's heading")..];
+    let absent: Vec<String> =
+        test_functions(TESTS).into_iter().filter(|name| !table.contains(&format!("`{name}`"))).collect();
+    assert!(absent.is_empty(), "docs/delivery.md's promise table does not name {}", absent.join(", "));
+}

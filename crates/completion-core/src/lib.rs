@@ -8,36 +8,23 @@
 //!   [`Outcome`]), the event ([`CompletionPayload`]), [`ScannerFilter`], [`Cursor`],
 //!   [`StartFrom`], [`Gap`] and [`EngineError`];
 //! - [`hub`], the delivery machinery every backend shares, so the contract below is
-//!   implemented once.
+//!   implemented once, and for backends: [`backoff`] (retry pacing), [`config`] (the
+//!   subscription settings every backend config embeds, serde durations) and, with the
+//!   feature `rustls`, `tls` (the TLS client configuration).
 //!
 //! # The delivery contract
 //!
-//! Every backend keeps it, and the `completion-conformance` suite proves it on real servers:
+//! Every backend keeps one contract, proven on real servers by the `completion-conformance`
+//! suite. A subscribe call returns only once the subscription is live. A stream yields
+//! events in log order without duplicates and resumes by itself after dropped connections
+//! and server restarts, losing nothing that retention kept. Its memory is bounded: a
+//! consumer that falls behind is caught up from the log, and past retention it gets a
+//! [`StreamItem::Gap`] (plain streams count [`CounterSnapshot::gaps`]). It never yields an
+//! event its filter excludes, and dropping it releases every server-side resource. Across
+//! restarts of the consumer, delivery is at-least-once.
 //!
-//! 1. A subscribe call returns only when the subscription is live: every completion
-//!    committed after it returns is delivered.
-//! 2. One stream yields events in log order, without duplicates.
-//! 3. After a dropped connection or a restarted server, the stream resumes by itself and
-//!    delivers every completion committed in between that is still retained. Retention is
-//!    configurable (count and/or age).
-//! 4. Memory per subscription is bounded (a configurable buffer). A consumer that falls
-//!    behind is caught up from the log later, not by an ever-growing queue. Past retention,
-//!    a resumable stream yields a [`StreamItem::Gap`]; a plain stream logs it and counts it
-//!    ([`CounterSnapshot::gaps`]).
-//! 5. A filtered stream never yields a non-matching event.
-//! 6. Dropping a stream releases every server-side resource it held.
-//!
-//! # Limits
-//!
-//! - Delivery is at-least-once *across* streams and restarts of the consumer: a consumer
-//!   that persists cursors resumes after the last one it persisted, so it may see again the
-//!   events it handled but had not yet persisted. Within one stream there are no duplicates.
-//! - "Log order" is the backend's commit order of terminal writes. A partitioned log (Valkey)
-//!   orders by server time across partitions, so two writes committed within the same
-//!   microsecond on different partitions may come in either order.
-//! - What retention trimmed is gone: the gap item tells you, it cannot give the events back.
-//! - Latency is not bounded by the contract: after a lost connection, events arrive once
-//!   the backend reconnects or its periodic safety read runs.
+//! The full statement, its limits, and which conformance test proves each promise are in
+//! `docs/delivery.md` of the repository, the one home of the contract.
 //!
 //! # Example: an engine promoting dependents
 //!
