@@ -5,7 +5,7 @@
 //! Figures, each measured `--repeat` times with the standalone server and the cluster
 //! alternating within every repetition (so background noise hits both sides alike):
 //! - write throughput with 1 and 8 concurrent writers, one subscriber draining
-//!   ([`crate::ours::throughput`]);
+//!   ([`crate::library::throughput`]);
 //! - delivered events per second to [`SUBSCRIBERS`] streams of one backend instance
 //!   ([`crate::scale::fan_out`]: `subscribers x events / (first write -> last delivery)`).
 //!
@@ -73,9 +73,9 @@ fn err(op: &str, e: impl std::fmt::Display) -> String {
 }
 
 async fn connect(url: String, prefix: &str, retention: u64) -> Result<Arc<ValkeyBackend>, String> {
-    match crate::open(&url, OpenOptions::default().with_prefix(prefix), retention).await? {
+    match crate::backends::open(&url, OpenOptions::default().with_prefix(prefix), retention).await? {
         Backend::Valkey(backend) => Ok(Arc::new(backend)),
-        other => Err(crate::opened_as(&other)),
+        other => Err(crate::backends::opened_as(&other)),
     }
 }
 
@@ -111,8 +111,8 @@ pub async fn bench(
         let run = format!("{run}-c{rep}");
         for (figure, &w) in figures.iter_mut().zip(writers) {
             eprintln!("   throughput x{w}, standalone then cluster (run {})", rep + 1);
-            figure.standalone.runs.push(crate::ours::throughput(single.clone(), &format!("{run}s"), n, w).await?);
-            figure.cluster.runs.push(crate::ours::throughput(sharded.clone(), &format!("{run}c"), n, w).await?);
+            figure.standalone.runs.push(crate::library::throughput(single.clone(), &format!("{run}s"), n, w).await?);
+            figure.cluster.runs.push(crate::library::throughput(sharded.clone(), &format!("{run}c"), n, w).await?);
         }
         eprintln!("   fan-out to {SUBSCRIBERS}, standalone then cluster (run {})", rep + 1);
         let s =

@@ -1,4 +1,4 @@
-//! Our backends, measured through the public traits only: what an engine would see.
+//! The library under test, measured through the public traits only: what an engine would see.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
