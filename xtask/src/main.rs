@@ -7,13 +7,12 @@
 //! - `conformance`: only the conformance suite, against every backend crate that registers
 //!   it (a crate under `crates/` with `tests/conformance.rs`) and on PostgreSQL 18, as a
 //!   backend-by-test table.
-//! - `demo`: the DAG engine of `examples/dag-engine`, on throwaway Valkey and PostgreSQL
+//! - `demo`: runs the demo binary of `examples/dag-engine`: the engine on throwaway Valkey and PostgreSQL
 //!   servers and in-process, in its built-in and own-state modes, surviving killed
 //!   connections and a server restart midway.
 //! - `bench`: the benchmarks (`crates/completion-bench`), in a release build.
 
 mod cargo;
-mod demo;
 mod libtest;
 mod pg18;
 #[cfg(test)]
@@ -49,7 +48,12 @@ enum Command {
     /// or VALKEY_URL / DATABASE_URL), with the backend's executions and with a task table of
     /// its own (--state), killing connections and restarting the server midway; ends with a
     /// summary and exits non-zero unless every task was promoted exactly once.
-    Demo(demo::DemoArgs),
+    Demo {
+        /// The demo's arguments (`--backend`, `--tasks`, `--seed`, `--state`; see
+        /// `cargo xtask demo --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Latency and write throughput of each backend against the raw protocols, on
     /// throwaway servers (release build). Prints a table; JSON in target/bench/results.json.
     Bench {
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Test(args) => test(&args),
         Command::Conformance(args) => conformance(&args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo { args } => demo(&args),
         Command::Bench { quick, args } => bench(quick, &args),
     };
     match result {
@@ -92,17 +96,30 @@ fn header(text: &str) {
     println!("\n==> {text}");
 }
 
+/// `cargo run -q -p dag-engine --bin demo -- <args>`: the demo is the example engine's own
+/// binary; this only runs it.
+fn demo(args: &[String]) -> Result<(), String> {
+    cargo_run("the demo", &["-q", "-p", "dag-engine", "--bin", "demo", "--"], args)
+}
+
 /// `cargo run --release -p completion-bench -- [--quick] <args>`.
 fn bench(quick: bool, args: &[String]) -> Result<(), String> {
-    let mut cargo_args = vec!["run", "--release", "-p", "completion-bench", "--"];
+    let mut ours = vec!["--release", "-p", "completion-bench", "--"];
     if quick {
-        cargo_args.push("--quick");
+        ours.push("--quick");
     }
+    cargo_run("completion-bench", &ours, args)
+}
+
+/// `cargo run <ours> <args>`, its command line printed first.
+fn cargo_run(what: &str, ours: &[&str], args: &[String]) -> Result<(), String> {
+    let mut cargo_args = vec!["run"];
+    cargo_args.extend(ours);
     cargo_args.extend(args.iter().map(String::as_str));
     let command = cargo::cargo(&cargo_args);
     header(&cargo::describe(&command));
     let status = cargo::run(command)?;
-    if status.success() { Ok(()) } else { Err(format!("completion-bench failed ({status})")) }
+    if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
 }
 
 /// One step's verdict for the final summary.

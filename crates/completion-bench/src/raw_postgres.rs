@@ -24,7 +24,8 @@ async fn connect(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<String>),
         .map_err(|_| err("connect", "timed out"))?
         .map_err(|e| err("connect", e))?;
     let (tx, rx) = mpsc::unbounded_channel();
-    // `connection.await` would throw notifications away: poll it ourselves (field notes).
+    // `connection.await` would throw notifications away: poll it ourselves (docs/server-facts.md,
+    // "tokio-postgres 0.7 and deadpool-postgres 0.14").
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {

@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: a small workflow engine, built only on the public traits, runs a
+//! The demo (`cargo xtask demo`, which runs `cargo run -p dag-engine --bin demo -- ARGS`): a
+//! small workflow engine, built only on the public traits, runs a
 //! seeded random DAG on every backend, on real throwaway servers, and survives a killed
 //! connection and a server restart midway.
 //!
@@ -34,8 +35,12 @@ use self::servers::{Kind, Server, State};
 use dag_engine::dag::{Dag, NAMESPACES};
 use dag_engine::engine::{self, EngineOptions, Progress, RunReport};
 
-/// The options of `cargo xtask demo`.
-#[derive(Debug, clap::Args)]
+/// The options of the demo.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "cargo xtask demo",
+    about = "The DAG engine on every backend, surviving killed connections and a server restart"
+)]
 pub struct DemoArgs {
     /// Which backend to run on. `all` runs valkey (redis-server when valkey-server is not
     /// installed), postgres and memory.
@@ -82,7 +87,18 @@ enum Choice {
 }
 
 /// Runs the demo; an error is the line `xtask` prints before exiting non-zero.
-pub fn run(args: DemoArgs) -> Result<(), String> {
+fn main() -> std::process::ExitCode {
+    let args = <DemoArgs as clap::Parser>::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("demo: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: DemoArgs) -> Result<(), String> {
     let seed =
         args.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(7, |d| d.as_secs() % 100_000));
     let dag = Dag::generate(args.tasks as usize, seed).map_err(|e| e.to_string())?;
