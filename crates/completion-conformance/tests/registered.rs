@@ -1,12 +1,27 @@
-//! The suite's test list is kept twice: as the `pub async fn`s of `src/tests.rs` and as the
+//! The suite's test list is kept twice: as the `pub async fn`s of `src/tests/` and as the
 //! names `suite!` registers (`src/lib.rs`). A function missing from `suite!` would never
 //! run on any backend, and a name without a function breaks every backend's build; this
 //! test fails on either, naming the function.
 
 use std::collections::BTreeSet;
 
-const TESTS: &str = include_str!("../src/tests.rs");
 const LIB: &str = include_str!("../src/lib.rs");
+
+/// Every source file of `src/tests/`, concatenated: the suite's test functions.
+fn suite_source() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 3, "found only {files:?} in {}", dir.display());
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display())))
+        .collect()
+}
 
 /// The names of the `pub async fn`s of `source` (the conformance tests).
 fn test_functions(source: &str) -> Vec<String> {
@@ -42,20 +57,20 @@ fn missing<'a>(names: &'a [String], others: &[String]) -> Vec<&'a str> {
 
 #[test]
 fn every_test_function_is_registered_in_suite_and_nothing_else() {
-    let functions = test_functions(TESTS);
+    let functions = test_functions(&suite_source());
     let names = registered(LIB);
-    assert!(functions.len() > 10, "found only {functions:?} in src/tests.rs");
+    assert!(functions.len() > 10, "found only {functions:?} in src/tests/");
     assert!(names.len() > 10, "found only {names:?} in suite! of src/lib.rs");
     let unregistered = missing(&functions, &names);
     assert!(
         unregistered.is_empty(),
-        "pub async fn {} of src/tests.rs never runs: add it to a list of suite! in src/lib.rs",
+        "pub async fn {} of src/tests/ never runs: add it to a list of suite! in src/lib.rs",
         unregistered.join(", ")
     );
     let unknown = missing(&names, &functions);
     assert!(
         unknown.is_empty(),
-        "suite! in src/lib.rs registers {}, which src/tests.rs does not define as a pub async fn",
+        "suite! in src/lib.rs registers {}, which src/tests/ does not define as a pub async fn",
         unknown.join(", ")
     );
     let mut seen = BTreeSet::new();
@@ -85,6 +100,6 @@ fn every_test_function_is_in_the_promise_table_of_docs_delivery_md() {
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let table = &doc[doc.find("## Which conformance test proves what").expect("the table's heading")..];
     let absent: Vec<String> =
-        test_functions(TESTS).into_iter().filter(|name| !table.contains(&format!("`{name}`"))).collect();
+        test_functions(&suite_source()).into_iter().filter(|name| !table.contains(&format!("`{name}`"))).collect();
     assert!(absent.is_empty(), "docs/delivery.md's promise table does not name {}", absent.join(", "));
 }
