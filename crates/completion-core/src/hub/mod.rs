@@ -35,6 +35,7 @@
 //! partitioned logs); an event the feed silently skips while later ones arrive is found
 //! only by the next resync of the feed. The hub holds no I/O of its own.
 
+mod counter_set;
 mod counters;
 mod mailbox;
 mod periodic;
