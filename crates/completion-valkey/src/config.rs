@@ -286,8 +286,8 @@ impl ValkeyConfig {
                 "TLS needs the `tls` cargo feature of completion-valkey",
             ));
         }
-        let target = self.target()?;
-        target.fred_config(&self.url)?;
+        let target = crate::url::target(&self.url, self.cluster)?;
+        crate::conn::build::fred_config(&target, &self.url)?;
         if target.cluster && self.database.is_some_and(|db| db != 0) {
             return Err(EngineError::invalid(
                 "database",
@@ -296,93 +296,6 @@ impl ValkeyConfig {
             ));
         }
         Ok(())
-    }
-
-    /// Whether this config talks to a cluster (the `cluster` field, or a `-cluster` scheme).
-    pub(crate) fn is_cluster(&self) -> bool {
-        self.cluster || self.url.split_once("://").is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
-    }
-
-    /// Where to connect: the URL for the client library (`redis://...`, or
-    /// `redis-cluster://...` in cluster mode), whether it asks for TLS, whether it is a
-    /// cluster. The scheme is checked by [`Self::plain_url`], after taking off `-cluster`;
-    /// every other part by [`crate::url_parts::check`] (no unknown query parameter, a
-    /// database from 0 to 255, ...).
-    pub(crate) fn target(&self) -> Result<Target, EngineError> {
-        let cluster = self.is_cluster();
-        let (url, tls) = match self.url.split_once("://") {
-            Some((scheme, rest)) if scheme.ends_with("-cluster") => {
-                let base = scheme.trim_end_matches("-cluster");
-                let plain = ValkeyConfig { url: format!("{base}://{rest}"), ..ValkeyConfig::default() };
-                plain.plain_url().map_err(|_| {
-                    EngineError::invalid(
-                        "url",
-                        redact_url(&self.url),
-                        "the scheme must be redis-cluster://, rediss-cluster://, valkey-cluster:// or \
-                         valkeys-cluster:// (or one of those without -cluster)",
-                    )
-                })?
-            }
-            _ => self.plain_url()?,
-        };
-        let url = match url.strip_prefix("redis://") {
-            Some(rest) if cluster => format!("redis-cluster://{rest}"),
-            _ => url,
-        };
-        crate::url_parts::check(&url, &self.url, cluster)?;
-        Ok(Target { url, tls, cluster })
-    }
-
-    /// The URL as `redis://...` (whatever the scheme) and whether it asks for TLS. Refuses
-    /// other schemes, and TLS without the `tls` feature.
-    pub(crate) fn plain_url(&self) -> Result<(String, bool), EngineError> {
-        let bad = |reason: &str| EngineError::invalid("url", redact_url(&self.url), reason);
-        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| bad("expected `redis://host:port`"))?;
-        let tls = match scheme {
-            "redis" | "valkey" => false,
-            "rediss" | "valkeys" => true,
-            _ => {
-                return Err(bad(
-                    "the scheme must be redis://, rediss://, valkey:// or valkeys:// (cluster, sentinel and unix \
-                     sockets are not supported yet)",
-                ));
-            }
-        };
-        if tls && !cfg!(feature = "tls") {
-            return Err(bad("TLS needs the `tls` cargo feature of completion-valkey"));
-        }
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        if host.is_empty() || host.starts_with('/') || host.starts_with(':') {
-            return Err(bad("has no host"));
-        }
-        Ok((format!("redis://{rest}"), tls))
-    }
-}
-
-/// Where and how to connect (see [`ValkeyConfig::target`]).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Target {
-    /// `redis://...` or `redis-cluster://...` (TLS is set up separately).
-    pub url: String,
-    /// Whether the URL asked for TLS.
-    pub tls: bool,
-    /// Whether to talk to a cluster.
-    pub cluster: bool,
-}
-
-impl Target {
-    /// fred's config of this target's URL (without this crate's settings). `original` is
-    /// the URL as given, for errors. [`crate::url_parts::check`] has refused what fred
-    /// would; should fred still refuse something, its reason is passed on.
-    pub(crate) fn fred_config(&self, original: &str) -> Result<fred::prelude::Config, EngineError> {
-        let parsed = if self.cluster {
-            fred::prelude::Config::from_url_clustered(&self.url)
-        } else {
-            fred::prelude::Config::from_url(&self.url)
-        };
-        parsed.map_err(|e| {
-            EngineError::invalid("url", redact_url(original), format!("the client library refused it: {}", e.details()))
-        })
     }
 }
 
@@ -433,43 +346,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_normalized_and_bad_ones_named() {
-        let url = |u: &str| ValkeyConfig::new(u).plain_url();
-        assert_eq!(url("valkey://h:1/2").unwrap(), ("redis://h:1/2".to_string(), false));
-        assert_eq!(url("redis://u:p@h").unwrap(), ("redis://u:p@h".to_string(), false));
-        assert!(url("http://h").unwrap_err().to_string().contains("scheme"));
-        assert!(url("nothing").is_err());
-        assert!(url("redis://").is_err());
-        if cfg!(feature = "tls") {
-            assert_eq!(url("valkeys://h").unwrap(), ("redis://h".to_string(), true));
-        } else {
-            assert!(url("rediss://h").unwrap_err().to_string().contains("`tls`"));
-        }
-        let err = ValkeyConfig::new("redis+unix://u:secret@x").plain_url().unwrap_err().to_string();
-        assert!(!err.contains("secret"), "{err}");
-    }
-
-    #[test]
-    fn cluster_urls_and_the_cluster_field_select_cluster_mode() {
-        let target = |c: ValkeyConfig| c.target().unwrap();
-        let seeds = "valkey-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002";
-        assert_eq!(
-            target(ValkeyConfig::new(seeds)),
-            Target { url: "redis-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002".into(), tls: false, cluster: true }
-        );
-        assert!(target(ValkeyConfig::new("redis-cluster://h:1")).cluster);
-        let by_field = target(ValkeyConfig::new("redis://h:1").with_cluster(true));
-        assert_eq!(by_field, Target { url: "redis-cluster://h:1".into(), tls: false, cluster: true });
-        assert!(!target(ValkeyConfig::new("redis://h:1")).cluster);
-        let err = ValkeyConfig::new("http-cluster://h:1").validate().unwrap_err().to_string();
-        assert!(err.contains("-cluster"), "{err}");
+    fn a_cluster_has_database_0_only_and_the_cluster_field_reads() {
         let err = ValkeyConfig::new("redis-cluster://h:1").with_database(2).validate().unwrap_err().to_string();
         assert!(err.contains("database") && err.contains("cluster"), "{err}");
-        if !cfg!(feature = "tls") {
-            assert!(ValkeyConfig::new("rediss-cluster://h:1").validate().is_err());
-        }
+        let err = ValkeyConfig::new("http-cluster://h:1").validate().unwrap_err().to_string();
+        assert!(err.contains("-cluster"), "{err}");
         let c: ValkeyConfig = serde_json::from_str(r#"{"url":"redis://h:1","cluster":true}"#).unwrap();
-        assert!(c.is_cluster());
+        assert!(crate::url::target(&c.url, c.cluster).unwrap().cluster);
     }
 
     #[test]

@@ -43,10 +43,10 @@ use completion_core::hub::{Feed, Hub};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use crate::conn::subscriber::{SubEvent, Subscriber};
 use crate::position::{EventPosition, StreamId, ValkeyPosition};
 use crate::stats::Stats;
 use crate::store::Store;
-use crate::subscriber::{SubEvent, Subscriber};
 use crate::wire;
 
 /// On a cluster: log reads after a wake-up before leaving the rest to the safety tick.

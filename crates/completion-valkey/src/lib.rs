@@ -39,17 +39,16 @@
 //!   once (calls carry a token the server recognises).
 //! - The function library is server-wide: every prefix on a server shares one version.
 
-mod client;
 mod config;
+mod conn;
 mod feed;
 mod keys;
 mod library;
+mod log;
 mod position;
-mod reader;
 mod stats;
 mod store;
-mod subscriber;
-mod url_parts;
+mod url;
 mod wire;
 
 use std::sync::{Arc, Mutex};
@@ -65,7 +64,7 @@ pub use config::ValkeyConfig;
 pub use library::{EMIT_LUA, Ensured as LibraryChange, LIBRARY_SOURCE, LIBRARY_VERSION};
 pub use stats::{ChannelView, PartitionView, ValkeyServerView, ValkeyStats};
 
-use crate::client::{Closer, Conn};
+use crate::conn::{Closer, Conn};
 use crate::feed::ValkeyFeed;
 use crate::position::{BACKEND, ValkeyPosition};
 use crate::store::Store;
@@ -190,7 +189,7 @@ impl ValkeyBackend {
     /// The version of the function library the server holds now (`None`: none loaded), to
     /// compare with [`LIBRARY_VERSION`].
     pub async fn library_version(&self) -> Result<Option<i64>, EngineError> {
-        use crate::client::InstalledLibrary;
+        use crate::conn::commands::InstalledLibrary;
         // On a cluster, the version of the first primary (every primary gets the same at connect).
         let node = self.shared.store.conn.library_nodes().into_iter().next().flatten();
         let conn = &self.shared.store.conn;

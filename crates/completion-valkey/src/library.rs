@@ -15,7 +15,9 @@
 
 use completion_core::EngineError;
 
-use crate::client::{BACKEND, Conn, InstalledLibrary, Loaded, Node};
+use crate::conn::commands::{InstalledLibrary, Loaded};
+use crate::conn::{Conn, Node};
+use crate::position::BACKEND;
 
 /// The library's name on the server.
 pub(crate) const LIBRARY_NAME: &str = "completions";

@@ -14,13 +14,14 @@ use completion_core::{
     Reason,
 };
 
-use crate::client::{BACKEND, Conn, FcallArgs, FcallReply, RawRead};
 use crate::config::ValkeyConfig;
+use crate::conn::Conn;
+use crate::conn::commands::FcallArgs;
 use crate::keys::Keyspace;
 use crate::library::{self, Ensured};
-use crate::position::StreamId;
+use crate::position::{BACKEND, StreamId};
 use crate::stats::Stats;
-use crate::wire;
+use crate::wire::{self, FcallReply};
 
 /// Error codes the library answers with (first word of the error reply).
 const NOT_FOUND: &str = "COMPLETIONS_NOT_FOUND";
@@ -76,8 +77,8 @@ impl Store {
 
     /// Calls `function`; when the library is gone, reloads it and calls once more.
     /// (Redirections and a cluster in flux are retried by the connection, see
-    /// `Conn::keyed`.)
-    async fn call(
+    /// [`Conn`].)
+    pub(crate) async fn call(
         &self,
         op: &'static str,
         function: &'static str,
@@ -230,41 +231,6 @@ impl Store {
                 format!("execution {id} is stored in a shape this build does not read: {reason}"),
             )
         })
-    }
-
-    /// One partition's log after `after` (exclusive), at most `count` entries (0: only the
-    /// head, trimming record and time), in three steps, each awaited before the next so that
-    /// they reach the server in this order even when one is retried:
-    /// 1. the library's read function without entries: the trimming record (`trimmed_before`),
-    ///    the head, and the server's time: every entry committed later has a larger id;
-    /// 2. `XRANGE` itself (a function's reply would go through Lua tables: see
-    ///    `Conn::xrange_after`);
-    /// 3. the trimming record again (`trimmed_to`): entries trimmed before step 2 are at or
-    ///    before it, so a reader comparing it with its position misses no gap. (A trim
-    ///    between steps 2 and 3 makes it look later than what step 2 missed; the reader
-    ///    asks again when that difference matters, see `reader`.)
-    pub(crate) async fn read_partition(
-        &self,
-        partition: u16,
-        after: &str,
-        count: usize,
-    ) -> Result<RawRead, EngineError> {
-        let (log, meta) = (self.keys.log(partition), self.keys.meta(partition));
-        let reply = self
-            .call(
-                "read log",
-                "completions_read",
-                true,
-                vec![log.clone(), meta.clone()],
-                vec![after.to_string(), "0".into()],
-            )
-            .await?;
-        let mut read = reply.into_read().map_err(|message| EngineError::server(BACKEND, "read log", message))?;
-        if count > 0 {
-            read.entries = self.conn.xrange_after(&log, after, count).await?;
-            read.trimmed_to = self.conn.hget("read log", &meta, "trimmed_to").await?.unwrap_or_else(|| "0-0".into());
-        }
-        Ok(read)
     }
 
     /// Trims every partition's log to retention, exactly: keeps the newest `max_events`
