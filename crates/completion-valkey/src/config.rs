@@ -1,17 +1,21 @@
-//! Settings of a [`ValkeyBackend`](crate::ValkeyBackend), with their defaults.
+//! Settings of a [`ValkeyBackend`](crate::ValkeyBackend), with their defaults, setters and
+//! validation. The URL itself is read by [`crate::url`].
 
-use completion_core::redact_url;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use completion_core::{EngineError, Retention};
-use serde::{Deserialize, Deserializer};
+use completion_core::config::{duration, option_duration};
+use completion_core::{EngineError, Retention, SubscriptionConfig, redact_url};
+use serde::Deserialize;
 
 /// Settings of a [`ValkeyBackend`](crate::ValkeyBackend).
 ///
 /// Deserializes with serde (every field optional; unknown fields refused). Durations are
-/// written as milliseconds (`2000`) or as text with a unit (`"500ms"`, `"2s"`, `"1m"`).
+/// written as milliseconds (`2000`) or as text with units (`"500ms"`, `"2s"`, `"1m"`,
+/// `"1h"`: [`completion_core::config::duration`]). The subscription settings shared by every
+/// backend sit under `subscription`:
+/// `{"subscription": {"buffer": 1024, "retention": {"max_events": 100000}, "safety_interval": "2s"}}`.
 ///
 /// ```
 /// use completion_valkey::ValkeyConfig;
@@ -47,34 +51,32 @@ pub struct ValkeyConfig {
     /// How many partitions (log streams) the prefix has, 1 to 256. Fixed for the life of
     /// a prefix: connecting with another count fails. Default 16.
     pub partitions: u16,
-    /// How much of the log to keep: the newest `max_events` completions over all
-    /// partitions, none older than `max_age_secs`. Writes trim cheaply and approximately
-    /// (each partition to about `max_events` entries, and by age), so the log can hold up
-    /// to `partitions x max_events` entries between exact trims;
+    /// What every backend's subscriptions share: the log's retention, the per-stream
+    /// buffer and the feed's safety read interval (see [`SubscriptionConfig`]).
+    ///
+    /// Retention here: the newest `max_events` completions over all partitions, none older
+    /// than `max_age_secs`. Writes trim cheaply and approximately (each partition to about
+    /// `max_events` entries, and by age), so the log can hold up to `partitions x
+    /// max_events` entries between exact trims;
     /// [`enforce_retention`](crate::ValkeyBackend::enforce_retention) trims exactly, and
-    /// runs every `retention_interval`. Default: 100 000 events, no age limit.
-    pub retention: Retention,
-    /// Events buffered per stream before it falls back to reading the log. Default 1024.
-    pub buffer: usize,
-    /// How often the feed re-reads the log even when nothing seems lost: the longest a
-    /// completion whose message was lost waits. Default 2 s.
-    #[serde(deserialize_with = "duration")]
-    pub safety_interval: Duration,
+    /// runs every `retention_interval`. Default: 100 000 events, no age limit, a buffer of
+    /// 1024 events, a safety read every 2 s.
+    pub subscription: SubscriptionConfig,
     /// Limit on connecting (TCP, TLS, handshake) at [`connect`](crate::ValkeyBackend::connect)
     /// and on each reconnect. Default 5 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Limit on one command, including time spent waiting for a reconnect. Default 10 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub command_timeout: Duration,
     /// Longest pause between reconnect attempts (they back off exponentially from 50 ms).
     /// Default 2 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub reconnect_max_delay: Duration,
     /// How often the backend trims the log to retention exactly, in the background
     /// (`None`: never; call [`enforce_retention`](crate::ValkeyBackend::enforce_retention)
     /// yourself). Default 60 s.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(with = "option_duration")]
     pub retention_interval: Option<Duration>,
     /// Messages the subscriber connection may hold unread before the oldest are dropped
     /// (then the feed catches up from the log, so nothing is lost). Default 4 096.
@@ -92,7 +94,7 @@ pub struct ValkeyConfig {
     /// as a first one. `None`: markers never expire (exactly once for ever, one small hash
     /// per emitted execution kept until deleted). Not tied to retention, which trims by
     /// count as well. Default 24 h.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(with = "option_duration")]
     pub emit_marker_ttl: Option<Duration>,
 }
 
@@ -107,9 +109,7 @@ impl Default for ValkeyConfig {
             tls_ca_file: None,
             key_prefix: "completions".to_string(),
             partitions: 16,
-            retention: Retention::default(),
-            buffer: 1024,
-            safety_interval: Duration::from_secs(2),
+            subscription: SubscriptionConfig::default(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             reconnect_max_delay: Duration::from_secs(2),
@@ -132,9 +132,7 @@ impl fmt::Debug for ValkeyConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("partitions", &self.partitions)
-            .field("retention", &self.retention)
-            .field("buffer", &self.buffer)
-            .field("safety_interval", &self.safety_interval)
+            .field("subscription", &self.subscription)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
@@ -196,14 +194,26 @@ impl ValkeyConfig {
         /// Sets the partition count.
         with_partitions, partitions: u16);
     setter!(
-        /// Sets the retention.
-        with_retention, retention: Retention);
-    setter!(
-        /// Sets the per-stream buffer.
-        with_buffer, buffer: usize);
-    setter!(
-        /// Sets the safety read interval.
-        with_safety_interval, safety_interval: Duration);
+        /// Sets the subscription settings (retention, buffer, safety read interval).
+        with_subscription, subscription: SubscriptionConfig);
+
+    /// Sets the retention (`subscription.retention`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.subscription.retention = retention;
+        self
+    }
+
+    /// Sets the per-stream buffer (`subscription.buffer`).
+    pub fn with_buffer(mut self, buffer: usize) -> Self {
+        self.subscription.buffer = buffer;
+        self
+    }
+
+    /// Sets the safety read interval (`subscription.safety_interval`).
+    pub fn with_safety_interval(mut self, interval: Duration) -> Self {
+        self.subscription.safety_interval = interval;
+        self
+    }
     setter!(
         /// Sets the connect timeout.
         with_connect_timeout, connect_timeout: Duration);
@@ -246,17 +256,12 @@ impl ValkeyConfig {
         if !(1..=256).contains(&self.partitions) {
             return Err(EngineError::invalid("partitions", self.partitions.to_string(), "must be 1 to 256"));
         }
-        if self.buffer == 0 {
-            return Err(EngineError::invalid("buffer", "0", "must be at least 1"));
-        }
+        self.subscription.validate()?;
         if self.message_capacity == 0 {
             return Err(EngineError::invalid("message_capacity", "0", "must be at least 1"));
         }
-        if self.retention.max_events == Some(0) {
-            return Err(EngineError::invalid("retention.max_events", "0", "must be at least 1 (or none)"));
-        }
         for (what, value) in [
-            ("safety_interval", self.safety_interval),
+            ("subscription.safety_interval", self.subscription.safety_interval),
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
             ("reconnect_max_delay", self.reconnect_max_delay),
@@ -299,48 +304,6 @@ impl ValkeyConfig {
     }
 }
 
-/// Reads a duration as milliseconds (a number) or as text with a unit (`ms`, `s`, `m`).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Millis(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
-        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Like [`duration`], and `null` for none.
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Millis(u64),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Millis(ms)) => Ok(Some(Duration::from_millis(ms))),
-        Some(Raw::Text(text)) => parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
-    match unit.trim() {
-        "ms" | "" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        other => Err(format!("unknown duration unit `{other}` in `{text}` (use ms, s or m)")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +324,12 @@ mod tests {
         assert!(err.contains("key prefix") && err.contains("a{b}"), "{err}");
         assert!(ValkeyConfig::default().with_partitions(0).validate().is_err());
         assert!(ValkeyConfig::default().with_partitions(257).validate().is_err());
-        assert!(ValkeyConfig::default().with_buffer(0).validate().is_err());
+        let err = ValkeyConfig::default().with_buffer(0).validate().unwrap_err().to_string();
+        assert!(err.contains("subscription.buffer"), "{err}");
+        let err = ValkeyConfig::default().with_retention(Retention::events(0)).validate().unwrap_err().to_string();
+        assert!(err.contains("retention.max_events"), "{err}");
+        let err = ValkeyConfig::default().with_safety_interval(Duration::from_micros(10)).validate().unwrap_err();
+        assert!(err.to_string().contains("subscription.safety_interval"), "{err}");
         let err = ValkeyConfig::default().with_emit_marker_ttl(Some(Duration::ZERO)).validate().unwrap_err();
         assert!(err.to_string().contains("emit_marker_ttl"), "{err}");
         assert!(ValkeyConfig::default().with_emit_marker_ttl(None).validate().is_ok());
@@ -371,15 +339,21 @@ mod tests {
     #[test]
     fn deserializes_with_defaults_and_units() {
         let c: ValkeyConfig = serde_json::from_str(
-            r#"{"url":"valkey://x","safety_interval":"500ms","connect_timeout":1500,"retention":{"max_age_secs":60}}"#,
+            r#"{"url":"valkey://x","connect_timeout":1500,"reconnect_max_delay":"1m 30s",
+                "subscription":{"safety_interval":"500ms","retention":{"max_age_secs":60}}}"#,
         )
         .unwrap();
-        assert_eq!(c.safety_interval, Duration::from_millis(500));
+        assert_eq!(c.subscription.safety_interval, Duration::from_millis(500));
+        assert_eq!(c.subscription.buffer, 1024);
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.reconnect_max_delay, Duration::from_secs(90));
         assert_eq!(c.partitions, 16);
-        assert_eq!(c.retention.max_age_secs, Some(60));
-        assert!(serde_json::from_str::<ValkeyConfig>(r#"{"safety_interval":"2h"}"#).is_err());
+        assert_eq!(c.subscription.retention.max_age_secs, Some(60));
+        let error = serde_json::from_str::<ValkeyConfig>(r#"{"command_timeout":"soon"}"#).unwrap_err().to_string();
+        assert!(error.contains("invalid duration \"soon\""), "{error}");
         assert!(serde_json::from_str::<ValkeyConfig>(r#"{"nope":1}"#).is_err());
+        let flat = serde_json::from_str::<ValkeyConfig>(r#"{"buffer":8}"#).unwrap_err().to_string();
+        assert!(flat.contains("buffer"), "the subscription settings live under `subscription`: {flat}");
         let none: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":null}"#).unwrap();
         assert_eq!(none.retention_interval, None);
         let some: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":"1m"}"#).unwrap();

@@ -124,7 +124,7 @@ impl FeedTask {
     async fn run(mut self, hub: Hub<ValkeyPosition>) {
         let idle = hub.until_idle();
         tokio::pin!(idle);
-        let period = self.store.config.safety_interval;
+        let period = self.store.config.subscription.safety_interval;
         let mut safety = tokio::time::interval_at(Instant::now() + period, period);
         safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {

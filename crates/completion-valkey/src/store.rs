@@ -18,7 +18,7 @@ use crate::config::ValkeyConfig;
 use crate::conn::Conn;
 use crate::conn::commands::FcallArgs;
 use crate::keys::Keyspace;
-use crate::library::{self, Ensured};
+use crate::library::{self, LibraryChange};
 use crate::position::{BACKEND, StreamId};
 use crate::stats::Stats;
 use crate::wire::{self, FcallReply};
@@ -48,7 +48,7 @@ impl Store {
 
     /// Loads the library if needed (returns what that did), and checks the partition count
     /// of the prefix.
-    pub(crate) async fn prepare(&self) -> Result<Ensured, EngineError> {
+    pub(crate) async fn prepare(&self) -> Result<LibraryChange, EngineError> {
         let ensured = self.ensure_library().await?;
         let partitions = self.keys.partitions().to_string();
         let key = self.keys.config();
@@ -67,9 +67,9 @@ impl Store {
         }
     }
 
-    pub(crate) async fn ensure_library(&self) -> Result<Ensured, EngineError> {
+    pub(crate) async fn ensure_library(&self) -> Result<LibraryChange, EngineError> {
         let ensured = library::ensure(&self.conn).await?;
-        if ensured != Ensured::Present {
+        if ensured != LibraryChange::Present {
             Stats::bump(&self.stats.library_loads);
         }
         Ok(ensured)
@@ -138,7 +138,7 @@ impl Store {
             if sharded { self.keys.partition_channel(partition) } else { self.keys.channel() },
             // Each partition keeps up to the whole count: the newest `max_events` overall may
             // all sit in one partition. `trim_all` cuts to exactly `max_events` overall.
-            self.config.retention.max_events.map_or(String::new(), |n| n.to_string()),
+            self.config.subscription.retention.max_events.map_or(String::new(), |n| n.to_string()),
             self.max_age_ms(),
         ];
         if sharded {
@@ -177,7 +177,7 @@ impl Store {
             if sharded { self.keys.partition_channel(partition) } else { self.keys.channel() },
             if sharded { "sharded" } else { "plain" }.to_string(),
             // As for terminal writes: each partition keeps up to the whole count.
-            self.config.retention.max_events.map_or(String::new(), |n| n.to_string()),
+            self.config.subscription.retention.max_events.map_or(String::new(), |n| n.to_string()),
             self.max_age_ms(),
             self.config.emit_marker_ttl.map_or(String::new(), |ttl| ttl.as_millis().max(1).to_string()),
             if repeat { "repeat" } else { "once" }.to_string(),
@@ -200,7 +200,7 @@ impl Store {
     }
 
     fn max_age_ms(&self) -> String {
-        self.config.retention.max_age().map_or(String::new(), |age| age.as_millis().to_string())
+        self.config.subscription.retention.max_age().map_or(String::new(), |age| age.as_millis().to_string())
     }
 
     /// What the emit marker of `id` records of its first emitted completion (outcome and
@@ -237,7 +237,7 @@ impl Store {
     /// entries over all partitions, and none older than `max_age`. Returns how many
     /// entries went.
     pub(crate) async fn trim_all(&self) -> Result<u64, EngineError> {
-        let minid = match self.config.retention.max_events {
+        let minid = match self.config.subscription.retention.max_events {
             Some(n) => self.count_cutoff(n).await?.map_or(String::new(), |id| id.to_string()),
             None => String::new(),
         };

@@ -453,6 +453,33 @@ async fn the_message_escapes_strings_as_cjson_does(flavor: ValkeyFlavor) {
     let _ = subscriber.quit().await;
 }
 
+/// `close` ends every stream and refuses new subscriptions (the subscriber connection goes),
+/// while writes, reads and trims go on, as with `PostgresBackend::close`.
+async fn close_ends_every_stream_and_writes_keep_working(flavor: ValkeyFlavor) {
+    let server = common::shared_server(flavor).await;
+    let backend = common::connect(common::config(&server, "close").with_safety_interval(NO_SAFETY_NET)).await;
+    let ns = namespace("close");
+    let channel = common::channel(&backend.config().key_prefix);
+    let mut plain = backend.subscribe_completions().await.unwrap();
+    let mut resumable = backend.subscribe_from(StartFrom::Now, &completion_core::ScannerFilter::new()).await.unwrap();
+    let before = burst(&backend, &ns, 2).await;
+    delivers_all(&mut plain, &ns, &before).await;
+    backend.close();
+    let ended = tokio::time::timeout(EVENT_DEADLINE, async { (plain.next().await, resumable.next().await) }).await;
+    assert!(matches!(ended, Ok((None, None))), "both streams end after close: {ended:?}");
+    let refused = backend.subscribe_completions().await.err();
+    assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+    let refused = backend.subscribe_from(StartFrom::Earliest, &completion_core::ScannerFilter::new()).await.err();
+    assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+    common::wait_until("the subscriber connection closed", || async { server.numsub(&channel).await == 0 }).await;
+    let after = burst(&backend, &ns, 2).await;
+    for id in &after {
+        let info = backend.describe(id).await.expect("describe after close");
+        assert_eq!(info.state, completion_core::ExecutionState::Terminal(completion_core::Outcome::Succeeded));
+    }
+    backend.enforce_retention().await.expect("trimming after close");
+}
+
 macro_rules! for_each_flavor {
     ($($test:ident),* $(,)?) => {
         mod valkey {
@@ -490,4 +517,5 @@ for_each_flavor!(
     a_retried_terminal_write_takes_effect_once,
     another_partition_count_is_refused,
     the_message_escapes_strings_as_cjson_does,
+    close_ends_every_stream_and_writes_keep_working,
 );
