@@ -222,8 +222,11 @@ mod tests {
             r#"{{"v":1,"partition":{p},"id":"10-1","prev":"9-0","execution_id":"e-1","namespace":"ns","outcome":"failed","tags":{{"a":"b"}},"completed_at_ms":10}}"#
         );
         let a = parse_message(body.as_bytes(), &keys).unwrap();
-        assert_eq!(a.event.position, EventPosition { partition: p, id: StreamId { ms: 10, seq: 1 }, partitions: 4 });
-        assert_eq!(a.prev, StreamId { ms: 9, seq: 0 });
+        assert_eq!(
+            a.event.position,
+            EventPosition { partition: p, id: StreamId { micros: 10, seq: 1 }, partitions: 4 }
+        );
+        assert_eq!(a.prev, StreamId { micros: 9, seq: 0 });
         assert_eq!(a.event.payload.outcome(), Outcome::Failed);
         assert_eq!(a.event.payload.tags().get("a").map(|v| v.as_str()), Some("b"));
         assert!(a.event.payload.flow_id().is_none());
@@ -283,7 +286,7 @@ mod tests {
             let a = parse_message(message(&keys, &id, &ns, ms).as_bytes(), &keys).map_err(TestCaseError::fail)?;
             prop_assert_eq!(a.event.payload.execution_id().as_str(), id.as_str());
             prop_assert_eq!(a.event.payload.namespace().as_str(), ns.as_str());
-            prop_assert_eq!(a.event.position.id, StreamId { ms, seq: 0 });
+            prop_assert_eq!(a.event.position.id, StreamId { micros: ms, seq: 0 });
             prop_assert_eq!(a.event.position.partitions, partitions);
         }
 
@@ -320,7 +323,7 @@ mod tests {
             partition in any::<u16>(),
         ) {
             let keys = Keyspace::new("t", 16);
-            if let Err(reason) = parse_entry(&keys, partition, StreamId { ms: 1, seq: 0 }, &fields) {
+            if let Err(reason) = parse_entry(&keys, partition, StreamId { micros: 1, seq: 0 }, &fields) {
                 prop_assert!(!reason.is_empty());
             }
         }

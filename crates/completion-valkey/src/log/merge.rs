@@ -166,7 +166,7 @@ pub(crate) fn plan(after: &ValkeyPosition, reads: &[PartitionRead], filter: &Sca
     // after this read began, so their messages reach the hub after it too).
     let horizon = match reads.iter().map(|r| r.read_at_us).min() {
         Some(at) => {
-            let consistent = StreamId { ms: at, seq: u64::MAX };
+            let consistent = StreamId { micros: at, seq: u64::MAX };
             Some(horizon.map_or(consistent, |h| h.min(consistent)))
         }
         None => horizon,
@@ -215,8 +215,8 @@ mod tests {
     use super::*;
     use crate::position::EventPosition;
 
-    fn id(ms: u64) -> StreamId {
-        StreamId { ms, seq: 0 }
+    fn id(micros: u64) -> StreamId {
+        StreamId { micros, seq: 0 }
     }
 
     fn event(p: u16, ms: u64, ns: &str) -> (StreamId, Result<LogEvent<ValkeyPosition>, String>) {
@@ -243,8 +243,8 @@ mod tests {
         }
     }
 
-    fn ms_of(batch: &ReadBatch<ValkeyPosition>) -> Vec<u64> {
-        batch.events.iter().map(|e| e.position.id.ms).collect()
+    fn micros_of(batch: &ReadBatch<ValkeyPosition>) -> Vec<u64> {
+        batch.events.iter().map(|e| e.position.id.micros).collect()
     }
 
     #[test]
@@ -254,7 +254,7 @@ mod tests {
         let reads =
             vec![read(vec![event(0, 1, "a"), event(0, 5, "a")], 2), read(vec![event(1, 3, "a"), event(1, 9, "a")], 3)];
         let batch = merge(&ValkeyPosition::default(), reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 3, 5]);
+        assert_eq!(micros_of(&batch), [1, 3, 5]);
         assert!(batch.more);
         assert_eq!(batch.scanned_to.get(0), id(5));
         assert_eq!(batch.scanned_to.get(1), id(3));
@@ -270,7 +270,7 @@ mod tests {
         let mut late = read(vec![event(1, 2, "a"), event(1, 6, "a")], 10);
         late.read_at_us = 7;
         let batch = merge(&ValkeyPosition::default(), vec![early, late], &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 2]);
+        assert_eq!(micros_of(&batch), [1, 2]);
         assert_eq!(batch.scanned_to.get(1), id(2));
         assert!(!batch.more, "entry 6 comes live or with the next read");
     }
@@ -284,7 +284,7 @@ mod tests {
             read(vec![event(1, 3, "b"), event(1, 4, "a")], 10),
         ];
         let batch = merge(&ValkeyPosition::default(), reads, &ns_b, 2, &counters);
-        assert_eq!(ms_of(&batch), [2, 3]);
+        assert_eq!(micros_of(&batch), [2, 3]);
         assert!(batch.more);
         // Entry 4 was not examined (the limit was reached first), nor 6.
         assert_eq!(batch.scanned_to.get(0), id(2));
@@ -312,7 +312,7 @@ mod tests {
         // Every partition resumes past the newest trimmed id (25): entry 20, retained in
         // partition 1, is in the gap.
         assert_eq!((gap.resumed_at.get(0), gap.resumed_at.get(1)), (id(25), id(25)));
-        assert_eq!(ms_of(&batch), [30]);
+        assert_eq!(micros_of(&batch), [30]);
         assert!(!batch.more);
         // Deleted entries at or before the watermark predate the stream: no gap.
         let after = ValkeyPosition::from_ids(vec![StreamId::ZERO, id(40)]);
@@ -324,7 +324,7 @@ mod tests {
             &counters,
         );
         assert!(batch.gap.is_none());
-        assert_eq!(ms_of(&batch), [50]);
+        assert_eq!(micros_of(&batch), [50]);
         // The origin never has a gap, but its scan starts past what was deleted.
         let batch = merge(
             &ValkeyPosition::default(),
@@ -347,7 +347,7 @@ mod tests {
         let counters = Counters::default();
         let reads = vec![read(vec![(id(1), Err("bad".into())), event(0, 2, "a")], 10)];
         let batch = merge(&ValkeyPosition::default(), reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [2]);
+        assert_eq!(micros_of(&batch), [2]);
         assert_eq!(counters.snapshot().malformed_messages, 1);
     }
 
@@ -372,7 +372,7 @@ mod tests {
         reads[0].append(read(vec![event(0, 4, "a"), event(0, 5, "a")], 3), id(2));
         assert!(!reads[0].truncated, "the next page was not full");
         let batch = merge(&ValkeyPosition::default(), reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 2, 3, 4, 5, 9]);
+        assert_eq!(micros_of(&batch), [1, 2, 3, 4, 5, 9]);
         assert!(!batch.more);
         assert!(!plan(&ValkeyPosition::default(), &[], &ScannerFilter::new(), 1).wants_more(1));
     }
@@ -389,7 +389,7 @@ mod tests {
         assert!(reads[0].stalled, "and the partition is not asked again in this read");
         let after = ValkeyPosition::from_ids(vec![id(0), id(0)]);
         let batch = merge(&after, reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 2], "nothing past the full page");
+        assert_eq!(micros_of(&batch), [1, 2], "nothing past the full page");
         assert!(batch.more && batch.gap.is_none());
         // The next read, from where this one stopped, sees the trimming past its watermark.
         let mut again = read(vec![event(0, 4, "a")], 3);
@@ -402,7 +402,7 @@ mod tests {
             &counters,
         );
         assert!(batch.gap.is_some());
-        assert_eq!(ms_of(&batch), [4, 9]);
+        assert_eq!(micros_of(&batch), [4, 9]);
     }
 
     #[test]
@@ -416,7 +416,7 @@ mod tests {
         let merged = plan(&ValkeyPosition::default(), &reads, &ns_b, 10);
         assert_eq!(counters.snapshot().malformed_messages, 0, "planning counts nothing");
         let batch = merged.take(reads, &counters);
-        assert_eq!(ms_of(&batch), [1, 2, 5]);
+        assert_eq!(micros_of(&batch), [1, 2, 5]);
         assert_eq!(counters.snapshot().malformed_messages, 1);
         assert_eq!(batch.scanned_to.get(0), id(7));
     }
