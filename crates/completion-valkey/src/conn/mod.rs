@@ -31,18 +31,30 @@ pub(crate) mod commands;
 pub(crate) mod errors;
 pub(crate) mod subscriber;
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use completion_core::EngineError;
+use completion_core::backoff::{Backoff, Retry};
 use fred::prelude::*;
+use tokio::time::Instant;
 
 use self::build::{Role, connect_client};
 use self::errors::{is_in_flux, is_redirection, map_error, with_limit};
 use crate::config::ValkeyConfig;
 use crate::position::BACKEND;
 
-/// On a cluster: the longest pause between two tries of a redirected command.
+/// The first pause before a redirected or in-flux command is tried again (after one retry
+/// at once).
+const FIRST_REDIRECT_PAUSE: Duration = Duration::from_millis(5);
+/// The longest pause between two tries of a redirected or in-flux command.
 const MAX_REDIRECT_PAUSE: Duration = Duration::from_millis(200);
+
+/// Whether a command that failed so is tried again ([`Conn::keyed`]).
+fn should_retry(error: &Error) -> bool {
+    is_redirection(error) || is_in_flux(error)
+}
 
 /// One node of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,47 +95,49 @@ impl Conn {
 
     /// Runs a keyed command, trying it again within `command_timeout` while a cluster
     /// redirects it (see the module docs) or the server says it is in flux
-    /// ([`is_in_flux`]). Every command sent through here is idempotent (writes carry a
-    /// token), so a retry takes effect once. The one retry loop of the client: the store
-    /// above it only reloads a lost function library.
-    async fn keyed<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, EngineError>
+    /// ([`is_in_flux`]): at once the first time (after a `MOVED` fred re-read the slot map),
+    /// then after pauses growing from 5 ms to 200 ms (an `ASK` or `TRYAGAIN` lasts until the slot's
+    /// migration ends, a failover or a load some seconds). Every command sent through here
+    /// is idempotent (writes carry a token), so a retry takes effect once.
+    async fn keyed<T, F, Fut>(&self, op: &'static str, attempt: F) -> Result<T, EngineError>
     where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, Error>>,
+        F: Fn() -> Fut + Sync,
+        Fut: Future<Output = Result<T, Error>>,
     {
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::ZERO;
-        let mut retries = 0u32;
-        loop {
-            let error = match attempt().await {
-                Err(e) if is_redirection(&e) || is_in_flux(&e) => e,
-                other => return other.map_err(self.fail(op)),
-            };
-            if started.elapsed() + pause >= self.command_timeout {
-                tracing::warn!(backend = BACKEND, op, retries, %error, "the cluster kept redirecting or refusing a command");
-                if !is_redirection(&error) {
-                    return Err(self.fail(op)(error));
+        let deadline = Instant::now() + self.command_timeout;
+        let tries = AtomicU32::new(0);
+        let once = || {
+            tries.fetch_add(1, Ordering::Relaxed);
+            attempt()
+        };
+        let answer = Retry::new(Backoff::new(FIRST_REDIRECT_PAUSE, MAX_REDIRECT_PAUSE))
+            .with_deadline(deadline)
+            .run(should_retry, |n| async move {
+                match once().await {
+                    // `Backoff` has no pause of zero: the retry at once is taken here.
+                    Err(e) if n == 1 && should_retry(&e) && Instant::now() < deadline => once().await,
+                    answer => answer,
                 }
-                return Err(EngineError::transport(
-                    BACKEND,
-                    op,
-                    format!(
-                        "the cluster still redirected the command (MOVED/ASK) after {retries} retries over {:?}: a \
-                         slot migration under way for longer than that?",
-                        self.command_timeout
-                    ),
-                ));
-            }
-            tracing::debug!(backend = BACKEND, op, retries, %error, ?pause, "redirected or in flux; trying again");
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
-            // At once after the first (after a `MOVED` fred re-read the slot map), then
-            // growing: an `ASK` or `TRYAGAIN` lasts until the slot's migration ends, a
-            // failover or a load some seconds.
-            pause = (pause * 2).clamp(Duration::from_millis(5), MAX_REDIRECT_PAUSE);
-            retries += 1;
+            })
+            .await;
+        let error = match answer {
+            Err(error) if should_retry(&error) => error,
+            answer => return answer.map_err(self.fail(op)),
+        };
+        let retries = tries.load(Ordering::Relaxed).saturating_sub(1);
+        tracing::warn!(backend = BACKEND, op, retries, %error, "the cluster kept redirecting or refusing a command");
+        if !is_redirection(&error) {
+            return Err(self.fail(op)(error));
         }
+        Err(EngineError::transport(
+            BACKEND,
+            op,
+            format!(
+                "the cluster still redirected the command (MOVED/ASK) after {retries} retries over {:?}: a slot \
+                 migration under way for longer than that?",
+                self.command_timeout
+            ),
+        ))
     }
 
     /// Whether this connection talks to a cluster.

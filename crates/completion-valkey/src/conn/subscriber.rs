@@ -24,6 +24,7 @@
 //!   fails is tried once more, without keeping the others from being re-issued.
 
 use completion_core::EngineError;
+use completion_core::backoff::{Backoff, Retry};
 use fred::prelude::*;
 use fred::types::{ClusterStateChange, Message};
 use tokio::sync::broadcast::error::RecvError;
@@ -116,11 +117,10 @@ impl Subscriber {
             // have come from a node that had not heard of the move yet).
             let mut first_error = None;
             for channel in &self.channels {
-                let mut result = client.ssubscribe(channel.as_str()).await;
-                if result.is_err() {
-                    tokio::time::sleep(SUBSCRIBE_RETRY_PAUSE).await;
-                    result = client.ssubscribe(channel.as_str()).await;
-                }
+                let result = Retry::new(Backoff::new(SUBSCRIBE_RETRY_PAUSE, SUBSCRIBE_RETRY_PAUSE))
+                    .with_attempts(2)
+                    .run(|_| true, |_| client.ssubscribe(channel.as_str()))
+                    .await;
                 if let Err(e) = result {
                     first_error.get_or_insert(map_error("SSUBSCRIBE", e));
                 }
