@@ -82,8 +82,8 @@ pub struct ValkeyConfig {
     /// (then the feed catches up from the log, so nothing is lost). Default 4 096.
     ///
     /// fred allocates its nine notification channels at this size, up front, when the
-    /// subscriber connects and again when it quits: about 600 bytes per slot, so 2.4 MB
-    /// per feed at 4 096 (40 MB at 65 536). A burst larger than this while the feed task is
+    /// subscriber connects and again when it quits, so each feed's memory grows with it
+    /// (docs/server-facts.md, "fred 10.1"). A burst larger than this while the feed task is
     /// busy costs one log read, not an event: raise it if `lagged_messages` climbs under
     /// steady load.
     pub message_capacity: usize,

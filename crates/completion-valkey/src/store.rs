@@ -1,5 +1,6 @@
-//! The server-side operations of one backend instance: writes, reads, trimming, all through
-//! the function library, each touching one partition.
+//! The server-side operations of one backend instance except log reads ([`crate::log`]):
+//! writes (create, terminal, emit), lookups (describe, emit markers) and trimming to
+//! retention, all through the function library, each call touching one partition.
 //!
 //! Every library call that finds the library gone (a server restarted without persistence
 //! answers "Function not found") reloads it and retries once.

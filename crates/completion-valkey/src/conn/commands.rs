@@ -135,8 +135,8 @@ impl Conn {
 
     /// `XRANGE key (after + COUNT count`: up to `count` entries after `after` (exclusive).
     /// A plain command, not the library's read function: its reply goes out as the server
-    /// built it, where a function's would be converted to Lua tables and back (about 7x
-    /// the server time for a page of 100 entries).
+    /// built it, where a function's would be converted to Lua tables and back, several times
+    /// the server time of the read (docs/benchmarks.md, "What the figures show").
     pub(crate) async fn xrange_after(
         &self,
         key: &str,

@@ -148,8 +148,8 @@ pub(crate) fn plan(after: &ValkeyPosition, reads: &[PartitionRead], filter: &Sca
         // then has a watermark that is true again (every entry at or below it was delivered
         // or is in this gap). Resuming each partition only past its own trimmed id would
         // leave the position's largest id ahead of entries of other partitions not examined
-        // yet, and a later trim of those would pass for "already seen": a silent loss
-        // (found by the conformance test `trimming_racing_a_reader_loses_nothing_silently`).
+        // yet, and a later trim of those would pass for "already seen": a silent loss (the
+        // conformance test `trimming_racing_a_reader_loses_nothing_silently` guards this).
         // Retained entries below that id count as part of the gap.
         let cut = reads.iter().map(|r| r.trimmed_to).max().unwrap_or_default();
         for s in &mut scanned {
