@@ -159,7 +159,7 @@ impl ValkeyBackend {
             let subscriber_name = Arc::new(Mutex::new(None));
             let feed = ValkeyFeed { store: store.clone(), subscriber_name: subscriber_name.clone() };
             let subscriptions = Subscriptions::new(hub, Arc::new(feed), store.clone());
-            let retention = config.retention_interval.map(|every| trim_periodically(store.clone(), every));
+            let retention = config.retention_interval.map(|every| store.clone().trim_periodically(every));
             let shared = Shared {
                 subscriptions,
                 store,
@@ -199,18 +199,7 @@ impl ValkeyBackend {
     /// The version of the function library the server holds now (`None`: none loaded), to
     /// compare with [`LIBRARY_VERSION`].
     pub async fn library_version(&self) -> Result<Option<i64>, EngineError> {
-        use crate::conn::commands::InstalledLibrary;
-        // On a cluster, the version of the first primary (every primary gets the same at connect).
-        let node = self.shared.store.conn.library_nodes().into_iter().next().flatten();
-        let conn = &self.shared.store.conn;
-        match conn.installed_library(node.as_ref(), library::LIBRARY_NAME, library::VERSION_FUNCTION).await? {
-            InstalledLibrary::Missing => Ok(None),
-            InstalledLibrary::Version(v) => Ok(Some(v)),
-            InstalledLibrary::Foreign(why) => Err(EngineError::Incompatible {
-                backend: BACKEND,
-                reason: format!("the function library `{}` is not ours: {why}", library::LIBRARY_NAME),
-            }),
-        }
+        library::installed_version(&self.shared.store.conn).await
     }
 
     /// What [`connect`](Self::connect) did to the server's function library: found this
@@ -231,22 +220,7 @@ impl ValkeyBackend {
     /// (on a cluster, one `SHARDNUMSUB` per primary); meant for operators (`completions stats`), not
     /// for a hot path.
     pub async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
-        let store = &self.shared.store;
-        let library_version = self.library_version().await?;
-        let mut partitions = Vec::with_capacity(usize::from(store.keys.partitions()));
-        for partition in 0..store.keys.partitions() {
-            let key = store.keys.log(partition);
-            let (length, first_id, last_id) = store.conn.stream_extent(&key).await?;
-            partitions.push(PartitionView { partition, key, length, first_id, last_id });
-        }
-        let sharded = store.conn.is_cluster();
-        let counts = store.conn.subscribers(&store.keys.channels(sharded), sharded).await?;
-        let channels = counts
-            .into_iter()
-            .enumerate()
-            .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
-            .collect();
-        Ok(ValkeyServerView { library_version, partitions, channels })
+        self.shared.store.server_view().await
     }
 
     /// The names of this instance's server connections.
@@ -343,20 +317,6 @@ impl ValkeyBackend {
         tracing::trace!(parent: &span, %entry, "completion logged and published");
         Ok(())
     }
-}
-
-/// Trims the log to retention every `every`, until the returned task is dropped.
-fn trim_periodically(store: Arc<Store>, every: std::time::Duration) -> Periodic {
-    let span = tracing::info_span!("valkey_retention", prefix = %store.config.key_prefix);
-    Periodic::spawn(every, span, move || {
-        let store = store.clone();
-        async move {
-            match store.trim_all().await {
-                Ok(removed) => tracing::debug!(removed, "log trimmed to retention"),
-                Err(error) => tracing::warn!(%error, "trimming the log to retention failed; retrying later"),
-            }
-        }
-    })
 }
 
 completion_core::delegate_completion_backend!(ValkeyBackend, |this| &this.shared.subscriptions);

@@ -120,6 +120,21 @@ async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<LibraryChange, En
     ))
 }
 
+/// The version of the library the server (on a cluster: the first primary, as every primary
+/// gets the same at connect) holds now; `None`: none loaded. A foreign library of our name
+/// is [`EngineError::Incompatible`].
+pub(crate) async fn installed_version(conn: &Conn) -> Result<Option<i64>, EngineError> {
+    let node = conn.library_nodes().into_iter().next().flatten();
+    match conn.installed_library(node.as_ref(), LIBRARY_NAME, VERSION_FUNCTION).await? {
+        InstalledLibrary::Missing => Ok(None),
+        InstalledLibrary::Version(v) => Ok(Some(v)),
+        InstalledLibrary::Foreign(why) => Err(EngineError::Incompatible {
+            backend: BACKEND,
+            reason: format!("the function library `{LIBRARY_NAME}` is not ours: {why}"),
+        }),
+    }
+}
+
 /// Whether `error` says a library function is missing (the server lost its functions).
 pub(crate) fn is_missing_function(error: &EngineError) -> bool {
     matches!(error, EngineError::Server { message, .. }

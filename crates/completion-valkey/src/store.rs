@@ -8,8 +8,9 @@
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use completion_core::hub::Counters;
+use completion_core::hub::{Counters, Periodic};
 use completion_core::{
     Completion, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution, Outcome,
     Reason,
@@ -21,7 +22,7 @@ use crate::conn::commands::FcallArgs;
 use crate::keys::Keyspace;
 use crate::library::{self, LibraryChange};
 use crate::position::{BACKEND, StreamId};
-use crate::stats::Stats;
+use crate::stats::{ChannelView, PartitionView, Stats, ValkeyServerView};
 use crate::wire::{self, FcallReply};
 
 /// Error codes the library answers with (first word of the error reply).
@@ -231,6 +232,41 @@ impl Store {
                 "describe",
                 format!("execution {id} is stored in a shape this build does not read: {reason}"),
             )
+        })
+    }
+
+    /// What the server holds for this key prefix (see
+    /// [`ValkeyBackend::server_view`](crate::ValkeyBackend::server_view)).
+    pub(crate) async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
+        let library_version = library::installed_version(&self.conn).await?;
+        let mut partitions = Vec::with_capacity(usize::from(self.keys.partitions()));
+        for partition in 0..self.keys.partitions() {
+            let key = self.keys.log(partition);
+            let (length, first_id, last_id) = self.conn.stream_extent(&key).await?;
+            partitions.push(PartitionView { partition, key, length, first_id, last_id });
+        }
+        let sharded = self.conn.is_cluster();
+        let counts = self.conn.subscribers(&self.keys.channels(sharded), sharded).await?;
+        let channels = counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
+            .collect();
+        Ok(ValkeyServerView { library_version, partitions, channels })
+    }
+
+    /// Trims the log to retention every `every` ([`Self::trim_all`]), until the returned
+    /// task is dropped.
+    pub(crate) fn trim_periodically(self: Arc<Self>, every: Duration) -> Periodic {
+        let span = tracing::info_span!("valkey_retention", prefix = %self.config.key_prefix);
+        Periodic::spawn(every, span, move || {
+            let store = self.clone();
+            async move {
+                match store.trim_all().await {
+                    Ok(removed) => tracing::debug!(removed, "log trimmed to retention"),
+                    Err(error) => tracing::warn!(%error, "trimming the log to retention failed; retrying later"),
+                }
+            }
         })
     }
 
