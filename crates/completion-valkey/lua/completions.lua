@@ -17,22 +17,13 @@ goes on after the partition's newest id: order across partitions is then approxi
 
 Trimming is exact and recorded: the partition's meta hash keeps `trimmed_to`, the newest
 id ever trimmed away, which readers compare with their position to report gaps.
-(`max-deleted-entry-id` of XINFO STREAM only follows XDEL, not trimming.)
+(`max-deleted-entry-id` of XINFO STREAM only follows XDEL, not trimming: docs/server-facts.md,
+"Valkey / Redis functions and streams".)
 
-Versioning: VERSION grows whenever anything changes (2: completions_terminal takes an
-optional 9th argument, 'sharded', to announce with SPUBLISH on a cluster; 3: the partition's
-meta hash keeps `last`, the newest entry id, so the terminal write and the read function
-need neither XREVRANGE nor XINFO STREAM, and the message is built as text around the stored
-tags JSON instead of decoding and re-encoding it: about half the function's server time;
-4: the terminal write keeps the server time as the text TIME returns instead of formatting
-Lua numbers, and quotes plain strings without cjson: 12% fewer instructions, the same
-entries and messages; 5: completions_emit, a completion of an execution whose state the
-engine keeps itself, through the same log/message step as completions_terminal, refused a
-second time per execution id while its emit marker lives unless told 'repeat'; the step is
-lua/emit.lua, which engines include in functions of their own). A newer version keeps every function
-and argument list of the older ones (old clients keep calling them after an upgrade);
-the Rust side loads this library when the server holds none or an older one, and refuses
-to run against a newer one.
+Versioning: VERSION grows whenever anything changes; a newer version keeps every function
+and argument list of the older ones (old clients keep calling them after an upgrade), and
+what each version changed is in docs/valkey.md, "History". The Rust side loads this
+library when the server holds none or an older one, and refuses to run against a newer one.
 
 Errors are replies whose first word is a code the Rust side maps:
   COMPLETIONS_NOT_FOUND, COMPLETIONS_EXISTS, COMPLETIONS_TERMINAL <outcome>,

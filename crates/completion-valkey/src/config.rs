@@ -1,17 +1,21 @@
-//! Settings of a [`ValkeyBackend`](crate::ValkeyBackend), with their defaults.
+//! Settings of a [`ValkeyBackend`](crate::ValkeyBackend), with their defaults, setters and
+//! validation. The URL itself is read by [`crate::url`].
 
-use completion_core::redact_url;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use completion_core::{EngineError, Retention};
-use serde::{Deserialize, Deserializer};
+use completion_core::config::{duration, option_duration};
+use completion_core::{EngineError, Retention, SubscriptionConfig, redact_url};
+use serde::Deserialize;
 
 /// Settings of a [`ValkeyBackend`](crate::ValkeyBackend).
 ///
 /// Deserializes with serde (every field optional; unknown fields refused). Durations are
-/// written as milliseconds (`2000`) or as text with a unit (`"500ms"`, `"2s"`, `"1m"`).
+/// written as milliseconds (`2000`) or as text with units (`"500ms"`, `"2s"`, `"1m"`,
+/// `"1h"`: [`completion_core::config::duration`]). The subscription settings shared by every
+/// backend sit under `subscription`:
+/// `{"subscription": {"buffer": 1024, "retention": {"max_events": 100000}, "safety_interval": "2s"}}`.
 ///
 /// ```
 /// use completion_valkey::ValkeyConfig;
@@ -47,41 +51,39 @@ pub struct ValkeyConfig {
     /// How many partitions (log streams) the prefix has, 1 to 256. Fixed for the life of
     /// a prefix: connecting with another count fails. Default 16.
     pub partitions: u16,
-    /// How much of the log to keep: the newest `max_events` completions over all
-    /// partitions, none older than `max_age_secs`. Writes trim cheaply and approximately
-    /// (each partition to about `max_events` entries, and by age), so the log can hold up
-    /// to `partitions x max_events` entries between exact trims;
+    /// What every backend's subscriptions share: the log's retention, the per-stream
+    /// buffer and the feed's safety read interval (see [`SubscriptionConfig`]).
+    ///
+    /// Retention here: the newest `max_events` completions over all partitions, none older
+    /// than `max_age_secs`. Writes trim cheaply and approximately (each partition to about
+    /// `max_events` entries, and by age), so the log can hold up to `partitions x
+    /// max_events` entries between exact trims;
     /// [`enforce_retention`](crate::ValkeyBackend::enforce_retention) trims exactly, and
-    /// runs every `retention_interval`. Default: 100 000 events, no age limit.
-    pub retention: Retention,
-    /// Events buffered per stream before it falls back to reading the log. Default 1024.
-    pub buffer: usize,
-    /// How often the feed re-reads the log even when nothing seems lost: the longest a
-    /// completion whose message was lost waits. Default 2 s.
-    #[serde(deserialize_with = "duration")]
-    pub safety_interval: Duration,
+    /// runs every `retention_interval`. Default: 100 000 events, no age limit, a buffer of
+    /// 1024 events, a safety read every 2 s.
+    pub subscription: SubscriptionConfig,
     /// Limit on connecting (TCP, TLS, handshake) at [`connect`](crate::ValkeyBackend::connect)
     /// and on each reconnect. Default 5 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Limit on one command, including time spent waiting for a reconnect. Default 10 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub command_timeout: Duration,
     /// Longest pause between reconnect attempts (they back off exponentially from 50 ms).
     /// Default 2 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "duration")]
     pub reconnect_max_delay: Duration,
     /// How often the backend trims the log to retention exactly, in the background
     /// (`None`: never; call [`enforce_retention`](crate::ValkeyBackend::enforce_retention)
     /// yourself). Default 60 s.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(with = "option_duration")]
     pub retention_interval: Option<Duration>,
     /// Messages the subscriber connection may hold unread before the oldest are dropped
     /// (then the feed catches up from the log, so nothing is lost). Default 4 096.
     ///
     /// fred allocates its nine notification channels at this size, up front, when the
-    /// subscriber connects and again when it quits: about 600 bytes per slot, so 2.4 MB
-    /// per feed at 4 096 (40 MB at 65 536). A burst larger than this while the feed task is
+    /// subscriber connects and again when it quits, so each feed's memory grows with it
+    /// (docs/server-facts.md, "fred 10.1"). A burst larger than this while the feed task is
     /// busy costs one log read, not an event: raise it if `lagged_messages` climbs under
     /// steady load.
     pub message_capacity: usize,
@@ -92,7 +94,7 @@ pub struct ValkeyConfig {
     /// as a first one. `None`: markers never expire (exactly once for ever, one small hash
     /// per emitted execution kept until deleted). Not tied to retention, which trims by
     /// count as well. Default 24 h.
-    #[serde(deserialize_with = "optional_duration")]
+    #[serde(with = "option_duration")]
     pub emit_marker_ttl: Option<Duration>,
 }
 
@@ -107,9 +109,7 @@ impl Default for ValkeyConfig {
             tls_ca_file: None,
             key_prefix: "completions".to_string(),
             partitions: 16,
-            retention: Retention::default(),
-            buffer: 1024,
-            safety_interval: Duration::from_secs(2),
+            subscription: SubscriptionConfig::default(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             reconnect_max_delay: Duration::from_secs(2),
@@ -132,9 +132,7 @@ impl fmt::Debug for ValkeyConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("partitions", &self.partitions)
-            .field("retention", &self.retention)
-            .field("buffer", &self.buffer)
-            .field("safety_interval", &self.safety_interval)
+            .field("subscription", &self.subscription)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
@@ -196,14 +194,26 @@ impl ValkeyConfig {
         /// Sets the partition count.
         with_partitions, partitions: u16);
     setter!(
-        /// Sets the retention.
-        with_retention, retention: Retention);
-    setter!(
-        /// Sets the per-stream buffer.
-        with_buffer, buffer: usize);
-    setter!(
-        /// Sets the safety read interval.
-        with_safety_interval, safety_interval: Duration);
+        /// Sets the subscription settings (retention, buffer, safety read interval).
+        with_subscription, subscription: SubscriptionConfig);
+
+    /// Sets the retention (`subscription.retention`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.subscription.retention = retention;
+        self
+    }
+
+    /// Sets the per-stream buffer (`subscription.buffer`).
+    pub fn with_buffer(mut self, buffer: usize) -> Self {
+        self.subscription.buffer = buffer;
+        self
+    }
+
+    /// Sets the safety read interval (`subscription.safety_interval`).
+    pub fn with_safety_interval(mut self, interval: Duration) -> Self {
+        self.subscription.safety_interval = interval;
+        self
+    }
     setter!(
         /// Sets the connect timeout.
         with_connect_timeout, connect_timeout: Duration);
@@ -246,17 +256,12 @@ impl ValkeyConfig {
         if !(1..=256).contains(&self.partitions) {
             return Err(EngineError::invalid("partitions", self.partitions.to_string(), "must be 1 to 256"));
         }
-        if self.buffer == 0 {
-            return Err(EngineError::invalid("buffer", "0", "must be at least 1"));
-        }
+        self.subscription.validate()?;
         if self.message_capacity == 0 {
             return Err(EngineError::invalid("message_capacity", "0", "must be at least 1"));
         }
-        if self.retention.max_events == Some(0) {
-            return Err(EngineError::invalid("retention.max_events", "0", "must be at least 1 (or none)"));
-        }
         for (what, value) in [
-            ("safety_interval", self.safety_interval),
+            ("subscription.safety_interval", self.subscription.safety_interval),
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
             ("reconnect_max_delay", self.reconnect_max_delay),
@@ -286,8 +291,8 @@ impl ValkeyConfig {
                 "TLS needs the `tls` cargo feature of completion-valkey",
             ));
         }
-        let target = self.target()?;
-        target.fred_config(&self.url)?;
+        let target = crate::url::target(&self.url, self.cluster)?;
+        crate::conn::build::fred_config(&target, &self.url)?;
         if target.cluster && self.database.is_some_and(|db| db != 0) {
             return Err(EngineError::invalid(
                 "database",
@@ -297,135 +302,6 @@ impl ValkeyConfig {
         }
         Ok(())
     }
-
-    /// Whether this config talks to a cluster (the `cluster` field, or a `-cluster` scheme).
-    pub(crate) fn is_cluster(&self) -> bool {
-        self.cluster || self.url.split_once("://").is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
-    }
-
-    /// Where to connect: the URL for the client library (`redis://...`, or
-    /// `redis-cluster://...` in cluster mode), whether it asks for TLS, whether it is a
-    /// cluster. The scheme is checked by [`Self::plain_url`], after taking off `-cluster`;
-    /// every other part by [`crate::url_parts::check`] (no unknown query parameter, a
-    /// database from 0 to 255, ...).
-    pub(crate) fn target(&self) -> Result<Target, EngineError> {
-        let cluster = self.is_cluster();
-        let (url, tls) = match self.url.split_once("://") {
-            Some((scheme, rest)) if scheme.ends_with("-cluster") => {
-                let base = scheme.trim_end_matches("-cluster");
-                let plain = ValkeyConfig { url: format!("{base}://{rest}"), ..ValkeyConfig::default() };
-                plain.plain_url().map_err(|_| {
-                    EngineError::invalid(
-                        "url",
-                        redact_url(&self.url),
-                        "the scheme must be redis-cluster://, rediss-cluster://, valkey-cluster:// or \
-                         valkeys-cluster:// (or one of those without -cluster)",
-                    )
-                })?
-            }
-            _ => self.plain_url()?,
-        };
-        let url = match url.strip_prefix("redis://") {
-            Some(rest) if cluster => format!("redis-cluster://{rest}"),
-            _ => url,
-        };
-        crate::url_parts::check(&url, &self.url, cluster)?;
-        Ok(Target { url, tls, cluster })
-    }
-
-    /// The URL as `redis://...` (whatever the scheme) and whether it asks for TLS. Refuses
-    /// other schemes, and TLS without the `tls` feature.
-    pub(crate) fn plain_url(&self) -> Result<(String, bool), EngineError> {
-        let bad = |reason: &str| EngineError::invalid("url", redact_url(&self.url), reason);
-        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| bad("expected `redis://host:port`"))?;
-        let tls = match scheme {
-            "redis" | "valkey" => false,
-            "rediss" | "valkeys" => true,
-            _ => {
-                return Err(bad(
-                    "the scheme must be redis://, rediss://, valkey:// or valkeys:// (cluster, sentinel and unix \
-                     sockets are not supported yet)",
-                ));
-            }
-        };
-        if tls && !cfg!(feature = "tls") {
-            return Err(bad("TLS needs the `tls` cargo feature of completion-valkey"));
-        }
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        if host.is_empty() || host.starts_with('/') || host.starts_with(':') {
-            return Err(bad("has no host"));
-        }
-        Ok((format!("redis://{rest}"), tls))
-    }
-}
-
-/// Where and how to connect (see [`ValkeyConfig::target`]).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Target {
-    /// `redis://...` or `redis-cluster://...` (TLS is set up separately).
-    pub url: String,
-    /// Whether the URL asked for TLS.
-    pub tls: bool,
-    /// Whether to talk to a cluster.
-    pub cluster: bool,
-}
-
-impl Target {
-    /// fred's config of this target's URL (without this crate's settings). `original` is
-    /// the URL as given, for errors. [`crate::url_parts::check`] has refused what fred
-    /// would; should fred still refuse something, its reason is passed on.
-    pub(crate) fn fred_config(&self, original: &str) -> Result<fred::prelude::Config, EngineError> {
-        let parsed = if self.cluster {
-            fred::prelude::Config::from_url_clustered(&self.url)
-        } else {
-            fred::prelude::Config::from_url(&self.url)
-        };
-        parsed.map_err(|e| {
-            EngineError::invalid("url", redact_url(original), format!("the client library refused it: {}", e.details()))
-        })
-    }
-}
-
-/// Reads a duration as milliseconds (a number) or as text with a unit (`ms`, `s`, `m`).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Millis(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
-        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Like [`duration`], and `null` for none.
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Millis(u64),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Millis(ms)) => Ok(Some(Duration::from_millis(ms))),
-        Some(Raw::Text(text)) => parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
-    match unit.trim() {
-        "ms" | "" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        other => Err(format!("unknown duration unit `{other}` in `{text}` (use ms, s or m)")),
-    }
 }
 
 #[cfg(test)]
@@ -433,43 +309,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_normalized_and_bad_ones_named() {
-        let url = |u: &str| ValkeyConfig::new(u).plain_url();
-        assert_eq!(url("valkey://h:1/2").unwrap(), ("redis://h:1/2".to_string(), false));
-        assert_eq!(url("redis://u:p@h").unwrap(), ("redis://u:p@h".to_string(), false));
-        assert!(url("http://h").unwrap_err().to_string().contains("scheme"));
-        assert!(url("nothing").is_err());
-        assert!(url("redis://").is_err());
-        if cfg!(feature = "tls") {
-            assert_eq!(url("valkeys://h").unwrap(), ("redis://h".to_string(), true));
-        } else {
-            assert!(url("rediss://h").unwrap_err().to_string().contains("`tls`"));
-        }
-        let err = ValkeyConfig::new("redis+unix://u:secret@x").plain_url().unwrap_err().to_string();
-        assert!(!err.contains("secret"), "{err}");
-    }
-
-    #[test]
-    fn cluster_urls_and_the_cluster_field_select_cluster_mode() {
-        let target = |c: ValkeyConfig| c.target().unwrap();
-        let seeds = "valkey-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002";
-        assert_eq!(
-            target(ValkeyConfig::new(seeds)),
-            Target { url: "redis-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002".into(), tls: false, cluster: true }
-        );
-        assert!(target(ValkeyConfig::new("redis-cluster://h:1")).cluster);
-        let by_field = target(ValkeyConfig::new("redis://h:1").with_cluster(true));
-        assert_eq!(by_field, Target { url: "redis-cluster://h:1".into(), tls: false, cluster: true });
-        assert!(!target(ValkeyConfig::new("redis://h:1")).cluster);
-        let err = ValkeyConfig::new("http-cluster://h:1").validate().unwrap_err().to_string();
-        assert!(err.contains("-cluster"), "{err}");
+    fn a_cluster_has_database_0_only_and_the_cluster_field_reads() {
         let err = ValkeyConfig::new("redis-cluster://h:1").with_database(2).validate().unwrap_err().to_string();
         assert!(err.contains("database") && err.contains("cluster"), "{err}");
-        if !cfg!(feature = "tls") {
-            assert!(ValkeyConfig::new("rediss-cluster://h:1").validate().is_err());
-        }
+        let err = ValkeyConfig::new("http-cluster://h:1").validate().unwrap_err().to_string();
+        assert!(err.contains("-cluster"), "{err}");
         let c: ValkeyConfig = serde_json::from_str(r#"{"url":"redis://h:1","cluster":true}"#).unwrap();
-        assert!(c.is_cluster());
+        assert!(crate::url::target(&c.url, c.cluster).unwrap().cluster);
     }
 
     #[test]
@@ -478,7 +324,12 @@ mod tests {
         assert!(err.contains("key prefix") && err.contains("a{b}"), "{err}");
         assert!(ValkeyConfig::default().with_partitions(0).validate().is_err());
         assert!(ValkeyConfig::default().with_partitions(257).validate().is_err());
-        assert!(ValkeyConfig::default().with_buffer(0).validate().is_err());
+        let err = ValkeyConfig::default().with_buffer(0).validate().unwrap_err().to_string();
+        assert!(err.contains("subscription.buffer"), "{err}");
+        let err = ValkeyConfig::default().with_retention(Retention::events(0)).validate().unwrap_err().to_string();
+        assert!(err.contains("retention.max_events"), "{err}");
+        let err = ValkeyConfig::default().with_safety_interval(Duration::from_micros(10)).validate().unwrap_err();
+        assert!(err.to_string().contains("subscription.safety_interval"), "{err}");
         let err = ValkeyConfig::default().with_emit_marker_ttl(Some(Duration::ZERO)).validate().unwrap_err();
         assert!(err.to_string().contains("emit_marker_ttl"), "{err}");
         assert!(ValkeyConfig::default().with_emit_marker_ttl(None).validate().is_ok());
@@ -488,15 +339,21 @@ mod tests {
     #[test]
     fn deserializes_with_defaults_and_units() {
         let c: ValkeyConfig = serde_json::from_str(
-            r#"{"url":"valkey://x","safety_interval":"500ms","connect_timeout":1500,"retention":{"max_age_secs":60}}"#,
+            r#"{"url":"valkey://x","connect_timeout":1500,"reconnect_max_delay":"1m 30s",
+                "subscription":{"safety_interval":"500ms","retention":{"max_age_secs":60}}}"#,
         )
         .unwrap();
-        assert_eq!(c.safety_interval, Duration::from_millis(500));
+        assert_eq!(c.subscription.safety_interval, Duration::from_millis(500));
+        assert_eq!(c.subscription.buffer, 1024);
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.reconnect_max_delay, Duration::from_secs(90));
         assert_eq!(c.partitions, 16);
-        assert_eq!(c.retention.max_age_secs, Some(60));
-        assert!(serde_json::from_str::<ValkeyConfig>(r#"{"safety_interval":"2h"}"#).is_err());
+        assert_eq!(c.subscription.retention.max_age_secs, Some(60));
+        let error = serde_json::from_str::<ValkeyConfig>(r#"{"command_timeout":"soon"}"#).unwrap_err().to_string();
+        assert!(error.contains("invalid duration \"soon\""), "{error}");
         assert!(serde_json::from_str::<ValkeyConfig>(r#"{"nope":1}"#).is_err());
+        let flat = serde_json::from_str::<ValkeyConfig>(r#"{"buffer":8}"#).unwrap_err().to_string();
+        assert!(flat.contains("buffer"), "the subscription settings live under `subscription`: {flat}");
         let none: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":null}"#).unwrap();
         assert_eq!(none.retention_interval, None);
         let some: ValkeyConfig = serde_json::from_str(r#"{"retention_interval":"1m"}"#).unwrap();

@@ -43,10 +43,10 @@ use completion_core::hub::{Feed, Hub};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use crate::conn::subscriber::{SubEvent, Subscriber};
 use crate::position::{EventPosition, StreamId, ValkeyPosition};
 use crate::stats::Stats;
 use crate::store::Store;
-use crate::subscriber::{SubEvent, Subscriber};
 use crate::wire;
 
 /// On a cluster: log reads after a wake-up before leaving the rest to the safety tick.
@@ -124,7 +124,7 @@ impl FeedTask {
     async fn run(mut self, hub: Hub<ValkeyPosition>) {
         let idle = hub.until_idle();
         tokio::pin!(idle);
-        let period = self.store.config.safety_interval;
+        let period = self.store.config.subscription.safety_interval;
         let mut safety = tokio::time::interval_at(Instant::now() + period, period);
         safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {

@@ -39,33 +39,32 @@
 //!   once (calls carry a token the server recognises).
 //! - The function library is server-wide: every prefix on a server shares one version.
 
-mod client;
 mod config;
+mod conn;
 mod feed;
 mod keys;
 mod library;
+mod log;
 mod position;
-mod reader;
 mod stats;
 mod store;
-mod subscriber;
-mod url_parts;
+mod url;
 mod wire;
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use completion_core::hub::{Counters, Hub, HubConfig, Subscriptions, WriteOp};
+use completion_core::hub::{Counters, Hub, HubConfig, Periodic, Subscriptions, WriteOp};
 use completion_core::{
-    Completion, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason,
+    Completion, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, RetentionReport,
 };
 use tracing::Instrument;
 
 pub use config::ValkeyConfig;
-pub use library::{EMIT_LUA, Ensured as LibraryChange, LIBRARY_SOURCE, LIBRARY_VERSION};
+pub use library::{EMIT_LUA, LIBRARY_SOURCE, LIBRARY_VERSION, LibraryChange};
 pub use stats::{ChannelView, PartitionView, ValkeyServerView, ValkeyStats};
 
-use crate::client::{Closer, Conn};
+use crate::conn::{Closer, Conn};
 use crate::feed::ValkeyFeed;
 use crate::position::{BACKEND, ValkeyPosition};
 use crate::store::Store;
@@ -82,18 +81,19 @@ struct Shared {
     store: Arc<Store>,
     /// The latest subscriber connection's name (see [`ValkeyBackend::client_names`]).
     subscriber_name: Arc<Mutex<Option<String>>>,
-    closer: Mutex<Option<Closer>>,
+    /// Closes the command connection when the last clone of the backend is dropped.
+    closer: Option<Closer>,
     /// What `connect` did to the server's function library.
-    library_on_connect: library::Ensured,
-    /// Dropping it stops the background retention task.
-    _stop_retention: Option<tokio::sync::oneshot::Sender<()>>,
+    library_on_connect: LibraryChange,
+    /// The background trim to retention (`retention_interval`); dropping it stops it.
+    _retention: Option<Periodic>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         // Ends every stream, which stops the feed and closes the subscriber connection.
         self.subscriptions.hub().close();
-        if let Some(closer) = self.closer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(closer) = self.closer.take() {
             closer.close();
         }
     }
@@ -155,18 +155,18 @@ impl ValkeyBackend {
                 }
             };
             tracing::info!(server = ?store.conn.server_version(), "connected");
-            let hub = Hub::new(HubConfig::with_buffer(config.buffer), counters);
+            let hub = Hub::new(HubConfig::with_buffer(config.subscription.buffer), counters);
             let subscriber_name = Arc::new(Mutex::new(None));
             let feed = ValkeyFeed { store: store.clone(), subscriber_name: subscriber_name.clone() };
             let subscriptions = Subscriptions::new(hub, Arc::new(feed), store.clone());
-            let stop_retention = config.retention_interval.map(|every| spawn_retention(store.clone(), every));
+            let retention = config.retention_interval.map(|every| store.clone().trim_periodically(every));
             let shared = Shared {
                 subscriptions,
                 store,
                 subscriber_name,
-                closer: Mutex::new(Some(closer)),
+                closer: Some(closer),
                 library_on_connect,
-                _stop_retention: stop_retention,
+                _retention: retention,
             };
             Ok(Self { shared: Arc::new(shared) })
         }
@@ -180,28 +180,26 @@ impl ValkeyBackend {
     }
 
     /// Trims every partition's log to the configured retention now, exactly (writes trim
-    /// only approximately). Returns how many log entries were removed.
-    pub async fn enforce_retention(&self) -> Result<u64, EngineError> {
+    /// only approximately). The report gives how many log entries were removed; it has no
+    /// watermark (finding where each partition now starts would cost a read per partition).
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, EngineError> {
         let removed = self.shared.store.trim_all().instrument(tracing::info_span!("enforce_retention")).await?;
         tracing::debug!(removed, "log trimmed to retention");
-        Ok(removed)
+        Ok(RetentionReport::removed(removed))
+    }
+
+    /// Ends every stream (they yield `None`) and refuses new subscriptions
+    /// ([`EngineError::Closed`]); the subscriber connection closes once the streams are
+    /// gone. Writes, reads and [`enforce_retention`](Self::enforce_retention) keep working
+    /// until the backend is dropped.
+    pub fn close(&self) {
+        self.hub().close();
     }
 
     /// The version of the function library the server holds now (`None`: none loaded), to
     /// compare with [`LIBRARY_VERSION`].
     pub async fn library_version(&self) -> Result<Option<i64>, EngineError> {
-        use crate::client::InstalledLibrary;
-        // On a cluster, the version of the first primary (every primary gets the same at connect).
-        let node = self.shared.store.conn.library_nodes().into_iter().next().flatten();
-        let conn = &self.shared.store.conn;
-        match conn.installed_library(node.as_ref(), library::LIBRARY_NAME, library::VERSION_FUNCTION).await? {
-            InstalledLibrary::Missing => Ok(None),
-            InstalledLibrary::Version(v) => Ok(Some(v)),
-            InstalledLibrary::Foreign(why) => Err(EngineError::Incompatible {
-                backend: BACKEND,
-                reason: format!("the function library `{}` is not ours: {why}", library::LIBRARY_NAME),
-            }),
-        }
+        library::installed_version(&self.shared.store.conn).await
     }
 
     /// What [`connect`](Self::connect) did to the server's function library: found this
@@ -222,22 +220,7 @@ impl ValkeyBackend {
     /// (on a cluster, one `SHARDNUMSUB` per primary); meant for operators (`completions stats`), not
     /// for a hot path.
     pub async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
-        let store = &self.shared.store;
-        let library_version = self.library_version().await?;
-        let mut partitions = Vec::with_capacity(usize::from(store.keys.partitions()));
-        for partition in 0..store.keys.partitions() {
-            let key = store.keys.log(partition);
-            let (length, first_id, last_id) = store.conn.stream_extent(&key).await?;
-            partitions.push(PartitionView { partition, key, length, first_id, last_id });
-        }
-        let sharded = store.conn.is_cluster();
-        let counts = store.conn.subscribers(&store.keys.channels(sharded), sharded).await?;
-        let channels = counts
-            .into_iter()
-            .enumerate()
-            .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
-            .collect();
-        Ok(ValkeyServerView { library_version, partitions, channels })
+        self.shared.store.server_view().await
     }
 
     /// The names of this instance's server connections.
@@ -334,29 +317,6 @@ impl ValkeyBackend {
         tracing::trace!(parent: &span, %entry, "completion logged and published");
         Ok(())
     }
-}
-
-/// Trims the log to retention every `every`, until the returned sender is dropped.
-fn spawn_retention(store: Arc<Store>, every: std::time::Duration) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let span = tracing::info_span!("valkey_retention", prefix = %store.config.key_prefix);
-    tokio::spawn(
-        async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    _ = tick.tick() => match store.trim_all().await {
-                        Ok(removed) => tracing::debug!(removed, "log trimmed to retention"),
-                        Err(error) => tracing::warn!(%error, "trimming the log to retention failed; retrying later"),
-                    },
-                }
-            }
-        }
-        .instrument(span),
-    );
-    stop
 }
 
 completion_core::delegate_completion_backend!(ValkeyBackend, |this| &this.shared.subscriptions);

@@ -15,7 +15,9 @@
 
 use completion_core::EngineError;
 
-use crate::client::{BACKEND, Conn, InstalledLibrary, Loaded, Node};
+use crate::conn::commands::{InstalledLibrary, Loaded};
+use crate::conn::{Conn, Node};
+use crate::position::BACKEND;
 
 /// The library's name on the server.
 pub(crate) const LIBRARY_NAME: &str = "completions";
@@ -47,7 +49,7 @@ pub(crate) const VERSION_FUNCTION: &str = "completions_version";
 /// upgrade it did on any primary), from [`ValkeyBackend::library_on_connect`](crate::ValkeyBackend::library_on_connect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Ensured {
+pub enum LibraryChange {
     /// The server already held this build's version: nothing done.
     Present,
     /// It held none: [`LIBRARY_VERSION`] loaded.
@@ -58,8 +60,8 @@ pub enum Ensured {
 
 /// Makes the server, or every primary of a cluster, hold this build's library (see the
 /// module docs). On a cluster, reports the first load or upgrade it did, else `Present`.
-pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
-    let mut result = Ensured::Present;
+pub(crate) async fn ensure(conn: &Conn) -> Result<LibraryChange, EngineError> {
+    let mut result = LibraryChange::Present;
     for node in conn.library_nodes() {
         let ensured = ensure_on(conn, node.as_ref()).await.map_err(|e| match (&node, e) {
             (Some(node), EngineError::Incompatible { backend, reason }) => {
@@ -67,7 +69,7 @@ pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
             }
             (_, e) => e,
         })?;
-        if result == Ensured::Present {
+        if result == LibraryChange::Present {
             result = ensured;
         }
     }
@@ -75,12 +77,12 @@ pub(crate) async fn ensure(conn: &Conn) -> Result<Ensured, EngineError> {
 }
 
 /// [`ensure`] on one server or cluster node.
-async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<Ensured, EngineError> {
+async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<LibraryChange, EngineError> {
     // A few rounds: each lost race ("already exists") means another process just loaded
     // something, which the next round looks at.
     for _ in 0..5 {
         match conn.installed_library(node, LIBRARY_NAME, VERSION_FUNCTION).await? {
-            InstalledLibrary::Version(v) if v == LIBRARY_VERSION => return Ok(Ensured::Present),
+            InstalledLibrary::Version(v) if v == LIBRARY_VERSION => return Ok(LibraryChange::Present),
             InstalledLibrary::Version(v) if v > LIBRARY_VERSION => {
                 return Err(EngineError::Incompatible {
                     backend: BACKEND,
@@ -93,7 +95,7 @@ async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<Ensured, EngineEr
             InstalledLibrary::Version(old) => {
                 conn.function_load(node, LIBRARY_SOURCE, true).await?;
                 tracing::info!(backend = BACKEND, from = old, to = LIBRARY_VERSION, "upgraded the function library");
-                return Ok(Ensured::Upgraded(old));
+                return Ok(LibraryChange::Upgraded(old));
             }
             InstalledLibrary::Foreign(why) => {
                 return Err(EngineError::Incompatible {
@@ -106,7 +108,7 @@ async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<Ensured, EngineEr
             InstalledLibrary::Missing => {
                 if conn.function_load(node, LIBRARY_SOURCE, false).await? == Loaded::Done {
                     tracing::info!(backend = BACKEND, version = LIBRARY_VERSION, "loaded the function library");
-                    return Ok(Ensured::Loaded);
+                    return Ok(LibraryChange::Loaded);
                 }
             }
         }
@@ -116,6 +118,21 @@ async fn ensure_on(conn: &Conn, node: Option<&Node>) -> Result<Ensured, EngineEr
         "FUNCTION LOAD",
         format!("the function library `{LIBRARY_NAME}` kept changing while loading it; try again"),
     ))
+}
+
+/// The version of the library the server (on a cluster: the first primary, as every primary
+/// gets the same at connect) holds now; `None`: none loaded. A foreign library of our name
+/// is [`EngineError::Incompatible`].
+pub(crate) async fn installed_version(conn: &Conn) -> Result<Option<i64>, EngineError> {
+    let node = conn.library_nodes().into_iter().next().flatten();
+    match conn.installed_library(node.as_ref(), LIBRARY_NAME, VERSION_FUNCTION).await? {
+        InstalledLibrary::Missing => Ok(None),
+        InstalledLibrary::Version(v) => Ok(Some(v)),
+        InstalledLibrary::Foreign(why) => Err(EngineError::Incompatible {
+            backend: BACKEND,
+            reason: format!("the function library `{LIBRARY_NAME}` is not ours: {why}"),
+        }),
+    }
 }
 
 /// Whether `error` says a library function is missing (the server lost its functions).

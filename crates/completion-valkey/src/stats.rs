@@ -35,8 +35,9 @@ impl Stats {
     }
 }
 
-/// Valkey-specific counters of one backend instance, at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Valkey-specific counters of one backend instance, at one moment. Serializes with serde
+/// (field names as here), as [`CounterSnapshot`](completion_core::CounterSnapshot) does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ValkeyStats {
     /// Times this instance loaded or replaced the function library (at connect, and when a
@@ -110,4 +111,18 @@ pub struct ChannelView {
     pub partition: Option<u16>,
     /// Client connections subscribed to it now.
     pub subscribers: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_serialize_by_field_name() {
+        let stats = Stats::default();
+        Stats::add(&stats.lagged_messages, 3);
+        let json = serde_json::to_value(stats.snapshot()).unwrap();
+        assert_eq!(json["lagged_messages"], 3);
+        assert_eq!(json.as_object().map(|o| o.len()), Some(6));
+    }
 }

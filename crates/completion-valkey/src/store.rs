@@ -1,5 +1,6 @@
-//! The server-side operations of one backend instance: writes, reads, trimming, all through
-//! the function library, each touching one partition.
+//! The server-side operations of one backend instance except log reads ([`crate::log`]):
+//! writes (create, terminal, emit), lookups (describe, emit markers) and trimming to
+//! retention, all through the function library, each call touching one partition.
 //!
 //! Every library call that finds the library gone (a server restarted without persistence
 //! answers "Function not found") reloads it and retries once.
@@ -7,20 +8,22 @@
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use completion_core::hub::Counters;
+use completion_core::hub::{Counters, Periodic};
 use completion_core::{
     Completion, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution, Outcome,
     Reason,
 };
 
-use crate::client::{BACKEND, Conn, FcallArgs, FcallReply, RawRead};
 use crate::config::ValkeyConfig;
+use crate::conn::Conn;
+use crate::conn::commands::FcallArgs;
 use crate::keys::Keyspace;
-use crate::library::{self, Ensured};
-use crate::position::StreamId;
-use crate::stats::Stats;
-use crate::wire;
+use crate::library::{self, LibraryChange};
+use crate::position::{BACKEND, StreamId};
+use crate::stats::{ChannelView, PartitionView, Stats, ValkeyServerView};
+use crate::wire::{self, FcallReply};
 
 /// Error codes the library answers with (first word of the error reply).
 const NOT_FOUND: &str = "COMPLETIONS_NOT_FOUND";
@@ -47,7 +50,7 @@ impl Store {
 
     /// Loads the library if needed (returns what that did), and checks the partition count
     /// of the prefix.
-    pub(crate) async fn prepare(&self) -> Result<Ensured, EngineError> {
+    pub(crate) async fn prepare(&self) -> Result<LibraryChange, EngineError> {
         let ensured = self.ensure_library().await?;
         let partitions = self.keys.partitions().to_string();
         let key = self.keys.config();
@@ -66,9 +69,9 @@ impl Store {
         }
     }
 
-    pub(crate) async fn ensure_library(&self) -> Result<Ensured, EngineError> {
+    pub(crate) async fn ensure_library(&self) -> Result<LibraryChange, EngineError> {
         let ensured = library::ensure(&self.conn).await?;
-        if ensured != Ensured::Present {
+        if ensured != LibraryChange::Present {
             Stats::bump(&self.stats.library_loads);
         }
         Ok(ensured)
@@ -76,8 +79,8 @@ impl Store {
 
     /// Calls `function`; when the library is gone, reloads it and calls once more.
     /// (Redirections and a cluster in flux are retried by the connection, see
-    /// `Conn::keyed`.)
-    async fn call(
+    /// [`Conn`].)
+    pub(crate) async fn call(
         &self,
         op: &'static str,
         function: &'static str,
@@ -137,7 +140,7 @@ impl Store {
             if sharded { self.keys.partition_channel(partition) } else { self.keys.channel() },
             // Each partition keeps up to the whole count: the newest `max_events` overall may
             // all sit in one partition. `trim_all` cuts to exactly `max_events` overall.
-            self.config.retention.max_events.map_or(String::new(), |n| n.to_string()),
+            self.config.subscription.retention.max_events.map_or(String::new(), |n| n.to_string()),
             self.max_age_ms(),
         ];
         if sharded {
@@ -176,7 +179,7 @@ impl Store {
             if sharded { self.keys.partition_channel(partition) } else { self.keys.channel() },
             if sharded { "sharded" } else { "plain" }.to_string(),
             // As for terminal writes: each partition keeps up to the whole count.
-            self.config.retention.max_events.map_or(String::new(), |n| n.to_string()),
+            self.config.subscription.retention.max_events.map_or(String::new(), |n| n.to_string()),
             self.max_age_ms(),
             self.config.emit_marker_ttl.map_or(String::new(), |ttl| ttl.as_millis().max(1).to_string()),
             if repeat { "repeat" } else { "once" }.to_string(),
@@ -199,7 +202,7 @@ impl Store {
     }
 
     fn max_age_ms(&self) -> String {
-        self.config.retention.max_age().map_or(String::new(), |age| age.as_millis().to_string())
+        self.config.subscription.retention.max_age().map_or(String::new(), |age| age.as_millis().to_string())
     }
 
     /// What the emit marker of `id` records of its first emitted completion (outcome and
@@ -232,46 +235,46 @@ impl Store {
         })
     }
 
-    /// One partition's log after `after` (exclusive), at most `count` entries (0: only the
-    /// head, trimming record and time), in three steps, each awaited before the next so that
-    /// they reach the server in this order even when one is retried:
-    /// 1. the library's read function without entries: the trimming record (`trimmed_before`),
-    ///    the head, and the server's time: every entry committed later has a larger id;
-    /// 2. `XRANGE` itself (a function's reply would go through Lua tables: see
-    ///    `Conn::xrange_after`);
-    /// 3. the trimming record again (`trimmed_to`): entries trimmed before step 2 are at or
-    ///    before it, so a reader comparing it with its position misses no gap. (A trim
-    ///    between steps 2 and 3 makes it look later than what step 2 missed; the reader
-    ///    asks again when that difference matters, see `reader`.)
-    pub(crate) async fn read_partition(
-        &self,
-        partition: u16,
-        after: &str,
-        count: usize,
-    ) -> Result<RawRead, EngineError> {
-        let (log, meta) = (self.keys.log(partition), self.keys.meta(partition));
-        let reply = self
-            .call(
-                "read log",
-                "completions_read",
-                true,
-                vec![log.clone(), meta.clone()],
-                vec![after.to_string(), "0".into()],
-            )
-            .await?;
-        let mut read = reply.into_read().map_err(|message| EngineError::server(BACKEND, "read log", message))?;
-        if count > 0 {
-            read.entries = self.conn.xrange_after(&log, after, count).await?;
-            read.trimmed_to = self.conn.hget("read log", &meta, "trimmed_to").await?.unwrap_or_else(|| "0-0".into());
+    /// What the server holds for this key prefix (see
+    /// [`ValkeyBackend::server_view`](crate::ValkeyBackend::server_view)).
+    pub(crate) async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
+        let library_version = library::installed_version(&self.conn).await?;
+        let mut partitions = Vec::with_capacity(usize::from(self.keys.partitions()));
+        for partition in 0..self.keys.partitions() {
+            let key = self.keys.log(partition);
+            let (length, first_id, last_id) = self.conn.stream_extent(&key).await?;
+            partitions.push(PartitionView { partition, key, length, first_id, last_id });
         }
-        Ok(read)
+        let sharded = self.conn.is_cluster();
+        let counts = self.conn.subscribers(&self.keys.channels(sharded), sharded).await?;
+        let channels = counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
+            .collect();
+        Ok(ValkeyServerView { library_version, partitions, channels })
+    }
+
+    /// Trims the log to retention every `every` ([`Self::trim_all`]), until the returned
+    /// task is dropped.
+    pub(crate) fn trim_periodically(self: Arc<Self>, every: Duration) -> Periodic {
+        let span = tracing::info_span!("valkey_retention", prefix = %self.config.key_prefix);
+        Periodic::spawn(every, span, move || {
+            let store = self.clone();
+            async move {
+                match store.trim_all().await {
+                    Ok(removed) => tracing::debug!(removed, "log trimmed to retention"),
+                    Err(error) => tracing::warn!(%error, "trimming the log to retention failed; retrying later"),
+                }
+            }
+        })
     }
 
     /// Trims every partition's log to retention, exactly: keeps the newest `max_events`
     /// entries over all partitions, and none older than `max_age`. Returns how many
     /// entries went.
     pub(crate) async fn trim_all(&self) -> Result<u64, EngineError> {
-        let minid = match self.config.retention.max_events {
+        let minid = match self.config.subscription.retention.max_events {
             Some(n) => self.count_cutoff(n).await?.map_or(String::new(), |id| id.to_string()),
             None => String::new(),
         };

@@ -1,13 +1,16 @@
-//! The wire format: stream entry fields, the channel's message body, tags as JSON.
+//! The wire format: stream entry fields, the channel's message body, tags as JSON, and the
+//! replies of the library's functions and of `XRANGE`.
 //!
 //! Both the log entry and the message are written by the Lua library (`lua/completions.lua`);
 //! this module only reads them, and refuses anything malformed with a reason (the caller
-//! skips, logs and counts it). See `docs/valkey.md` for the format.
+//! skips, logs and counts it). See `docs/valkey.md` for the format. Replies arrive as the
+//! client library's values ([`Value`]), read here by shape.
 
 use std::collections::BTreeMap;
 
 use completion_core::hub::LogEvent;
 use completion_core::{CompletionPayload, ExecutionId, FlowId, Namespace, Outcome, Tags};
+use fred::types::Value;
 use serde::Deserialize;
 
 use crate::keys::Keyspace;
@@ -111,6 +114,100 @@ pub(crate) fn parse_entry(
     Ok(LogEvent { position: EventPosition { partition, id, partitions: keys.partitions() }, payload })
 }
 
+/// A log entry as the server sent it: its id and its field/value pairs.
+pub(crate) type RawEntry = (String, Vec<(String, String)>);
+
+/// One partition's answer to the library's read function.
+#[derive(Debug)]
+pub(crate) struct RawRead {
+    /// The newest id trimmed away before the read's first step.
+    pub trimmed_before: String,
+    /// The newest id trimmed away after the entries were read: everything up to it is gone.
+    pub trimmed_to: String,
+    /// `last-generated-id`: the newest id ever appended.
+    pub last_generated: String,
+    /// The entries, in id order.
+    pub entries: Vec<RawEntry>,
+    /// The server's time of the read, in microseconds.
+    pub read_at_us: u64,
+}
+
+/// The reply of a library function, read by shape.
+#[derive(Debug)]
+pub(crate) struct FcallReply(Value);
+
+impl FcallReply {
+    /// The reply `value` of a function call.
+    pub(crate) fn new(value: Value) -> Self {
+        Self(value)
+    }
+
+    /// The reply as text (stream ids, codes).
+    pub(crate) fn text(&self) -> Option<String> {
+        self.0.as_string()
+    }
+
+    /// The reply as a list of texts.
+    pub(crate) fn texts(&self) -> Option<Vec<String>> {
+        match &self.0 {
+            Value::Array(items) => items.iter().map(Value::as_string).collect(),
+            Value::Null => Some(Vec::new()),
+            _ => None,
+        }
+    }
+
+    /// The reply as an integer.
+    pub(crate) fn integer(&self) -> Option<i64> {
+        self.0.as_i64()
+    }
+
+    /// The reply of `completions_read`, and its entries if it was asked for any.
+    pub(crate) fn into_read(self) -> Result<RawRead, String> {
+        let mut parts = self.0.into_array().into_iter();
+        let (Some(trimmed_to), Some(last), Some(entries), Some(read_at)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("the read function returned fewer than 4 parts".into());
+        };
+        let read_at_us = read_at
+            .as_string()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| format!("the read time is not a number: {read_at:?}"))?;
+        let trimmed_to = text(trimmed_to, "trimmed_to")?;
+        Ok(RawRead {
+            trimmed_before: trimmed_to.clone(),
+            trimmed_to,
+            last_generated: text(last, "last-generated-id")?,
+            entries: parse_entries(entries)?,
+            read_at_us,
+        })
+    }
+}
+
+fn text(v: Value, what: &str) -> Result<String, String> {
+    v.as_string().ok_or_else(|| format!("{what} is not text: {v:?}"))
+}
+
+/// Stream entries as `XRANGE` (or a function returning its reply) gives them:
+/// `[[id, [field, value, ...]], ...]`.
+pub(crate) fn parse_entries(entries: Value) -> Result<Vec<RawEntry>, String> {
+    let mut out = Vec::new();
+    for entry in entries.into_array() {
+        let mut entry = entry.into_array().into_iter();
+        let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+            return Err("a log entry is not [id, fields]".into());
+        };
+        let id = text(id, "an entry id")?;
+        let mut pairs = Vec::new();
+        let mut fields = fields.into_array().into_iter();
+        while let (Some(f), Some(v)) = (fields.next(), fields.next()) {
+            pairs.push((text(f, "a field name")?, v.as_str_lossy().map(|s| s.into_owned()).unwrap_or_default()));
+        }
+        out.push((id, pairs));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -125,8 +222,11 @@ mod tests {
             r#"{{"v":1,"partition":{p},"id":"10-1","prev":"9-0","execution_id":"e-1","namespace":"ns","outcome":"failed","tags":{{"a":"b"}},"completed_at_ms":10}}"#
         );
         let a = parse_message(body.as_bytes(), &keys).unwrap();
-        assert_eq!(a.event.position, EventPosition { partition: p, id: StreamId { ms: 10, seq: 1 }, partitions: 4 });
-        assert_eq!(a.prev, StreamId { ms: 9, seq: 0 });
+        assert_eq!(
+            a.event.position,
+            EventPosition { partition: p, id: StreamId { micros: 10, seq: 1 }, partitions: 4 }
+        );
+        assert_eq!(a.prev, StreamId { micros: 9, seq: 0 });
         assert_eq!(a.event.payload.outcome(), Outcome::Failed);
         assert_eq!(a.event.payload.tags().get("a").map(|v| v.as_str()), Some("b"));
         assert!(a.event.payload.flow_id().is_none());
@@ -186,7 +286,7 @@ mod tests {
             let a = parse_message(message(&keys, &id, &ns, ms).as_bytes(), &keys).map_err(TestCaseError::fail)?;
             prop_assert_eq!(a.event.payload.execution_id().as_str(), id.as_str());
             prop_assert_eq!(a.event.payload.namespace().as_str(), ns.as_str());
-            prop_assert_eq!(a.event.position.id, StreamId { ms, seq: 0 });
+            prop_assert_eq!(a.event.position.id, StreamId { micros: ms, seq: 0 });
             prop_assert_eq!(a.event.position.partitions, partitions);
         }
 
@@ -223,7 +323,7 @@ mod tests {
             partition in any::<u16>(),
         ) {
             let keys = Keyspace::new("t", 16);
-            if let Err(reason) = parse_entry(&keys, partition, StreamId { ms: 1, seq: 0 }, &fields) {
+            if let Err(reason) = parse_entry(&keys, partition, StreamId { micros: 1, seq: 0 }, &fields) {
                 prop_assert!(!reason.is_empty());
             }
         }

@@ -1,12 +1,12 @@
 //! The Valkey backend's own edges, each against Valkey 9.1 and Redis 7.0: function library
 //! versions, the message's escaping, garbage on the channel, a server that is down at connect, a subscriber cut off
-//! by the server's output buffer limit, and one test per fred trap from the field notes
-//! (each fails without the backend's handling of it):
+//! by the server's output buffer limit, and one test per fred trap listed in
+//! docs/server-facts.md ("fred 10.1"; each fails without the backend's handling of it):
 //! - without a reconnect policy fred never reconnects;
 //! - fred's message channel holds 32 messages and drops the oldest when the reader lags;
 //! - `resubscribe_all` breaks on an empty set, so the backend re-subscribes itself;
 //! - a restart of a server without persistence wipes the loaded functions;
-//! - (found here) `subscribe` resolves before the server processed SUBSCRIBE.
+//! - `subscribe` resolves before the server processed SUBSCRIBE (not documented by fred).
 //!
 //! Tests that change server-wide state (libraries, config, restarts) get a server of their
 //! own; the others share one per flavor.
@@ -270,13 +270,12 @@ async fn functions_wiped_by_a_restart_are_reloaded(flavor: ValkeyFlavor) {
     assert!(backend.stats().library_loads >= 2, "{:?}", backend.stats());
 }
 
-/// Fred trap (found here, not in the field notes): fred answers `subscribe` when it queues
+/// Fred trap (docs/server-facts.md, "fred 10.1"): fred answers `subscribe` when it queues
 /// SUBSCRIBE, before even writing it (`push_command` answers commands that expect no reply
 /// before `write`), so the feed's read of the log head on the command connection can reach
 /// the server first, and a completion committed right after subscribe returned is neither
 /// read nor announced. The backend confirms SUBSCRIBE with a PING on the same connection.
-/// The race is narrow: without the PING this test caught it only now and then (about one
-/// feed start in 160 under load); it guards the path, it cannot force the interleaving.
+/// The race is narrow: the test guards the path, it cannot force the interleaving.
 /// Many instances start feeds at once, each completing one execution right after every
 /// subscribe; no safety read can rescue a miss.
 async fn subscribe_returns_after_the_server_processed_subscribe(flavor: ValkeyFlavor) {
@@ -453,6 +452,33 @@ async fn the_message_escapes_strings_as_cjson_does(flavor: ValkeyFlavor) {
     let _ = subscriber.quit().await;
 }
 
+/// `close` ends every stream and refuses new subscriptions (the subscriber connection goes),
+/// while writes, reads and trims go on, as with `PostgresBackend::close`.
+async fn close_ends_every_stream_and_writes_keep_working(flavor: ValkeyFlavor) {
+    let server = common::shared_server(flavor).await;
+    let backend = common::connect(common::config(&server, "close").with_safety_interval(NO_SAFETY_NET)).await;
+    let ns = namespace("close");
+    let channel = common::channel(&backend.config().key_prefix);
+    let mut plain = backend.subscribe_completions().await.unwrap();
+    let mut resumable = backend.subscribe_from(StartFrom::Now, &completion_core::ScannerFilter::new()).await.unwrap();
+    let before = burst(&backend, &ns, 2).await;
+    delivers_all(&mut plain, &ns, &before).await;
+    backend.close();
+    let ended = tokio::time::timeout(EVENT_DEADLINE, async { (plain.next().await, resumable.next().await) }).await;
+    assert!(matches!(ended, Ok((None, None))), "both streams end after close: {ended:?}");
+    let refused = backend.subscribe_completions().await.err();
+    assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+    let refused = backend.subscribe_from(StartFrom::Earliest, &completion_core::ScannerFilter::new()).await.err();
+    assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+    common::wait_until("the subscriber connection closed", || async { server.numsub(&channel).await == 0 }).await;
+    let after = burst(&backend, &ns, 2).await;
+    for id in &after {
+        let info = backend.describe(id).await.expect("describe after close");
+        assert_eq!(info.state, completion_core::ExecutionState::Terminal(completion_core::Outcome::Succeeded));
+    }
+    backend.enforce_retention().await.expect("trimming after close");
+}
+
 macro_rules! for_each_flavor {
     ($($test:ident),* $(,)?) => {
         mod valkey {
@@ -490,4 +516,5 @@ for_each_flavor!(
     a_retried_terminal_write_takes_effect_once,
     another_partition_count_is_refused,
     the_message_escapes_strings_as_cjson_does,
+    close_ends_every_stream_and_writes_keep_working,
 );

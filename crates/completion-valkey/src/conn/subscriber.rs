@@ -1,5 +1,4 @@
-//! The subscriber connection: one per backend instance while any stream is open, and the
-//! other module (with [`client`](crate::client)) that knows fred.
+//! The subscriber connection: one per backend instance while any stream is open.
 //!
 //! Contract:
 //! - [`Subscriber::connect`] returns only after the server processed `SUBSCRIBE` (a `PING`
@@ -25,11 +24,13 @@
 //!   fails is tried once more, without keeping the others from being re-issued.
 
 use completion_core::EngineError;
+use completion_core::backoff::{Backoff, Retry};
 use fred::prelude::*;
 use fred::types::{ClusterStateChange, Message};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::client::{MAX_COMMAND_ATTEMPTS, Role, connect_client, map_error};
+use super::build::{MAX_COMMAND_ATTEMPTS, Role, connect_client};
+use super::errors::map_error;
 use crate::config::ValkeyConfig;
 
 /// On a cluster: the pause before trying a failed `SSUBSCRIBE` once more.
@@ -104,7 +105,7 @@ impl Subscriber {
             // `MOVED` (the slot moved: exactly when we re-subscribe) re-reads the slot map and
             // then fails with "Too many failed write attempts" instead of following it. Give
             // it the configured attempts, and one redirection fewer: fred ends its routing
-            // task when attempts run out while following an `ASK` (see `client`).
+            // task when attempts run out while following an `ASK` (see `conn`).
             let options = Options {
                 max_attempts: Some(MAX_COMMAND_ATTEMPTS),
                 max_redirections: Some(MAX_COMMAND_ATTEMPTS - 1),
@@ -116,11 +117,10 @@ impl Subscriber {
             // have come from a node that had not heard of the move yet).
             let mut first_error = None;
             for channel in &self.channels {
-                let mut result = client.ssubscribe(channel.as_str()).await;
-                if result.is_err() {
-                    tokio::time::sleep(SUBSCRIBE_RETRY_PAUSE).await;
-                    result = client.ssubscribe(channel.as_str()).await;
-                }
+                let result = Retry::new(Backoff::new(SUBSCRIBE_RETRY_PAUSE, SUBSCRIBE_RETRY_PAUSE))
+                    .with_attempts(2)
+                    .run(|_| true, |_| client.ssubscribe(channel.as_str()))
+                    .await;
                 if let Err(e) = result {
                     first_error.get_or_insert(map_error("SSUBSCRIBE", e));
                 }

@@ -1,5 +1,7 @@
-//! Every part of a Valkey/Redis URL checked before fred reads it, each error naming the part
-//! at fault in a plain sentence.
+//! The server URL: its scheme normalised for the client library ([`target`]: `valkey://`
+//! reads as `redis://`, `-cluster` schemes and the `cluster` setting select cluster mode,
+//! `rediss://` / `valkeys://` ask for TLS), and every other part checked before fred reads
+//! it, each error naming the part at fault in a plain sentence.
 //!
 //! fred reads the host, the port, the credentials, the database (the path, standalone only)
 //! and `node=host:port` query parameters (cluster only), and silently ignores anything else:
@@ -22,10 +24,80 @@ use url::Url;
 /// The highest database number the client can select (fred keeps it in a `u8`).
 pub(crate) const MAX_DATABASE: u8 = u8::MAX;
 
-/// Checks `url` (`redis://...` or `redis-cluster://...`, as [`crate::ValkeyConfig`]
-/// normalizes it); `original` is the URL as the user wrote it, shown (redacted) in errors.
-/// Returns the database the path names, if any.
-pub(crate) fn check(url: &str, original: &str, cluster: bool) -> Result<Option<u8>, EngineError> {
+/// Where and how to connect (see [`target`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// `redis://...` or `redis-cluster://...` (TLS is set up separately).
+    pub url: String,
+    /// Whether the URL asked for TLS.
+    pub tls: bool,
+    /// Whether to talk to a cluster.
+    pub cluster: bool,
+}
+
+/// Whether `url` (with the config's `cluster` setting) talks to a cluster: the setting, or
+/// a `-cluster` scheme.
+pub(crate) fn is_cluster(url: &str, cluster: bool) -> bool {
+    cluster || url.split_once("://").is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
+}
+
+/// Where to connect: the URL for the client library (`redis://...`, or
+/// `redis-cluster://...` in cluster mode), whether it asks for TLS, whether it is a
+/// cluster. The scheme is checked by [`plain_url`], after taking off `-cluster`; every
+/// other part by [`check`] (no unknown query parameter, a database from 0 to 255, ...).
+pub(crate) fn target(url: &str, cluster: bool) -> Result<Target, EngineError> {
+    let cluster = is_cluster(url, cluster);
+    let (plain, tls) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.ends_with("-cluster") => {
+            let base = scheme.trim_end_matches("-cluster");
+            plain_url(&format!("{base}://{rest}")).map_err(|_| {
+                EngineError::invalid(
+                    "url",
+                    redact_url(url),
+                    "the scheme must be redis-cluster://, rediss-cluster://, valkey-cluster:// or \
+                     valkeys-cluster:// (or one of those without -cluster)",
+                )
+            })?
+        }
+        _ => plain_url(url)?,
+    };
+    let plain = match plain.strip_prefix("redis://") {
+        Some(rest) if cluster => format!("redis-cluster://{rest}"),
+        _ => plain,
+    };
+    check(&plain, url, cluster)?;
+    Ok(Target { url: plain, tls, cluster })
+}
+
+/// `url` as `redis://...` (whatever the scheme) and whether it asks for TLS. Refuses other
+/// schemes, and TLS without the `tls` feature.
+fn plain_url(url: &str) -> Result<(String, bool), EngineError> {
+    let bad = |reason: &str| EngineError::invalid("url", redact_url(url), reason);
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected `redis://host:port`"))?;
+    let tls = match scheme {
+        "redis" | "valkey" => false,
+        "rediss" | "valkeys" => true,
+        _ => {
+            return Err(bad(
+                "the scheme must be redis://, rediss://, valkey:// or valkeys:// (cluster, sentinel and unix \
+                 sockets are not supported yet)",
+            ));
+        }
+    };
+    if tls && !cfg!(feature = "tls") {
+        return Err(bad("TLS needs the `tls` cargo feature of completion-valkey"));
+    }
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host.is_empty() || host.starts_with('/') || host.starts_with(':') {
+        return Err(bad("has no host"));
+    }
+    Ok((format!("redis://{rest}"), tls))
+}
+
+/// Checks `url` (`redis://...` or `redis-cluster://...`, as [`target`] normalizes it);
+/// `original` is the URL as the user wrote it, shown (redacted) in errors. Returns the
+/// database the path names, if any.
+fn check(url: &str, original: &str, cluster: bool) -> Result<Option<u8>, EngineError> {
     let shown = redact_url(original);
     let bad = |reason: String| EngineError::invalid("url", &shown, reason);
     let parsed = Url::parse(url).map_err(|e| bad(parse_error(e, &shown, original)))?;
@@ -150,6 +222,41 @@ mod tests {
 
     fn error(url: &str, cluster: bool) -> String {
         check(url, url, cluster).expect_err(url).to_string()
+    }
+
+    #[test]
+    fn schemes_are_normalized_and_bad_ones_named() {
+        let url = |u: &str| plain_url(u);
+        assert_eq!(url("valkey://h:1/2").unwrap(), ("redis://h:1/2".to_string(), false));
+        assert_eq!(url("redis://u:p@h").unwrap(), ("redis://u:p@h".to_string(), false));
+        assert!(url("http://h").unwrap_err().to_string().contains("scheme"));
+        assert!(url("nothing").is_err());
+        assert!(url("redis://").is_err());
+        if cfg!(feature = "tls") {
+            assert_eq!(url("valkeys://h").unwrap(), ("redis://h".to_string(), true));
+        } else {
+            assert!(url("rediss://h").unwrap_err().to_string().contains("`tls`"));
+        }
+        let err = plain_url("redis+unix://u:secret@x").unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn cluster_urls_and_the_cluster_setting_select_cluster_mode() {
+        let seeds = "valkey-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002";
+        assert_eq!(
+            target(seeds, false).unwrap(),
+            Target { url: "redis-cluster://u:p@h1:7000?node=h2:7001&node=h3:7002".into(), tls: false, cluster: true }
+        );
+        assert!(target("redis-cluster://h:1", false).unwrap().cluster);
+        let by_setting = target("redis://h:1", true).unwrap();
+        assert_eq!(by_setting, Target { url: "redis-cluster://h:1".into(), tls: false, cluster: true });
+        assert!(!target("redis://h:1", false).unwrap().cluster);
+        let err = target("http-cluster://h:1", false).unwrap_err().to_string();
+        assert!(err.contains("-cluster"), "{err}");
+        if !cfg!(feature = "tls") {
+            assert!(target("rediss-cluster://h:1", false).is_err());
+        }
     }
 
     #[test]

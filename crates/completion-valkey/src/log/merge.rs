@@ -1,28 +1,25 @@
-//! Reading the partitioned log for the hub: catch-up reads, gap detection, the head.
+//! The merge of one read's per-partition pages into one batch of the hub: a k-way merge of
+//! truncated pages.
 //!
-//! A read is a k-way merge of truncated pages. It asks every partition for one *page* of
-//! entries after the position's id for that partition (`XRANGE (id + COUNT page`, between two
-//! reads of the partition's trimming record `trimmed_to`, the newest id ever trimmed away: see
-//! `Store::read_partition` and [`Store::read_one`]), then merges them by stream id:
-//! - a page is about `1.5 x limit / partitions` entries ([`page_size`]), not `limit`: with
+//! - A page is about `1.5 x limit / partitions` entries ([`page_size`]), not `limit`: with
 //!   events spread over the partitions, the pages together hold about 1.5 times what one
 //!   read delivers (the slack covers the uneven spread: the merge may only go as far as the
 //!   shortest full page reaches), where asking each partition for `limit` fetched and
-//!   parsed `partitions` times as much (and the next read fetched most of it again);
-//! - when a partition returned a full page, entries of other partitions past its last id
+//!   parsed `partitions` times as much (and the next read fetched most of it again).
+//! - When a partition returned a full page, entries of other partitions past its last id
 //!   are left for later (`more`), so the merge never runs ahead of a partition it has not
 //!   fully seen. When that stops the merge short of `limit` (events crowd into a few
-//!   partitions), the full partitions are asked for their next page, at most
-//!   [`MAX_REFILLS`] times per read, and the merge runs again;
-//! - the partitions are read one after the other, so entries past the earliest read time
+//!   partitions), the reader asks the full partitions for their next page
+//!   ([`PartitionRead::append`]) and merges again ([`Plan::wants_more`]).
+//! - The partitions are read one after the other, so entries past the earliest read time
 //!   (every read returns the server's time) are left out: an entry committed after that
 //!   time may be missing from a partition read earlier, and delivering a later one of
 //!   another partition first would break commit order. Such entries were committed after
-//!   the read began, so they reach the hub live (or through its next read);
-//! - the merge stops after `limit` matching events; `scanned_to` covers, per partition,
-//!   only the entries actually examined, never an unreturned match;
-//! - filters run here, on each entry's own namespace and tags (no extra round trip);
-//! - an entry that does not parse is skipped (examined), logged and counted as malformed.
+//!   the read began, so they reach the hub live (or through its next read).
+//! - The merge stops after `limit` matching events; `scanned_to` covers, per partition,
+//!   only the entries actually examined, never an unreturned match.
+//! - Filters run here, on each entry's own namespace and tags; an entry that does not parse
+//!   is skipped (examined), logged and counted as malformed.
 //!
 //! Entry ids are the server's time in microseconds, so they sort in commit order across
 //! partitions, and a stream (which delivers in id order) has seen or predates every event
@@ -31,22 +28,14 @@
 //! after the position was trimmed unread. The origin ("from the earliest") never has a gap.
 //! The stream resumes after the newest trimmed id of any partition, in every partition (so
 //! that its watermark stays true; retained entries below it count as part of the gap). The
-//! number missed is not known (`missed: None`). A next page whose partition was trimmed past the page before it is
-//! thrown away (the partition's entries stop there for this read): the next read, from
-//! the stream's new position, reports that gap.
-//!
-//! Limit: one read holds up to `partitions x page x (1 + MAX_REFILLS)` entries in memory at
-//! once (about `10 x limit`).
+//! number missed is not known (`missed: None`). A next page whose partition was trimmed
+//! past the page before it is thrown away (the partition's entries stop there for this
+//! read): the next read, from the stream's new position, reports that gap.
 
-use async_trait::async_trait;
-use completion_core::hub::Counters;
-use completion_core::hub::{LogEvent, LogReader, ReadBatch, TrimmedGap};
-use completion_core::{Cursor, EngineError, ScannerFilter};
-use tracing::Instrument;
+use completion_core::ScannerFilter;
+use completion_core::hub::{Counters, LogEvent, ReadBatch, TrimmedGap};
 
-use crate::position::{StreamId, ValkeyPosition};
-use crate::store::Store;
-use crate::wire;
+use crate::position::{BACKEND, StreamId, ValkeyPosition};
 
 /// What one partition returned, parsed.
 pub(crate) struct PartitionRead {
@@ -70,9 +59,9 @@ impl PartitionRead {
     /// was trimmed past `last` in between, entries may be missing between the two pages:
     /// `next` is dropped and this read stays truncated at `last` (the next read from the
     /// stream's position reports the gap).
-    fn append(&mut self, next: PartitionRead, last: StreamId) {
+    pub(crate) fn append(&mut self, next: PartitionRead, last: StreamId) {
         if next.trimmed_to > last {
-            tracing::debug!(backend = "valkey", %last, trimmed_to = %next.trimmed_to, "trimmed between two pages");
+            tracing::debug!(backend = BACKEND, %last, trimmed_to = %next.trimmed_to, "trimmed between two pages");
             self.stalled = true;
             return;
         }
@@ -83,8 +72,8 @@ impl PartitionRead {
     }
 }
 
-/// Most extra pages one read asks of its full partitions (see the module docs).
-const MAX_REFILLS: usize = 4;
+/// Most extra pages one read asks of its full partitions (see [`crate::log`]).
+pub(crate) const MAX_REFILLS: usize = 4;
 /// Fewest entries asked of one partition per read, so that small limits over many
 /// partitions do not cost a round trip per handful of events.
 const MIN_PAGE: usize = 64;
@@ -103,85 +92,6 @@ pub(crate) fn page_size(limit: usize, partitions: u16) -> usize {
     (share + share / 2).max(MIN_PAGE).min(limit).max(1)
 }
 
-impl Store {
-    /// One partition's first page after `after`, parsed. When a trim crossed `watermark`
-    /// (what its `trimmed_to` will be compared with) while the page was being read, between
-    /// the two trimming records `Store::read_partition` takes, whether the entries past it
-    /// were read before they went cannot be told, so the page is read again. The second read
-    /// settles it: its first record is already past the watermark, a gap either way. (A next
-    /// page needs no such care: [`PartitionRead::append`] drops it if it was trimmed past the
-    /// page before.)
-    async fn read_one(
-        &self,
-        partition: u16,
-        after: StreamId,
-        limit: usize,
-        watermark: StreamId,
-    ) -> Result<PartitionRead, EngineError> {
-        let mut read = self.read_page(partition, after, limit).await?;
-        if read.trimmed_before <= watermark && read.trimmed_to > watermark {
-            tracing::debug!(backend = "valkey", partition, %watermark, "trimmed past the position during a read; reading again");
-            read = self.read_page(partition, after, limit).await?;
-        }
-        Ok(read)
-    }
-
-    async fn read_page(&self, partition: u16, after: StreamId, limit: usize) -> Result<PartitionRead, EngineError> {
-        let raw = self.read_partition(partition, &after.to_string(), limit).await?;
-        let id = |text: &str, what: &str| {
-            text.parse::<StreamId>()
-                .map_err(|e| EngineError::server(crate::client::BACKEND, "read log", format!("{what}: {e}")))
-        };
-        let truncated = limit > 0 && raw.entries.len() >= limit;
-        let mut entries = Vec::with_capacity(raw.entries.len());
-        for (entry_id, fields) in raw.entries {
-            let entry_id = id(&entry_id, "entry id")?;
-            entries.push((entry_id, wire::parse_entry(&self.keys, partition, entry_id, &fields)));
-        }
-        Ok(PartitionRead {
-            trimmed_before: id(&raw.trimmed_before, "trimmed_to")?,
-            trimmed_to: id(&raw.trimmed_to, "trimmed_to")?,
-            last_generated: id(&raw.last_generated, "last-generated-id")?,
-            entries,
-            truncated,
-            read_at_us: raw.read_at_us,
-            stalled: false,
-        })
-    }
-
-    /// Every partition read after `after` (all at once: the client pipelines them).
-    async fn read_all(&self, after: &ValkeyPosition, limit: usize) -> Result<Vec<PartitionRead>, EngineError> {
-        let watermark = after.watermark();
-        let reads = (0..self.keys.partitions()).map(|p| self.read_one(p, after.get(p), limit, watermark));
-        futures_util::future::join_all(reads).await.into_iter().collect()
-    }
-
-    /// Asks every partition whose page was full (and not stalled) for its next page, and
-    /// appends it. Returns whether it asked any.
-    async fn refill(&self, reads: &mut [PartitionRead], page: usize) -> Result<bool, EngineError> {
-        let wanted: Vec<(u16, StreamId)> = reads
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.truncated && !r.stalled)
-            .filter_map(|(p, r)| r.entries.last().map(|(id, _)| (p as u16, *id)))
-            .collect();
-        let pages = wanted.iter().map(|&(p, last)| self.read_page(p, last, page));
-        let pages = futures_util::future::join_all(pages).await;
-        let asked = !wanted.is_empty();
-        for ((p, last), next) in wanted.into_iter().zip(pages) {
-            reads[usize::from(p)].append(next?, last);
-        }
-        Ok(asked)
-    }
-
-    /// The log's head: every partition's last generated id. Read after the subscription is
-    /// live, it is where the hub starts.
-    pub(crate) async fn head(&self) -> Result<ValkeyPosition, EngineError> {
-        let reads = self.read_all(&ValkeyPosition::default(), 0).await?;
-        Ok(ValkeyPosition::from_ids(reads.iter().map(|r| r.last_generated).collect()))
-    }
-}
-
 /// What a merge of per-partition reads delivers, before the events are moved out of the
 /// reads: computed by [`plan`], turned into a batch by [`Plan::take`]. Kept apart so that a
 /// read can look at a merge, fetch more and merge again without copying events.
@@ -198,7 +108,7 @@ pub(crate) struct Plan {
 impl Plan {
     /// Whether the merge stopped short of `limit` because a full page bounds it, so that
     /// reading the full partitions on would let it deliver more.
-    fn wants_more(&self, limit: usize) -> bool {
+    pub(crate) fn wants_more(&self, limit: usize) -> bool {
         self.more && self.picks.len() < limit
     }
 
@@ -207,7 +117,7 @@ impl Plan {
     pub(crate) fn take(self, mut reads: Vec<PartitionRead>, counters: &Counters) -> ReadBatch<ValkeyPosition> {
         for (partition, entry, reason) in &self.malformed {
             Counters::bump(&counters.malformed_messages);
-            tracing::warn!(backend = "valkey", partition, %entry, %reason, "skipping a malformed log entry");
+            tracing::warn!(backend = BACKEND, partition, %entry, %reason, "skipping a malformed log entry");
         }
         let mut events = Vec::with_capacity(self.picks.len());
         for (p, i) in self.picks {
@@ -238,8 +148,8 @@ pub(crate) fn plan(after: &ValkeyPosition, reads: &[PartitionRead], filter: &Sca
         // then has a watermark that is true again (every entry at or below it was delivered
         // or is in this gap). Resuming each partition only past its own trimmed id would
         // leave the position's largest id ahead of entries of other partitions not examined
-        // yet, and a later trim of those would pass for "already seen": a silent loss
-        // (found by the conformance test `trimming_racing_a_reader_loses_nothing_silently`).
+        // yet, and a later trim of those would pass for "already seen": a silent loss (the
+        // conformance test `trimming_racing_a_reader_loses_nothing_silently` guards this).
         // Retained entries below that id count as part of the gap.
         let cut = reads.iter().map(|r| r.trimmed_to).max().unwrap_or_default();
         for s in &mut scanned {
@@ -256,7 +166,7 @@ pub(crate) fn plan(after: &ValkeyPosition, reads: &[PartitionRead], filter: &Sca
     // after this read began, so their messages reach the hub after it too).
     let horizon = match reads.iter().map(|r| r.read_at_us).min() {
         Some(at) => {
-            let consistent = StreamId { ms: at, seq: u64::MAX };
+            let consistent = StreamId { micros: at, seq: u64::MAX };
             Some(horizon.map_or(consistent, |h| h.min(consistent)))
         }
         None => horizon,
@@ -298,50 +208,6 @@ pub(crate) fn merge(
     plan(after, &reads, filter, limit).take(reads, counters)
 }
 
-#[async_trait]
-impl LogReader<ValkeyPosition> for Store {
-    /// Decodes a cursor of this prefix's partition count, refusing one past the log's head.
-    /// The head is the newest id of the whole log, not of each partition: after a gap a
-    /// stream's position is past the newest trimmed id in every partition, older partitions
-    /// included.
-    async fn decode_cursor(&self, cursor: &Cursor) -> Result<ValkeyPosition, EngineError> {
-        let partitions = self.keys.partitions();
-        let position = ValkeyPosition::decode(cursor, partitions)?;
-        let head = self.head().await?.watermark();
-        if let Some(p) = (0..partitions).find(|&p| position.get(p) > head) {
-            return Err(EngineError::invalid(
-                "cursor",
-                cursor.as_str(),
-                format!("points past the end of this backend's log (partition {p}; head {head})"),
-            ));
-        }
-        Ok(position)
-    }
-
-    async fn read_after(
-        &self,
-        after: &ValkeyPosition,
-        filter: &ScannerFilter,
-        limit: usize,
-    ) -> Result<ReadBatch<ValkeyPosition>, EngineError> {
-        let limit = limit.max(1);
-        let page = page_size(limit, self.keys.partitions());
-        let span = tracing::debug_span!("read_log", backend = "valkey", position = ?after, limit, page);
-        let mut reads = self.read_all(after, page).instrument(span.clone()).await?;
-        let mut merged = plan(after, &reads, filter, limit);
-        for _ in 0..MAX_REFILLS {
-            if !merged.wants_more(limit) {
-                break;
-            }
-            if !self.refill(&mut reads, page).instrument(span.clone()).await? {
-                break;
-            }
-            merged = plan(after, &reads, filter, limit);
-        }
-        Ok(merged.take(reads, &self.counters))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use completion_core::{CompletionPayload, ExecutionId, Namespace, Outcome, Tags};
@@ -349,8 +215,8 @@ mod tests {
     use super::*;
     use crate::position::EventPosition;
 
-    fn id(ms: u64) -> StreamId {
-        StreamId { ms, seq: 0 }
+    fn id(micros: u64) -> StreamId {
+        StreamId { micros, seq: 0 }
     }
 
     fn event(p: u16, ms: u64, ns: &str) -> (StreamId, Result<LogEvent<ValkeyPosition>, String>) {
@@ -377,8 +243,8 @@ mod tests {
         }
     }
 
-    fn ms_of(batch: &ReadBatch<ValkeyPosition>) -> Vec<u64> {
-        batch.events.iter().map(|e| e.position.id.ms).collect()
+    fn micros_of(batch: &ReadBatch<ValkeyPosition>) -> Vec<u64> {
+        batch.events.iter().map(|e| e.position.id.micros).collect()
     }
 
     #[test]
@@ -388,7 +254,7 @@ mod tests {
         let reads =
             vec![read(vec![event(0, 1, "a"), event(0, 5, "a")], 2), read(vec![event(1, 3, "a"), event(1, 9, "a")], 3)];
         let batch = merge(&ValkeyPosition::default(), reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 3, 5]);
+        assert_eq!(micros_of(&batch), [1, 3, 5]);
         assert!(batch.more);
         assert_eq!(batch.scanned_to.get(0), id(5));
         assert_eq!(batch.scanned_to.get(1), id(3));
@@ -404,7 +270,7 @@ mod tests {
         let mut late = read(vec![event(1, 2, "a"), event(1, 6, "a")], 10);
         late.read_at_us = 7;
         let batch = merge(&ValkeyPosition::default(), vec![early, late], &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 2]);
+        assert_eq!(micros_of(&batch), [1, 2]);
         assert_eq!(batch.scanned_to.get(1), id(2));
         assert!(!batch.more, "entry 6 comes live or with the next read");
     }
@@ -418,7 +284,7 @@ mod tests {
             read(vec![event(1, 3, "b"), event(1, 4, "a")], 10),
         ];
         let batch = merge(&ValkeyPosition::default(), reads, &ns_b, 2, &counters);
-        assert_eq!(ms_of(&batch), [2, 3]);
+        assert_eq!(micros_of(&batch), [2, 3]);
         assert!(batch.more);
         // Entry 4 was not examined (the limit was reached first), nor 6.
         assert_eq!(batch.scanned_to.get(0), id(2));
@@ -446,7 +312,7 @@ mod tests {
         // Every partition resumes past the newest trimmed id (25): entry 20, retained in
         // partition 1, is in the gap.
         assert_eq!((gap.resumed_at.get(0), gap.resumed_at.get(1)), (id(25), id(25)));
-        assert_eq!(ms_of(&batch), [30]);
+        assert_eq!(micros_of(&batch), [30]);
         assert!(!batch.more);
         // Deleted entries at or before the watermark predate the stream: no gap.
         let after = ValkeyPosition::from_ids(vec![StreamId::ZERO, id(40)]);
@@ -458,7 +324,7 @@ mod tests {
             &counters,
         );
         assert!(batch.gap.is_none());
-        assert_eq!(ms_of(&batch), [50]);
+        assert_eq!(micros_of(&batch), [50]);
         // The origin never has a gap, but its scan starts past what was deleted.
         let batch = merge(
             &ValkeyPosition::default(),
@@ -481,7 +347,7 @@ mod tests {
         let counters = Counters::default();
         let reads = vec![read(vec![(id(1), Err("bad".into())), event(0, 2, "a")], 10)];
         let batch = merge(&ValkeyPosition::default(), reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [2]);
+        assert_eq!(micros_of(&batch), [2]);
         assert_eq!(counters.snapshot().malformed_messages, 1);
     }
 
@@ -506,7 +372,7 @@ mod tests {
         reads[0].append(read(vec![event(0, 4, "a"), event(0, 5, "a")], 3), id(2));
         assert!(!reads[0].truncated, "the next page was not full");
         let batch = merge(&ValkeyPosition::default(), reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 2, 3, 4, 5, 9]);
+        assert_eq!(micros_of(&batch), [1, 2, 3, 4, 5, 9]);
         assert!(!batch.more);
         assert!(!plan(&ValkeyPosition::default(), &[], &ScannerFilter::new(), 1).wants_more(1));
     }
@@ -523,7 +389,7 @@ mod tests {
         assert!(reads[0].stalled, "and the partition is not asked again in this read");
         let after = ValkeyPosition::from_ids(vec![id(0), id(0)]);
         let batch = merge(&after, reads, &ScannerFilter::new(), 10, &counters);
-        assert_eq!(ms_of(&batch), [1, 2], "nothing past the full page");
+        assert_eq!(micros_of(&batch), [1, 2], "nothing past the full page");
         assert!(batch.more && batch.gap.is_none());
         // The next read, from where this one stopped, sees the trimming past its watermark.
         let mut again = read(vec![event(0, 4, "a")], 3);
@@ -536,7 +402,7 @@ mod tests {
             &counters,
         );
         assert!(batch.gap.is_some());
-        assert_eq!(ms_of(&batch), [4, 9]);
+        assert_eq!(micros_of(&batch), [4, 9]);
     }
 
     #[test]
@@ -550,82 +416,8 @@ mod tests {
         let merged = plan(&ValkeyPosition::default(), &reads, &ns_b, 10);
         assert_eq!(counters.snapshot().malformed_messages, 0, "planning counts nothing");
         let batch = merged.take(reads, &counters);
-        assert_eq!(ms_of(&batch), [1, 2, 5]);
+        assert_eq!(micros_of(&batch), [1, 2, 5]);
         assert_eq!(counters.snapshot().malformed_messages, 1);
         assert_eq!(batch.scanned_to.get(0), id(7));
-    }
-
-    /// On a real server: a catch-up over a log whose events crowd into one partition reads
-    /// that partition page after page within one read (the refill), delivering everything in
-    /// commit order, in fewer reads than pages.
-    #[tokio::test]
-    async fn catch_up_over_one_crowded_partition_refills_its_pages() {
-        use completion_core::{CompletionBackend, EngineBackend, NewExecution, StartFrom, StreamItem};
-        use futures_util::StreamExt;
-
-        use crate::keys::Keyspace;
-        use crate::{ValkeyBackend, ValkeyConfig};
-
-        let server = completion_testserver::ValkeyServer::start(Default::default()).expect("a throwaway server");
-        let (prefix, partitions, buffer) = ("crowded", 4u16, 256usize);
-        let config = ValkeyConfig::new(server.url())
-            .with_key_prefix(prefix)
-            .with_partitions(partitions)
-            .with_buffer(buffer)
-            .with_safety_interval(std::time::Duration::from_secs(600));
-        let backend = ValkeyBackend::connect(config).await.unwrap();
-        let ns = Namespace::new("n").unwrap();
-        let write = |id: ExecutionId| {
-            let (backend, ns) = (&backend, ns.clone());
-            async move {
-                backend.create_execution(NewExecution::new(id.clone(), ns)).await.unwrap();
-                backend.complete(&id).await.unwrap();
-            }
-        };
-        let mut stream = backend.subscribe_from(StartFrom::Now, &ScannerFilter::new()).await.unwrap();
-        write(ExecutionId::new("marker").unwrap()).await;
-        let Some(StreamItem::Completion(marker)) = stream.next().await else { panic!("no marker") };
-        drop(stream);
-        // 300 events in partition 0, 20 in the others, interleaved.
-        let keys = Keyspace::new(prefix, partitions);
-        let (mut crowded, mut others) = (Vec::new(), Vec::new());
-        for i in 0.. {
-            let id = format!("e{i}");
-            match keys.partition_of(&id) {
-                0 if crowded.len() < 300 => crowded.push(id),
-                1.. if others.len() < 20 => others.push(id),
-                _ if crowded.len() == 300 && others.len() == 20 => break,
-                _ => {}
-            }
-        }
-        let mut order = Vec::new();
-        for (i, id) in crowded.into_iter().enumerate() {
-            order.push(id);
-            if i % 15 == 0
-                && let Some(other) = others.pop()
-            {
-                order.push(other);
-            }
-        }
-        order.extend(others);
-        for id in &order {
-            write(ExecutionId::new(id.clone()).unwrap()).await;
-        }
-        let page = page_size(buffer, partitions);
-        assert!(page < buffer && order.len() > buffer, "the log must span several pages of partition 0");
-        let reads_before = backend.counters().catch_up_reads;
-        let mut stream =
-            backend.subscribe_from(StartFrom::After(marker.cursor().clone()), &ScannerFilter::new()).await.unwrap();
-        let mut seen = Vec::new();
-        while seen.len() < order.len() {
-            match tokio::time::timeout(std::time::Duration::from_secs(30), stream.next()).await {
-                Ok(Some(StreamItem::Completion(c))) => seen.push(c.execution_id().as_str().to_string()),
-                other => panic!("after {} events: {other:?}", seen.len()),
-            }
-        }
-        assert_eq!(seen, order, "every event once, in commit order");
-        let reads = backend.counters().catch_up_reads - reads_before;
-        // Without refills, each read stops at the end of partition 0's page: 320 / 96 -> 4.
-        assert!(reads <= 3, "{reads} reads for {} events in pages of {page}", order.len());
     }
 }
