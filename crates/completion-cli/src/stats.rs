@@ -109,15 +109,7 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
             sections.push(("postgres_counters", fields.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()));
         }
         Backend::Valkey(valkey) => {
-            let s = valkey.stats();
-            let fields = [
-                ("library_loads", s.library_loads),
-                ("lagged_messages", s.lagged_messages),
-                ("message_holes", s.message_holes),
-                ("resubscribes", s.resubscribes),
-                ("feeds_started", s.feeds_started),
-                ("safety_reads", s.safety_reads),
-            ];
+            let fields = valkey.stats().fields();
             sections.push(("valkey_counters", fields.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()));
         }
         _ => {}

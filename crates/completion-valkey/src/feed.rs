@@ -45,7 +45,6 @@ use tracing::Instrument;
 
 use crate::conn::subscriber::{SubEvent, Subscriber};
 use crate::position::{EventPosition, StreamId, ValkeyPosition};
-use crate::stats::Stats;
 use crate::store::Store;
 use crate::wire;
 
@@ -79,7 +78,7 @@ impl Feed<ValkeyPosition> for ValkeyFeed {
             }
         };
         hub.advance_to(&head);
-        Stats::bump(&self.store.stats.feeds_started);
+        self.store.stats.feeds_started.bump();
         tracing::debug!(parent: &span, subscriber = %subscriber.name(), ?head, "feed live");
         let topology = self.store.conn.is_cluster().then(|| self.store.conn.cluster_changes());
         let task = FeedTask { subscriber, store: self.store.clone(), subscribed: true, topology };
@@ -137,7 +136,7 @@ impl FeedTask {
                     Next::CatchUp
                 }
                 _ = safety.tick() => {
-                    Stats::bump(&self.store.stats.safety_reads);
+                    self.store.stats.safety_reads.bump();
                     self.check_connection().await;
                     Next::CatchUp
                 }
@@ -171,7 +170,7 @@ impl FeedTask {
                         hub.publish([message.event]);
                         Next::Continue
                     } else {
-                        Stats::bump(&stats.message_holes);
+                        stats.message_holes.bump();
                         tracing::debug!(partition, %id, prev = %message.prev, %at, "messages were lost; reading the log");
                         Next::CatchUp
                     }
@@ -184,7 +183,7 @@ impl FeedTask {
                 }
             },
             SubEvent::Lagged(n) => {
-                Stats::add(&stats.lagged_messages, n);
+                stats.lagged_messages.add(n);
                 tracing::warn!(dropped = n, "the feed fell behind its message buffer; reading the log");
                 Next::CatchUp
             }
@@ -212,7 +211,7 @@ impl FeedTask {
             match self.subscriber.try_next() {
                 Some(SubEvent::Message(body)) => self.note(&body, hub, &mut wanted),
                 Some(SubEvent::Lagged(n)) => {
-                    Stats::add(&self.store.stats.lagged_messages, n);
+                    self.store.stats.lagged_messages.add(n);
                     tracing::warn!(dropped = n, "the feed fell behind its message buffer; reading the log");
                     lagged = true;
                 }
@@ -269,7 +268,7 @@ impl FeedTask {
     async fn resubscribe(&mut self) {
         match self.subscriber.subscribe().await {
             Ok(()) => {
-                Stats::bump(&self.store.stats.resubscribes);
+                self.store.stats.resubscribes.bump();
                 self.subscribed = true;
                 tracing::info!("subscriber reconnected and subscribed again");
             }

@@ -72,7 +72,7 @@ impl Store {
     pub(crate) async fn ensure_library(&self) -> Result<LibraryChange, EngineError> {
         let ensured = library::ensure(&self.conn).await?;
         if ensured != LibraryChange::Present {
-            Stats::bump(&self.stats.library_loads);
+            self.stats.library_loads.bump();
         }
         Ok(ensured)
     }
