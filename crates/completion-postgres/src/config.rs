@@ -286,21 +286,7 @@ impl PostgresConfig {
         let schema = Schema::new(&self.schema)?;
         let pg = match (&self.pg_config, &self.url) {
             (Some(pg), _) => pg.clone(),
-            (None, Some(url)) => {
-                let bad =
-                    |reason: String| EngineError::invalid("postgres url", completion_core::redact_url(url), reason);
-                crate::url_parts::check(url).map_err(bad)?;
-                url.parse::<tokio_postgres::Config>().map_err(|e| {
-                    // tokio-postgres's reason is its error's source ("unknown option `x`").
-                    let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                    let listed = if reason.starts_with("unknown option") {
-                        format!("; accepted: {}", crate::url_parts::accepted())
-                    } else {
-                        String::new()
-                    };
-                    bad(format!("{reason}{listed}"))
-                })?
-            }
+            (None, Some(url)) => crate::url::parse(url)?,
             (None, None) => {
                 return Err(EngineError::invalid("postgres config", "", "set `url` or `pg_config`"));
             }

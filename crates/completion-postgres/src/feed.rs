@@ -1,5 +1,4 @@
-//! The live side of one instance: the [`LogReader`] every stream reads through, and the
-//! [`Feed`] whose task wakes the hub.
+//! The live side of one instance: the [`Feed`] whose task wakes the hub.
 //!
 //! On each wake-up — notifications (bursts folded into one), the safety timer, a reconnect —
 //! the feed runs one [`Hub::resync`], a log read after the hub's position that serves every
@@ -7,7 +6,7 @@
 //! delays events until the next wake-up, and never loses them. A notification whose payload
 //! carries an event (schema version 4, a transaction's first) whose ticket is the one right
 //! after the hub's position is delivered before that read, straight from the payload: one
-//! round trip less between the commit and the stream (`notification.rs` says why that is
+//! round trip less between the commit and the stream (`wire.rs` says why that is
 //! safe; the read still follows, for whatever no payload announced).
 //!
 //! With coalesced NOTIFYs (`PostgresConfig::coalesce_notify`, schema version 2) a terminal
@@ -31,23 +30,22 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use completion_core::hub::Counters;
-use completion_core::hub::{Feed, Hub, LogReader, ReadBatch};
-use completion_core::{Cursor, EngineError, ScannerFilter};
+use completion_core::EngineError;
+use completion_core::hub::{Counters, Feed, Hub};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::BACKEND;
-use crate::db::Db;
-use crate::listener::{Listener, Wake};
-use crate::position::{PgCursor, PgPosition};
+use crate::conn::build::Dedicated;
+use crate::conn::listener::{Listener, Wake};
+use crate::log::{Log, PgReader};
+use crate::position::PgPosition;
 use crate::stats::Stats;
-use crate::tls::Tls;
 
 /// How far the pause between re-reads while writes are in flight grows when they find
 /// nothing new: `in_flight_recheck` times this (32 ms by default).
@@ -56,87 +54,17 @@ const RECHECK_BACKOFF: u32 = 32;
 /// First pause before retrying a failed LISTEN connection or log read.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Reads the log for the hub and for catching-up streams.
-pub(crate) struct PgReader {
-    pub db: Arc<Db>,
-    /// Whether each read is preceded by the in-flight check: the feed's reader (whatever its
-    /// instance's `coalesce_notify`: other writers may coalesce); the streams' readers do
-    /// not need it (a stream that catches up goes back to what the feed delivers).
-    pub check_in_flight: bool,
-    /// Set when a checked read found terminal writes in flight; taken by the feed.
-    pub in_flight: AtomicBool,
-    /// The final ticket up to which the last checked read delivered while it held committed
-    /// events back above it (0: it held none back); read by the feed.
-    pub held_back_above: AtomicI64,
-}
-
-impl PgReader {
-    pub(crate) fn new(db: Arc<Db>, check_in_flight: bool) -> Self {
-        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_above: AtomicI64::new(0) }
-    }
-
-    /// Whether a read since the last call found terminal writes in flight.
-    fn take_in_flight(&self) -> bool {
-        self.in_flight.swap(false, Ordering::Relaxed)
-    }
-
-    /// The final ticket up to which the last checked read delivered, if it held events back.
-    fn held_back_above(&self) -> Option<i64> {
-        Some(self.held_back_above.load(Ordering::Relaxed)).filter(|h| *h > 0)
-    }
-}
-
-#[async_trait]
-impl LogReader<PgPosition> for PgReader {
-    /// Reads a ticket cursor, refusing one past the newest ticket drawn, and converts a
-    /// version 3 cursor (`<xid>.<id>`) to the ticket of the event it names.
-    async fn decode_cursor(&self, cursor: &Cursor) -> Result<PgPosition, EngineError> {
-        match PgCursor::parse(cursor)? {
-            PgCursor::Ticket(position) => {
-                let last = self.db.last_ticket().await?;
-                if position.ticket > last {
-                    return Err(EngineError::invalid(
-                        "cursor",
-                        cursor.as_str(),
-                        format!("points past the end of this backend's log (last ticket {last})"),
-                    ));
-                }
-                Ok(position)
-            }
-            PgCursor::Legacy { xid, id } => self.db.legacy_ticket(xid, id).await,
-        }
-    }
-
-    async fn read_after(
-        &self,
-        after: &PgPosition,
-        filter: &ScannerFilter,
-        limit: usize,
-    ) -> Result<ReadBatch<PgPosition>, EngineError> {
-        let span = tracing::debug_span!("read_log", backend = BACKEND, position = ?after, limit);
-        if !self.check_in_flight {
-            return self.db.read(after, filter, limit).instrument(span).await;
-        }
-        let (batch, notes) = self.db.read_checked(after, filter, limit).instrument(span).await?;
-        if notes.in_flight {
-            self.in_flight.store(true, Ordering::Relaxed);
-        }
-        self.held_back_above.store(notes.held_back_above.unwrap_or(0), Ordering::Relaxed);
-        Ok(batch)
-    }
-}
-
 /// How to run the feed of one instance.
 pub(crate) struct PgFeed {
-    pub db: Arc<Db>,
+    pub log: Arc<Log>,
     pub reader: Arc<PgReader>,
-    /// The LISTEN connection's settings (its own application name), `None` in poll-only mode.
-    pub listen: Option<(tokio_postgres::Config, Tls)>,
+    /// How to open the LISTEN connection (its own application name); `None` in poll-only
+    /// mode.
+    pub listen: Option<Dedicated>,
     pub channel: String,
     pub safety_interval: Duration,
     /// `PostgresConfig::in_flight_recheck`.
     pub in_flight_recheck: Duration,
-    pub connect_timeout: Duration,
     pub max_backoff: Duration,
     pub stats: Arc<Stats>,
 }
@@ -149,9 +77,7 @@ impl PgFeed {
 
     async fn open_listener(&self) -> Result<Option<Listener>, EngineError> {
         match &self.listen {
-            Some((pg, tls)) => {
-                Ok(Some(Listener::open(pg, crate::tls::share(tls), &self.channel, self.connect_timeout).await?))
-            }
+            Some(dedicated) => Ok(Some(Listener::open(dedicated, &self.channel).await?)),
             None => Ok(None),
         }
     }
@@ -164,7 +90,7 @@ impl Feed<PgPosition> for Arc<PgFeed> {
         let listener = self.open_listener().instrument(span.clone()).await?;
         // The head is read only now that LISTEN is in effect: every event committed from
         // here on either sorts after it or arrives with a notification.
-        let head = self.db.head(self.settle()).await?;
+        let head = self.log.head(self.settle()).await?;
         hub.advance_to(&head);
         tracing::debug!(parent: &span, %head, listening = listener.is_some(), "feed live");
         let task = FeedTask { feed: self.clone(), hub: hub.clone() };
@@ -209,7 +135,7 @@ impl FeedTask {
                 _ = &mut idle => break,
                 event = next_wake(&mut listener) => match event {
                     Wake::Notified { count, payloads } => {
-                        feed.stats.notifications.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                        feed.stats.notifications.fetch_add(count, Ordering::Relaxed);
                         self.deliver_from(&payloads);
                         wake = true;
                     }
@@ -242,7 +168,7 @@ impl FeedTask {
                 _ = safety.tick() => wake = true,
                 _ = sleep_until(read_retry_at) => wake = true,
                 _ = sleep_until(held.map(|h| h.check_at)) => {
-                    let final_ticket = feed.db.final_ticket().await;
+                    let final_ticket = feed.log.final_ticket().await;
                     // Counted once it answered, not when it started: a check whose query was
                     // under way while a holder ended must count after that end (edge tests
                     // read the count to tell which path delivered; on a loaded machine the
@@ -352,14 +278,14 @@ impl HeldBack {
 
 impl FeedTask {
     /// Delivers the events that notification payloads carry, each whose ticket is the one
-    /// right after the hub's position (see `notification.rs` for why that is safe); leaves
+    /// right after the hub's position (see `wire.rs` for why that is safe); leaves
     /// the others to the log read that follows every wake-up.
     fn deliver_from(&self, payloads: &[String]) {
         for payload in payloads {
-            match crate::notification::parse(payload) {
+            match crate::wire::parse(payload) {
                 Ok(Some(event)) if event.position.ticket == self.hub.position().ticket + 1 => {
-                    // Final now (see notification.rs): reads must not hold it back again.
-                    self.feed.db.raise_final(0, event.position.ticket);
+                    // Final now (see wire.rs): reads must not hold it back again.
+                    self.feed.log.raise_final(0, event.position.ticket);
                     tracing::trace!(position = %event.position, "delivered from the notification");
                     // Counted before the stream can see it: whoever reads the count after
                     // receiving the event must find it counted (on a busy machine this task can

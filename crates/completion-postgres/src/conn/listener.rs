@@ -20,9 +20,9 @@ use completion_core::EngineError;
 use futures_util::FutureExt;
 use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
+use super::build::{Dedicated, TlsStream};
+use super::errors::pg_error;
 use crate::BACKEND;
-use crate::db::pg_error;
-use crate::tls::{Tls, TlsStream};
 
 /// What the connection produced.
 #[derive(Debug)]
@@ -56,21 +56,14 @@ enum End {
 impl Listener {
     /// Connects, runs `LISTEN "<channel>"`, and returns once it is in effect (LISTEN runs
     /// in its own implicit transaction: when the command completes, it has committed).
-    /// Bounded by `timeout` as a whole.
-    pub async fn open(
-        pg: &tokio_postgres::Config,
-        tls: Tls,
-        channel: &str,
-        timeout: Duration,
-    ) -> Result<Self, EngineError> {
+    /// Bounded by the connection's `connect_timeout` as a whole.
+    pub async fn open(dedicated: &Dedicated, channel: &str) -> Result<Self, EngineError> {
         const OP: &str = "LISTEN";
+        let timeout = dedicated.connect_timeout;
         let open = async {
-            let (client, mut connection) = pg.connect(tls).await.map_err(|e| pg_error("connect (listener)", e))?;
-            // The channel is `<validated schema>_completions`: a plain identifier; quoted so
-            // that it is taken as is (LISTEN would silently truncate a longer one, the
-            // schema validation keeps it within 63 bytes).
-            let listen = format!("LISTEN \"{channel}\"");
+            let (client, mut connection) = dedicated.connect().await.map_err(|e| pg_error("connect (listener)", e))?;
             {
+                let listen = crate::schema::listen(channel);
                 let command = client.batch_execute(&listen);
                 tokio::pin!(command);
                 // The command only progresses while the connection is polled.
@@ -181,22 +174,17 @@ mod tests {
         let name = format!("listener-test-{}", uuid::Uuid::new_v4().simple());
         let mut pg: tokio_postgres::Config = server.url().parse().expect("the test server's URL parses");
         pg.application_name(&name);
+        let timeout = Duration::from_secs(10);
+        let tls = super::super::build::connector(&crate::PostgresConfig::default()).expect("the default TLS setup");
+        let dedicated = Dedicated { pg, tls, connect_timeout: timeout };
         let (admin, connection) =
             tokio_postgres::connect(&server.url(), tokio_postgres::NoTls).await.expect("admin connection");
         tokio::spawn(connection);
-        let timeout = Duration::from_secs(10);
         // The server process sends the notifications when it notices them, and a termination
         // that arrives first wins (nothing outside shows that they were sent): such an attempt
         // starts over.
         for _ in 0..5 {
-            let mut listener = Listener::open(
-                &pg,
-                crate::tls::connector(&crate::PostgresConfig::default()).expect("no TLS"),
-                CHANNEL,
-                timeout,
-            )
-            .await
-            .expect("LISTEN");
+            let mut listener = Listener::open(&dedicated, CHANNEL).await.expect("LISTEN");
             admin
                 .batch_execute(&format!(
                     "BEGIN; NOTIFY {CHANNEL}, '1'; NOTIFY {CHANNEL}, '2'; NOTIFY {CHANNEL}, '3'; COMMIT"
