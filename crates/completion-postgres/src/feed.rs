@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use completion_core::EngineError;
+use completion_core::backoff::Backoff;
 use completion_core::hub::{Counters, Feed, Hub};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -53,6 +54,15 @@ const RECHECK_BACKOFF: u32 = 32;
 
 /// First pause before retrying a failed LISTEN connection or log read.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The pauses between the feed's re-reads while writes are in flight, as they stand after a
+/// read that published: the next re-read that finds nothing new waits twice
+/// `in_flight_recheck`, then twice that, up to [`RECHECK_BACKOFF`] times it.
+fn rechecks(in_flight_recheck: Duration) -> Backoff {
+    let mut backoff = Backoff::new(in_flight_recheck, in_flight_recheck * RECHECK_BACKOFF);
+    backoff.next_pause(); // `in_flight_recheck` itself, after the read that published
+    backoff
+}
 
 /// How to run the feed of one instance.
 pub(crate) struct PgFeed {
@@ -110,9 +120,9 @@ impl FeedTask {
         let mut idle = pin!(self.hub.until_idle());
         let mut safety = tokio::time::interval_at(Instant::now() + feed.safety_interval, feed.safety_interval);
         safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut reconnect_pause = FIRST_BACKOFF;
+        let mut reconnect_pauses = Backoff::new(FIRST_BACKOFF, feed.max_backoff);
         let mut reconnect_at: Option<Instant> = None;
-        let mut read_pause = FIRST_BACKOFF;
+        let mut read_pauses = Backoff::new(FIRST_BACKOFF, feed.max_backoff);
         // One checked read at once: a write that skipped its NOTIFY against a notifier that
         // committed before LISTEN took effect may still be in flight, and nothing else would
         // announce it (the head was taken below it).
@@ -120,11 +130,11 @@ impl FeedTask {
         // Set while writes are in flight, to `in_flight_recheck` after the last read: a
         // wake-up before then does not read at once but moves the next read to then.
         let mut busy_until: Option<Instant> = None;
-        // The pause before the next read while writes are in flight: `in_flight_recheck`,
-        // doubled (up to RECHECK_BACKOFF times) while the re-reads find nothing new, so that
-        // a transaction held open after a terminal write does not keep the feed reading
-        // every millisecond.
-        let mut recheck = feed.in_flight_recheck;
+        // The pauses before the next read while writes are in flight: `in_flight_recheck`
+        // after a read that published, doubled (up to RECHECK_BACKOFF times) while the
+        // re-reads find nothing new, so that a transaction held open after a terminal write
+        // does not keep the feed reading every millisecond.
+        let mut recheck = rechecks(feed.in_flight_recheck);
         // Set while the last read held committed events back above the final ticket: the
         // feed then looks at it on a short backoff and reads again once it moved.
         let mut held: Option<HeldBack> = None;
@@ -143,7 +153,7 @@ impl FeedTask {
                         Stats::bump(&feed.stats.listener_failures);
                         tracing::warn!(error = ?error, "LISTEN connection lost; reconnecting");
                         listener = None;
-                        reconnect_pause = FIRST_BACKOFF;
+                        reconnect_pauses.reset();
                         reconnect_at = Some(Instant::now());
                     }
                 },
@@ -159,32 +169,31 @@ impl FeedTask {
                         }
                         Err(error) => {
                             Stats::bump(&feed.stats.listener_failures);
-                            tracing::warn!(%error, retry_in = ?reconnect_pause, "re-opening the LISTEN connection failed");
-                            reconnect_at = Some(Instant::now() + reconnect_pause);
-                            reconnect_pause = (reconnect_pause * 2).min(feed.max_backoff);
+                            let pause = reconnect_pauses.next_pause();
+                            tracing::warn!(%error, retry_in = ?pause, "re-opening the LISTEN connection failed");
+                            reconnect_at = Some(Instant::now() + pause);
                         }
                     }
                 }
                 _ = safety.tick() => wake = true,
                 _ = sleep_until(read_retry_at) => wake = true,
-                _ = sleep_until(held.map(|h| h.check_at)) => {
+                _ = sleep_until(held.as_ref().map(|h| h.check_at)) => {
                     let final_ticket = feed.log.final_ticket().await;
                     // Counted once it answered, not when it started: a check whose query was
                     // under way while a holder ended must count after that end (edge tests
                     // read the count to tell which path delivered; on a loaded machine the
                     // query can take long enough to straddle the rollback).
                     Stats::bump(&feed.stats.held_back_checks);
-                    let most = feed.in_flight_recheck * RECHECK_BACKOFF;
                     match (final_ticket, held.as_mut()) {
                         // The read that follows decides whether anything is still held back.
                         (Ok(final_ticket), Some(h)) if final_ticket > h.above => {
                             held = None;
                             wake = true;
                         }
-                        (Ok(_), Some(h)) => h.back_off(most),
+                        (Ok(_), Some(h)) => h.back_off(),
                         (Err(error), Some(h)) => {
                             tracing::debug!(%error, "checking the final ticket for held-back events failed");
-                            h.back_off(most);
+                            h.back_off();
                         }
                         (_, None) => {}
                     }
@@ -205,24 +214,25 @@ impl FeedTask {
             feed.reader.take_in_flight();
             match self.hub.resync(&*feed.reader).await {
                 Ok(published) => {
-                    read_pause = FIRST_BACKOFF;
+                    read_pauses.reset();
                     // A write that skipped its NOTIFY (another in flight was to notify) may
                     // commit after that notification was read: while writes are in flight,
                     // read again shortly (the V2 migration explains why that suffices, V3 how the
                     // check itself never makes a writer skip).
                     let in_flight = feed.reader.take_in_flight();
                     if in_flight {
-                        recheck = if published > 0 {
+                        let pause = if published > 0 {
+                            recheck = rechecks(feed.in_flight_recheck);
                             feed.in_flight_recheck
                         } else {
-                            (recheck * 2).min(feed.in_flight_recheck * RECHECK_BACKOFF)
+                            recheck.next_pause()
                         };
                         let now = Instant::now();
-                        read_retry_at = Some(now + recheck);
+                        read_retry_at = Some(now + pause);
                         busy_until = Some(now + feed.in_flight_recheck);
                         Stats::bump(&feed.stats.in_flight_rechecks);
                     } else {
-                        recheck = feed.in_flight_recheck;
+                        recheck = rechecks(feed.in_flight_recheck);
                         read_retry_at = None;
                         busy_until = None;
                     }
@@ -231,13 +241,13 @@ impl FeedTask {
                         (Some(above), _) => Some(HeldBack::new(above, feed.in_flight_recheck)),
                         (None, _) => None,
                     };
-                    tracing::trace!(published, in_flight, held_back_above = ?held.map(|h| h.above), "resync");
+                    tracing::trace!(published, in_flight, held_back_above = ?held.as_ref().map(|h| h.above), "resync");
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?read_pause, "reading the completion log failed");
-                    read_retry_at = Some(Instant::now() + read_pause);
+                    let pause = read_pauses.next_pause();
+                    tracing::warn!(%error, retry_in = ?pause, "reading the completion log failed");
+                    read_retry_at = Some(Instant::now() + pause);
                     busy_until = None;
-                    read_pause = (read_pause * 2).min(feed.max_backoff);
                 }
             }
         }
@@ -257,22 +267,24 @@ impl FeedTask {
 /// `in_flight_recheck`, then at doubling pauses up to `RECHECK_BACKOFF` times that, and reads
 /// the log once it moved past the one the events were held above. Nothing of this runs while
 /// no event is held back.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct HeldBack {
     /// The final ticket the read delivered up to.
     above: i64,
-    pause: Duration,
+    pauses: Backoff,
     check_at: Instant,
 }
 
 impl HeldBack {
-    fn new(above: i64, first: Duration) -> Self {
-        Self { above, pause: first, check_at: Instant::now() + first }
+    fn new(above: i64, in_flight_recheck: Duration) -> Self {
+        let mut pauses = Backoff::new(in_flight_recheck, in_flight_recheck * RECHECK_BACKOFF);
+        let check_at = Instant::now() + pauses.next_pause();
+        Self { above, pauses, check_at }
     }
 
-    fn back_off(&mut self, most: Duration) {
-        self.pause = (self.pause * 2).min(most);
-        self.check_at = Instant::now() + self.pause;
+    /// The final ticket has not moved: looks again after a longer pause.
+    fn back_off(&mut self) {
+        self.check_at = Instant::now() + self.pauses.next_pause();
     }
 }
 

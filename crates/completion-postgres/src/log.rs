@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use completion_core::backoff::Backoff;
 use completion_core::hub::{Counters, LogEvent, LogReader, ReadBatch, TrimmedGap};
 use completion_core::{CompletionPayload, Cursor, EngineError, ExecutionId, FlowId, Namespace, Outcome, ScannerFilter};
 use deadpool_postgres::Object;
@@ -329,7 +330,8 @@ impl Log {
     pub async fn head(&self, settle: Duration) -> Result<PgPosition, EngineError> {
         const OP: &str = "log head";
         let deadline = Instant::now() + settle;
-        let mut pause = Duration::from_millis(1);
+        // Writers in flight usually end within a few milliseconds: look again soon.
+        let mut pauses = Backoff::new(Duration::from_millis(1), Duration::from_millis(20));
         loop {
             let (final_ticket, row) = self.after_final_ticket(OP, &self.conn.sql().newest, &[]).await?;
             let newest: Option<i64> = column(&row, 0)?;
@@ -345,8 +347,7 @@ impl Log {
                         );
                         return Ok(PgPosition::at(final_ticket));
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(20));
+                    pauses.wait().await;
                 }
                 _ => return Ok(PgPosition::at(final_ticket)),
             }

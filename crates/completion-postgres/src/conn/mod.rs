@@ -21,10 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use completion_core::EngineError;
+use completion_core::backoff::{Backoff, Retry};
 use deadpool_postgres::{Object, Pool, PoolError};
 use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tracing::Instrument;
 
 use self::errors::Failure;
 use crate::BACKEND;
@@ -33,6 +35,12 @@ use crate::stats::Stats;
 
 /// Attempts of one operation whose connection failed.
 const MAX_ATTEMPTS: u32 = 4;
+
+/// The pauses before retrying an operation whose connection was lost: 20 ms, then five times
+/// longer each time (100 ms, 500 ms), so that a server restart has time to finish.
+fn lost_connection_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).with_factor(5)
+}
 
 /// The pool of one instance, its statements, and the one way they run.
 pub(crate) struct Conn {
@@ -72,42 +80,53 @@ impl Conn {
 
     /// Runs `attempt` on a pooled connection, retrying on lost connections, within the
     /// statement timeout.
-    pub async fn run<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, Failure>
+    pub async fn run<T, F, Fut>(&self, op: &'static str, attempt: F) -> Result<T, Failure>
     where
         F: FnMut(Object) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
-        let mut pause = Duration::from_millis(20);
+        let mut retry = Retry::new(lost_connection_backoff()).with_attempts(MAX_ATTEMPTS);
+        if let Some((at, _)) = deadline {
+            retry = retry.with_deadline(at);
+        }
+        // Shared by the attempts' futures, which run one at a time (`Retry::run` takes a
+        // closure per attempt; an attempt's future must not borrow it).
+        let attempt = std::sync::Mutex::new(attempt);
         let mut tries = 0;
-        loop {
-            tries += 1;
-            let once = async {
-                let client = self.pool.get().await.map_err(|e| match e {
-                    // Connecting (or checking a connection) took longer than connect_timeout.
-                    PoolError::Timeout(_) => Failure::Timeout(self.connect_timeout),
-                    other => Failure::Pool(other),
-                })?;
-                attempt(client).await.map_err(Failure::Pg)
-            };
-            let result = match deadline {
-                Some((at, limit)) => tokio::time::timeout_at(at, once).await.unwrap_or(Err(Failure::Timeout(limit))),
-                None => once.await,
-            };
-            match result {
-                Err(failure) if tries < MAX_ATTEMPTS && failure.retryable() => {
+        let span = tracing::debug_span!("pooled", backend = BACKEND, op);
+        let result = retry
+            .run(Failure::retryable, |n| {
+                tries = n;
+                if n > 1 {
                     Stats::bump(&self.stats.retries);
-                    tracing::debug!(backend = BACKEND, op, attempt = tries, error = ?failure, "connection lost; retrying");
-                    if let Some((at, limit)) = deadline
-                        && Instant::now() + pause >= at
-                    {
-                        return Err(Failure::Timeout(limit));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause *= 5;
                 }
-                other => return other,
+                let once = async {
+                    let client = self.pool.get().await.map_err(|e| match e {
+                        // Connecting (or checking a connection) took longer than connect_timeout.
+                        PoolError::Timeout(_) => Failure::Timeout(self.connect_timeout),
+                        other => Failure::Pool(other),
+                    })?;
+                    let call = attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)(client);
+                    call.await.map_err(Failure::Pg)
+                };
+                async move {
+                    match deadline {
+                        Some((at, limit)) => {
+                            tokio::time::timeout_at(at, once).await.unwrap_or(Err(Failure::Timeout(limit)))
+                        }
+                        None => once.await,
+                    }
+                }
+            })
+            .instrument(span)
+            .await;
+        match (result, deadline) {
+            // Attempts were left: the deadline stopped the retries.
+            (Err(failure), Some((_, limit))) if failure.retryable() && tries < MAX_ATTEMPTS => {
+                Err(Failure::Timeout(limit))
             }
+            (result, _) => result,
         }
     }
 
