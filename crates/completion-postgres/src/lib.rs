@@ -15,8 +15,8 @@
 //!   and read only up to the final ticket (below which every writer has ended), so a
 //!   transaction that commits late is never skipped, and only transactions that appended
 //!   hold the log back (see [`PgPosition`]).
-//! - **Retention**: [`PostgresBackend::prune`], and a periodic task
-//!   ([`PostgresConfig::prune_interval`]).
+//! - **Retention**: [`PostgresBackend::enforce_retention`], and a background task
+//!   ([`PostgresConfig::retention_interval`]).
 //! - **Poll-only mode** ([`PostgresConfig::listen`] = false) for PgBouncer in transaction
 //!   pooling mode and for replicas.
 //!
@@ -55,11 +55,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use completion_core::hub::{Counters, Hub, HubConfig, Position, Subscriptions, WriteOp};
+use completion_core::hub::{Counters, Hub, HubConfig, Periodic, Position, Subscriptions, WriteOp};
 use completion_core::{
     Completion, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, Retention,
+    RetentionReport,
 };
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use config::PostgresConfig;
@@ -80,20 +80,9 @@ use crate::store::{Repeat, Store};
 /// The backend's name, as used in cursors.
 pub(crate) const BACKEND: &str = PgPosition::BACKEND;
 
-/// How long a prune waits for transactions older than the newest event to end, so that it
+/// How long a trim waits for transactions older than the newest event to end, so that it
 /// trims exactly what retention says.
-const PRUNE_SETTLE: Duration = Duration::from_secs(5);
-
-/// What one [`PostgresBackend::prune`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PruneReport {
-    /// Events deleted.
-    pub deleted: u64,
-    /// The retention watermark after the run: every event at or before it is gone. `None`
-    /// when nothing was ever pruned.
-    pub watermark: Option<PgPosition>,
-}
+const RETENTION_SETTLE: Duration = Duration::from_secs(5);
 
 /// Applies the bundled migrations to the configured schema (creating it if needed), on a
 /// dedicated connection, serialized with every other process migrating the same schema.
@@ -125,23 +114,22 @@ struct Shared {
     names: Names,
     /// For [`PostgresBackend::migrate`]: the dedicated migration connection.
     migrate_with: Dedicated,
-    prune_task: Option<JoinHandle<()>>,
+    /// The background trim (`retention_interval`); stops when dropped.
+    _retention: Option<Periodic>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.subscriptions.hub().close();
-        if let Some(task) = &self.prune_task {
-            task.abort();
-        }
+        // The streams end when the subscriptions drop (which stops the feed and its LISTEN
+        // connection), the background trim when its task drops.
         self.conn.close();
     }
 }
 
 impl PostgresBackend {
     /// Connects (within [`PostgresConfig::connect_timeout`]), applies the migrations unless
-    /// disabled (else checks the schema version), and starts the periodic prune if
-    /// configured. No LISTEN connection is opened until the first subscription.
+    /// disabled (else checks the schema version), and starts the background trim to retention
+    /// if configured ([`PostgresConfig::retention_interval`]). No LISTEN connection is opened until the first subscription.
     pub async fn connect(config: PostgresConfig) -> Result<Self, EngineError> {
         let validated = config.validate()?;
         let schema = validated.schema;
@@ -192,16 +180,25 @@ impl PostgresBackend {
             reader: Arc::new(PgReader::new(log.clone(), true)),
             listen: config.listen.then(|| names.dedicated(&validated.pg, "listen", &config, &tls)),
             channel: channel.clone(),
-            safety_interval: config.safety_interval,
+            safety_interval: config.subscription.safety_interval,
             in_flight_recheck: config.in_flight_recheck,
-            max_backoff: config.reconnect_max_backoff,
+            max_backoff: config.reconnect_max_delay,
             stats: stats.clone(),
         });
-        let hub = Hub::new(HubConfig::with_buffer(config.buffer), counters);
+        let hub = Hub::new(HubConfig::with_buffer(config.subscription.buffer), counters);
         let subscriptions = Subscriptions::new(hub, Arc::new(feed), reader);
-        let prune_task = config.prune_interval.map(|every| {
-            let (store, log, retention) = (store.clone(), log.clone(), config.retention.clone());
-            tokio::spawn(prune_periodically(store, log, retention, every).instrument(span.clone()))
+        let retention = config.subscription.retention;
+        let background = config.retention_interval.map(|every| {
+            let (store, log, retention) = (store.clone(), log.clone(), retention.clone());
+            Periodic::spawn(every, span.clone(), move || {
+                let (store, log, retention) = (store.clone(), log.clone(), retention.clone());
+                async move {
+                    match store.enforce_retention(&log, &retention, RETENTION_SETTLE).await {
+                        Ok(report) => tracing::debug!(backend = BACKEND, removed = report.removed, "periodic trim"),
+                        Err(error) => tracing::warn!(backend = BACKEND, %error, "periodic trim failed"),
+                    }
+                }
+            })
         });
         tracing::info!(parent: &span, server, listen = config.listen, "connected");
         Ok(Self {
@@ -211,11 +208,11 @@ impl PostgresBackend {
                 store,
                 log,
                 channel,
-                retention: config.retention,
+                retention,
                 stats,
                 names,
                 migrate_with,
-                prune_task,
+                _retention: background,
             }),
         })
     }
@@ -227,11 +224,13 @@ impl PostgresBackend {
 
     /// Trims the log to the configured retention now. Deletes only events of finished
     /// transactions; waits (up to 5 s) for transactions older than the newest event to end
-    /// first, so that a prune right after writes trims exactly.
-    pub async fn prune(&self) -> Result<PruneReport, EngineError> {
+    /// first, so that a trim right after writes is exact. The report's watermark is the
+    /// cursor (`postgres:<ticket>`) of the newest event ever trimmed: a stream resuming at or
+    /// before it gets a gap. `None` when nothing was ever trimmed.
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, EngineError> {
         let shared = &self.shared;
-        let report = shared.store.prune(&shared.log, &shared.retention, PRUNE_SETTLE).await?;
-        tracing::debug!(backend = BACKEND, deleted = report.deleted, watermark = ?report.watermark, "pruned");
+        let report = shared.store.enforce_retention(&shared.log, &shared.retention, RETENTION_SETTLE).await?;
+        tracing::debug!(backend = BACKEND, removed = report.removed, watermark = ?report.watermark, "trimmed");
         Ok(report)
     }
 
@@ -390,18 +389,6 @@ impl PostgresBackend {
         let at = self.shared.store.finish(id, outcome, reason).instrument(span.clone()).await?;
         span.record("completed_at_ms", at);
         Ok(())
-    }
-}
-
-async fn prune_periodically(store: Arc<Store>, log: Arc<Log>, retention: Retention, every: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match store.prune(&log, &retention, PRUNE_SETTLE).await {
-            Ok(report) => tracing::debug!(backend = BACKEND, deleted = report.deleted, "periodic prune"),
-            Err(error) => tracing::warn!(backend = BACKEND, %error, "periodic prune failed"),
-        }
     }
 }
 

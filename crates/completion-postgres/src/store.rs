@@ -15,19 +15,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use completion_core::hub::Position;
 use completion_core::{
     Completion, EngineError, ExecutionId, ExecutionInfo, ExecutionState, FlowId, Namespace, NewExecution, Outcome,
-    Reason, Retention,
+    Reason, Retention, RetentionReport,
 };
 use tokio_postgres::types::{ToSql, Type};
 
+use crate::BACKEND;
 use crate::conn::Conn;
 use crate::conn::errors::{ALREADY_EXISTS, ALREADY_TERMINAL, NOT_FOUND, column, first_row, pg_error};
 use crate::log::Log;
 use crate::position::PgPosition;
 use crate::stats::Stats;
 use crate::wire::{parse_tags, tags_json};
-use crate::{BACKEND, PruneReport};
 
 /// Whether a second completion of the same execution is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,24 +171,34 @@ impl Store {
         }
     }
 
-    /// Trims the log to `retention`. Events above the final ticket cannot be pruned yet: it
-    /// first waits (up to `settle`, with [`Log::head`]) for the writers that hold it back, so
-    /// that a prune right after writes trims exactly.
-    pub async fn prune(&self, log: &Log, retention: &Retention, settle: Duration) -> Result<PruneReport, EngineError> {
-        const OP: &str = "prune";
+    /// Trims the log to `retention` (`prune_tickets()`); the report's watermark is the
+    /// cursor of the newest pruned ticket. Events above the final ticket cannot be pruned
+    /// yet: it first waits (up to `settle`, with [`Log::head`]) for the writers that hold it
+    /// back, so that a trim right after writes is exact.
+    pub async fn enforce_retention(
+        &self,
+        log: &Log,
+        retention: &Retention,
+        settle: Duration,
+    ) -> Result<RetentionReport, EngineError> {
+        const OP: &str = "enforce retention";
         if retention.max_events.is_none() && retention.max_age_secs.is_none() {
-            return Ok(PruneReport { deleted: 0, watermark: None });
+            return Ok(RetentionReport::removed(0));
         }
         log.head(settle).await?;
         let max_events = retention.max_events.map(|n| n.min(i64::MAX as u64) as i64);
         let max_age_ms = retention.max_age_secs.map(|s| s.saturating_mul(1000).min(i64::MAX as u64) as i64);
         let rows = self.conn.rows(OP, &self.conn.sql().prune, &[&max_events, &max_age_ms]).await?;
         let row = first_row(&rows, "prune result")?;
-        let deleted: i64 = column(row, 0)?;
-        let watermark = column::<Option<i64>>(row, 1)?.map(PgPosition::at);
+        let removed = column::<i64>(row, 0)?.max(0) as u64;
+        let watermark = column::<Option<i64>>(row, 1)?.map(PgPosition::at).filter(|w| *w != PgPosition::ORIGIN);
         Stats::bump(&self.stats.prune_runs);
-        self.stats.pruned_events.fetch_add(deleted.max(0) as u64, Ordering::Relaxed);
-        Ok(PruneReport { deleted: deleted.max(0) as u64, watermark: watermark.filter(|w| *w != PgPosition::ORIGIN) })
+        self.stats.pruned_events.fetch_add(removed, Ordering::Relaxed);
+        let report = RetentionReport::removed(removed);
+        Ok(match watermark {
+            Some(watermark) => report.with_watermark(watermark.to_cursor()),
+            None => report,
+        })
     }
 }
 
