@@ -93,10 +93,9 @@ pub struct PostgresConfig {
     pub generic_plans: bool,
     /// Coalesce the NOTIFYs of this instance's terminal writes: a write NOTIFYs only when no
     /// other write in flight is about to (every feed re-reads while such writes are in flight;
-    /// see
-    /// docs/postgres.md, "Coalesced NOTIFYs"). Notifying commits run single file on the
-    /// server's notify lock; with 8 writers this is the difference between ~0.3x and ~0.8x
-    /// of a bare UPDATE's throughput (docs/benchmarks.md). Turn it off if your own
+    /// see docs/postgres.md, "Coalesced NOTIFYs"). Notifying commits run single file on the
+    /// server's notify lock, so with several writers coalescing more than doubles the write
+    /// throughput (docs/benchmarks.md, "PostgreSQL write throughput"). Turn it off if your own
     /// transactions stay open long after finishing an execution: such a transaction holds the
     /// notifier lock, and the others' events then wait for the feed's next re-check or
     /// safety read. Default true.

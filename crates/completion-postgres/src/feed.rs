@@ -75,7 +75,9 @@ pub(crate) struct PgFeed {
     pub safety_interval: Duration,
     /// `PostgresConfig::in_flight_recheck`.
     pub in_flight_recheck: Duration,
-    pub max_backoff: Duration,
+    /// `PostgresConfig::reconnect_max_delay`: the longest pause between reconnects or
+    /// failed reads.
+    pub reconnect_max_delay: Duration,
     pub stats: Arc<Stats>,
 }
 
@@ -120,9 +122,9 @@ impl FeedTask {
         let mut idle = pin!(self.hub.until_idle());
         let mut safety = tokio::time::interval_at(Instant::now() + feed.safety_interval, feed.safety_interval);
         safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut reconnect_pauses = Backoff::new(FIRST_BACKOFF, feed.max_backoff);
+        let mut reconnect_pauses = Backoff::new(FIRST_BACKOFF, feed.reconnect_max_delay);
         let mut reconnect_at: Option<Instant> = None;
-        let mut read_pauses = Backoff::new(FIRST_BACKOFF, feed.max_backoff);
+        let mut read_pauses = Backoff::new(FIRST_BACKOFF, feed.reconnect_max_delay);
         // One checked read at once: a write that skipped its NOTIFY against a notifier that
         // committed before LISTEN took effect may still be in flight, and nothing else would
         // announce it (the head was taken below it).
@@ -205,8 +207,8 @@ impl FeedTask {
             // Under load every commit that notifies wakes the feed, and a log read costs the
             // server about as much for one event as for a hundred: while writes are in flight
             // a wake-up within `in_flight_recheck` of the last read waits for the end of that
-            // pause (8 writers and one subscriber, 20 000 completions: ~1 100 reads for
-            // ~14 000 notifications). When none is in flight it reads at once.
+            // pause, so reads stay far fewer than notifications (docs/benchmarks.md,
+            // "PostgreSQL write throughput"). When none is in flight it reads at once.
             if let Some(until) = busy_until.filter(|until| Instant::now() < *until) {
                 read_retry_at = Some(read_retry_at.map_or(until, |at| at.min(until)));
                 continue;

@@ -7,10 +7,12 @@
 //!   `finish_execution` checks, writes the state, appends the event to `completion_log`
 //!   (namespace and tags copied in) and NOTIFYs — all in the caller's transaction. Rust
 //!   never issues NOTIFY.
-//! - **Subscribe side** ([`CompletionBackend`]): one dedicated LISTEN connection per
+//! - **Subscribe side** ([`CompletionBackend`](completion_core::CompletionBackend)): one dedicated LISTEN connection per
 //!   instance, shared by all its streams; each wake-up runs one log read that serves every
-//!   stream. Notifications carry no data: a lost one (restart, killed connection) only
-//!   delays events until the next wake-up (reconnect, or the safety timer).
+//!   stream. A notification carries its transaction's first event, delivered at once when
+//!   it follows the feed's position; the log stays the source of truth, so a lost one
+//!   (restart, killed connection) only delays events until the next wake-up (reconnect, or
+//!   the safety timer).
 //! - **Order**: the log is ordered by tickets, drawn at append time by registered writers,
 //!   and read only up to the final ticket (below which every writer has ended), so a
 //!   transaction that commits late is never skipped, and only transactions that appended
@@ -182,7 +184,7 @@ impl PostgresBackend {
             channel: channel.clone(),
             safety_interval: config.subscription.safety_interval,
             in_flight_recheck: config.in_flight_recheck,
-            max_backoff: config.reconnect_max_delay,
+            reconnect_max_delay: config.reconnect_max_delay,
             stats: stats.clone(),
         });
         let hub = Hub::new(HubConfig::with_buffer(config.subscription.buffer), counters);
@@ -340,7 +342,7 @@ impl PostgresBackend {
     }
 
     /// PostgreSQL-specific counters (the shared ones are in
-    /// [`counters`](CompletionBackend::counters)).
+    /// [`counters`](completion_core::CompletionBackend::counters)).
     pub fn stats(&self) -> PostgresStats {
         self.shared.stats.snapshot()
     }

@@ -66,7 +66,7 @@ impl Log {
     /// passes it when it delivers from a notification), but a ticket that was final stays
     /// final, and a snapshot taken after it was learned sees it. Reading up to a smaller one
     /// would hold back events the hub has already published: a stream catching up would take
-    /// them for held back, stop catching up, and never receive them (found by review). Only
+    /// them for held back, stop catching up, and never receive them. Only
     /// what was learned before the read was sent is safe: a final ticket learned by another
     /// read meanwhile may cover commits this read's snapshot does not see.
     pub fn final_floor(&self) -> i64 {

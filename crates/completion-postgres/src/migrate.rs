@@ -36,7 +36,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
 /// The schema version this build needs (the highest migration).
 pub(crate) const LATEST: i32 = 4;
 
-/// What one [`migrate`](crate::migrate) run applied.
+/// What one [`migrate`](crate::migrate()) run applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MigrationReport {

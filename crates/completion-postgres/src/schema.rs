@@ -132,7 +132,7 @@ pub(crate) struct Sql {
     pub newest: String,
     /// The first completion of an execution the log retains (outcome, completed_at_ms).
     pub completion_of: String,
-    /// What a cursor of schema version 3 or older maps to (see `Db::legacy_ticket`).
+    /// What a cursor of schema version 3 or older maps to (see `Log::legacy_ticket`).
     pub legacy: String,
     pub prune: String,
     pub version: String,
@@ -157,9 +157,9 @@ impl Sql {
             // same round trip, so that this statement's snapshot is taken after it), so the
             // caller drops the events above it and counts them as held back.
             // `LIMIT 1` on the singleton watermark row: pruned_to is never analyzed (it never
-            // changes size), so the planner guessed ~1 300 rows for it and multiplied every
-            // cost above it; past `jit_above_cost` each read was JIT-compiled (~10 ms, seen
-            // with EXPLAIN ANALYZE on the custom plans a connection's first reads use).
+            // changes size), and without it the planner's row guess inflates every cost above
+            // it enough to JIT-compile the read (docs/benchmarks.md, History, "PostgreSQL
+            // catch-up and log reads").
             format!(
                 "WITH meta AS (SELECT w.ticket AS wticket FROM {s}.pruned_to w LIMIT 1)
                  SELECT m.wticket, {LOG_COLUMNS}

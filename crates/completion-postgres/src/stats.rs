@@ -68,9 +68,10 @@ pub struct PostgresStats {
     pub held_back_events: u64,
     /// Log reads that found events held back above the final ticket.
     pub held_back_reads: u64,
-    /// Prune runs (called or periodic) that completed.
+    /// Retention trims ([`enforce_retention`](crate::PostgresBackend::enforce_retention), called
+    /// or in the background) that completed.
     pub prune_runs: u64,
-    /// Events deleted by prune runs of this instance.
+    /// Events deleted by the retention trims of this instance.
     pub pruned_events: u64,
     /// Feed reads that found terminal writes in flight (with coalesced NOTIFYs) and so
     /// scheduled another read `in_flight_recheck` later.

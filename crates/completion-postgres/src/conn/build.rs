@@ -112,9 +112,10 @@ pub(crate) fn pool(
 ) -> Result<Pool, EngineError> {
     let manager = Manager::from_config(pg.clone(), tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     // Last in, first out: a call made one at a time gets the connection used last, whose
-    // server process is awake; first in, first out hands it the one idle longest, and a
-    // server process that slept is slow to wake on a busy machine (the bench measured our
-    // write call 1.3-1.4x slower with 8 connections in FIFO order than with one).
+    // server process is awake; first in, first out (deadpool's default) hands it the one idle
+    // longest, and a server process that slept is slow to wake on a busy machine
+    // (docs/server-facts.md, "tokio-postgres 0.7 and deadpool-postgres 0.14"; measured in
+    // docs/benchmarks.md, History, "2026-12-04: floors, unrelated load, the pool").
     let mut builder = Pool::builder(manager)
         .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .max_size(size)
@@ -122,14 +123,13 @@ pub(crate) fn pool(
         .create_timeout(Some(connect_timeout))
         .recycle_timeout(Some(connect_timeout));
     if generic_plans {
-        // Generic plans for every statement of these connections. PostgreSQL re-planned the
-        // log read on every call: its generic plan is estimated dearer than a custom one
-        // (unknown LIMIT), so the plan cache kept choosing custom plans, each planned anew:
-        // 0.25-0.5 ms of planning per read against 0.15 ms of execution (EXPLAIN ANALYZE on
-        // a 170 000-event log; `cargo xtask bench`, docs/benchmarks.md). The generic plans of
-        // our statements are the custom ones (same index walks; their parameters are a
-        // cursor, a limit and ids). A session setting: behind a transaction-mode pooler it
-        // would leak to other clients, hence `PostgresConfig::generic_plans`.
+        // Generic plans for every statement of these connections: the log read's generic plan
+        // is estimated dearer than a custom one (unknown LIMIT), so the plan cache would plan
+        // every call anew, which costs more than running it (docs/server-facts.md, "The plan
+        // cache can keep choosing custom plans"). The generic plans of these statements are
+        // the custom ones (same index walks; their parameters are a cursor, a limit and ids).
+        // A session setting: behind a transaction-mode pooler it would leak to other
+        // clients, hence `PostgresConfig::generic_plans`.
         builder = builder.post_create(Hook::async_fn(|client, _| {
             Box::pin(async move { client.batch_execute(GENERIC_PLANS).await.map_err(HookError::Backend) })
         }));
