@@ -21,7 +21,7 @@ fn server() -> &'static PostgresServer {
 /// The URL and `--schema` of a fresh (migrated) schema, and a library backend writing to it.
 fn fresh() -> (Vec<String>, PostgresBackend) {
     let schema = unique("cli");
-    let config = PostgresConfig::from_url(server().url()).with_schema(&schema).with_prune_interval(None);
+    let config = PostgresConfig::from_url(server().url()).with_schema(&schema).with_retention_interval(None);
     let writer = runtime().block_on(PostgresBackend::connect(config)).expect("writer connects");
     (vec![server().url(), "--schema".into(), schema], writer)
 }
@@ -134,7 +134,7 @@ fn resuming_from_a_pruned_cursor_prints_a_gap_line_first() {
     let schema = unique("gap");
     let config = PostgresConfig::from_url(server().url())
         .with_schema(&schema)
-        .with_prune_interval(None)
+        .with_retention_interval(None)
         .with_retention(completions::Retention::events(1));
     let writer = runtime().block_on(PostgresBackend::connect(config)).expect("writer connects");
     let target = [server().url(), "--schema".to_string(), schema];
@@ -150,8 +150,8 @@ fn resuming_from_a_pruned_cursor_prints_a_gap_line_first() {
     for id in ["trimmed-1", "trimmed-2", "kept"] {
         common::complete(&writer, id, "gap", &[]);
     }
-    let pruned = runtime().block_on(writer.prune()).expect("prune");
-    assert_eq!(pruned.deleted, 3, "retention keeps only the newest event");
+    let trimmed = runtime().block_on(writer.enforce_retention()).expect("enforce retention");
+    assert_eq!(trimmed.removed, 3, "retention keeps only the newest event");
 
     args.extend(["--from", &cursor]);
     let mut tail = common::Running::tail(&args);

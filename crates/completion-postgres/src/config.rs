@@ -1,13 +1,16 @@
 //! [`PostgresConfig`]: every setting of the backend, with its default, and its validation.
 //!
-//! Durations deserialize from an integer number of milliseconds or from text with a unit
-//! (`"250ms"`, `"2s"`, `"5m"`, `"1h"`); optional ones also from `null`.
+//! Durations deserialize as [`completion_core::config::duration`] reads them: an integer
+//! number of milliseconds, or text with units (`"250ms"`, `"2s"`, `"5m"`, `"1h"`); optional
+//! ones also from `null`. The settings every backend shares are under `subscription`
+//! ([`SubscriptionConfig`]).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use completion_core::{EngineError, Retention};
+use completion_core::config::{duration, option_duration};
+use completion_core::{EngineError, Retention, SubscriptionConfig};
 use serde::Deserialize;
 
 use crate::schema::Schema;
@@ -42,14 +45,12 @@ pub struct PostgresConfig {
     pub schema: String,
     /// Connections in the pool used for writes and log reads. Default 8.
     pub pool_size: usize,
-    /// How much of the completion log to keep. Default: the last 100 000 events.
-    pub retention: Retention,
-    /// Events buffered per stream before it falls back to reading the log. Default 1024.
-    pub buffer: usize,
-    /// How often the feed reads the log even without a notification (a lost NOTIFY delays an
-    /// event by at most this much). In poll-only mode it is the poll interval. Default 2 s.
-    #[serde(with = "duration")]
-    pub safety_interval: Duration,
+    /// The settings every backend shares: `retention` (how much of the completion log to
+    /// keep; default the last 100 000 events), `buffer` (events buffered per stream before it
+    /// falls back to reading the log; default 1024) and `safety_interval` (how often the feed
+    /// reads the log even without a notification: a lost NOTIFY delays an event by at most
+    /// this much; in poll-only mode it is the poll interval; default 2 s).
+    pub subscription: SubscriptionConfig,
     /// Use a LISTEN connection for wake-ups. `false` is poll-only mode, for PgBouncer in
     /// transaction pooling mode and for read replicas. Default true.
     pub listen: bool,
@@ -61,12 +62,12 @@ pub struct PostgresConfig {
     /// The most time one pooled operation (a write, a log read, `describe`) may take,
     /// waiting for a connection and retries included; enforced on the client side, so it
     /// also works behind PgBouncer. `None`: no limit. Default 30 s.
-    #[serde(with = "opt_duration")]
+    #[serde(with = "option_duration")]
     pub statement_timeout: Option<Duration>,
-    /// Run [`prune`](crate::PostgresBackend::prune) this often in a background task.
-    /// `None`: only when called. Default 60 s.
-    #[serde(with = "opt_duration")]
-    pub prune_interval: Option<Duration>,
+    /// Run [`enforce_retention`](crate::PostgresBackend::enforce_retention) this often in a
+    /// background task. `None`: only when called. Default 60 s.
+    #[serde(with = "option_duration")]
+    pub retention_interval: Option<Duration>,
     /// Apply the migrations at connect. When false, connect checks that the schema is at
     /// the version this build needs and fails otherwise. Default true.
     pub migrate: bool,
@@ -78,9 +79,10 @@ pub struct PostgresConfig {
     /// not the system's default two hours. Default 30 s.
     #[serde(with = "duration")]
     pub keepalive_idle: Duration,
-    /// The longest pause between two attempts to re-open the LISTEN connection. Default 2 s.
+    /// The longest pause between two attempts to re-open the LISTEN connection (the pauses
+    /// start at 50 ms and double). Default 2 s.
     #[serde(with = "duration")]
-    pub reconnect_max_backoff: Duration,
+    pub reconnect_max_delay: Duration,
     /// A PEM file of extra root certificates to trust (feature `tls`). Default: none.
     pub tls_ca_file: Option<PathBuf>,
     /// Run `SET plan_cache_mode = force_generic_plan` on each pool connection as it opens:
@@ -91,10 +93,9 @@ pub struct PostgresConfig {
     pub generic_plans: bool,
     /// Coalesce the NOTIFYs of this instance's terminal writes: a write NOTIFYs only when no
     /// other write in flight is about to (every feed re-reads while such writes are in flight;
-    /// see
-    /// docs/postgres.md, "Coalesced NOTIFYs"). Notifying commits run single file on the
-    /// server's notify lock; with 8 writers this is the difference between ~0.3x and ~0.8x
-    /// of a bare UPDATE's throughput (docs/benchmarks.md). Turn it off if your own
+    /// see docs/postgres.md, "Coalesced NOTIFYs"). Notifying commits run single file on the
+    /// server's notify lock, so with several writers coalescing more than doubles the write
+    /// throughput (docs/benchmarks.md, "PostgreSQL write throughput"). Turn it off if your own
     /// transactions stay open long after finishing an execution: such a transaction holds the
     /// notifier lock, and the others' events then wait for the feed's next re-check or
     /// safety read. Default true.
@@ -115,17 +116,15 @@ impl Default for PostgresConfig {
             pg_config: None,
             schema: "completions".into(),
             pool_size: 8,
-            retention: Retention::default(),
-            buffer: 1024,
-            safety_interval: Duration::from_secs(2),
+            subscription: SubscriptionConfig::default(),
             listen: true,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Some(Duration::from_secs(30)),
-            prune_interval: Some(Duration::from_secs(60)),
+            retention_interval: Some(Duration::from_secs(60)),
             migrate: true,
             application_name: "completions".into(),
             keepalive_idle: Duration::from_secs(30),
-            reconnect_max_backoff: Duration::from_secs(2),
+            reconnect_max_delay: Duration::from_secs(2),
             tls_ca_file: None,
             generic_plans: true,
             coalesce_notify: true,
@@ -141,17 +140,15 @@ impl fmt::Debug for PostgresConfig {
             .field("pg_config", &self.pg_config) // tokio-postgres redacts the password itself
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
-            .field("retention", &self.retention)
-            .field("buffer", &self.buffer)
-            .field("safety_interval", &self.safety_interval)
+            .field("subscription", &self.subscription)
             .field("listen", &self.listen)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
-            .field("prune_interval", &self.prune_interval)
+            .field("retention_interval", &self.retention_interval)
             .field("migrate", &self.migrate)
             .field("application_name", &self.application_name)
             .field("keepalive_idle", &self.keepalive_idle)
-            .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("generic_plans", &self.generic_plans)
             .field("coalesce_notify", &self.coalesce_notify)
@@ -183,15 +180,21 @@ impl PostgresConfig {
         self
     }
 
-    /// Sets [`retention`](Self::retention).
-    pub fn with_retention(mut self, retention: Retention) -> Self {
-        self.retention = retention;
+    /// Sets [`subscription`](Self::subscription).
+    pub fn with_subscription(mut self, subscription: SubscriptionConfig) -> Self {
+        self.subscription = subscription;
         self
     }
 
-    /// Sets [`buffer`](Self::buffer).
+    /// Sets the retention of [`subscription`](Self::subscription).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.subscription.retention = retention;
+        self
+    }
+
+    /// Sets the per-stream buffer of [`subscription`](Self::subscription).
     pub fn with_buffer(mut self, buffer: usize) -> Self {
-        self.buffer = buffer;
+        self.subscription.buffer = buffer;
         self
     }
 
@@ -213,9 +216,9 @@ impl PostgresConfig {
         self
     }
 
-    /// Sets [`safety_interval`](Self::safety_interval).
+    /// Sets the safety read interval of [`subscription`](Self::subscription).
     pub fn with_safety_interval(mut self, interval: Duration) -> Self {
-        self.safety_interval = interval;
+        self.subscription.safety_interval = interval;
         self
     }
 
@@ -237,9 +240,9 @@ impl PostgresConfig {
         self
     }
 
-    /// Sets [`prune_interval`](Self::prune_interval).
-    pub fn with_prune_interval(mut self, interval: Option<Duration>) -> Self {
-        self.prune_interval = interval;
+    /// Sets [`retention_interval`](Self::retention_interval).
+    pub fn with_retention_interval(mut self, interval: Option<Duration>) -> Self {
+        self.retention_interval = interval;
         self
     }
 
@@ -261,9 +264,9 @@ impl PostgresConfig {
         self
     }
 
-    /// Sets [`reconnect_max_backoff`](Self::reconnect_max_backoff).
-    pub fn with_reconnect_max_backoff(mut self, backoff: Duration) -> Self {
-        self.reconnect_max_backoff = backoff;
+    /// Sets [`reconnect_max_delay`](Self::reconnect_max_delay).
+    pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay;
         self
     }
 
@@ -275,7 +278,8 @@ impl PostgresConfig {
 
     /// Checks every setting without connecting, as
     /// [`connect`](crate::PostgresBackend::connect) does first: the URL part by part (unknown
-    /// or malformed query parameters are refused by name), the schema name, the durations.
+    /// or malformed query parameters are refused by name), the schema name, the durations,
+    /// the [`subscription`](Self::subscription) settings.
     /// The error ([`EngineError::InvalidInput`]) names the setting and the value.
     pub fn check(&self) -> Result<(), EngineError> {
         self.validate().map(|_| ())
@@ -286,21 +290,7 @@ impl PostgresConfig {
         let schema = Schema::new(&self.schema)?;
         let pg = match (&self.pg_config, &self.url) {
             (Some(pg), _) => pg.clone(),
-            (None, Some(url)) => {
-                let bad =
-                    |reason: String| EngineError::invalid("postgres url", completion_core::redact_url(url), reason);
-                crate::url_parts::check(url).map_err(bad)?;
-                url.parse::<tokio_postgres::Config>().map_err(|e| {
-                    // tokio-postgres's reason is its error's source ("unknown option `x`").
-                    let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                    let listed = if reason.starts_with("unknown option") {
-                        format!("; accepted: {}", crate::url_parts::accepted())
-                    } else {
-                        String::new()
-                    };
-                    bad(format!("{reason}{listed}"))
-                })?
-            }
+            (None, Some(url)) => crate::url::parse(url)?,
             (None, None) => {
                 return Err(EngineError::invalid("postgres config", "", "set `url` or `pg_config`"));
             }
@@ -312,17 +302,18 @@ impl PostgresConfig {
                 "names no host",
             ));
         }
-        positive("pool_size", self.pool_size)?;
-        positive("buffer", self.buffer)?;
-        nonzero("safety_interval", self.safety_interval)?;
+        if self.pool_size == 0 {
+            return Err(EngineError::invalid("pool_size", "0", "must be at least 1"));
+        }
+        self.subscription.validate()?;
         nonzero("connect_timeout", self.connect_timeout)?;
         nonzero("keepalive_idle", self.keepalive_idle)?;
-        nonzero("reconnect_max_backoff", self.reconnect_max_backoff)?;
+        nonzero("reconnect_max_delay", self.reconnect_max_delay)?;
         if let Some(t) = self.statement_timeout {
             nonzero("statement_timeout", t)?;
         }
-        if let Some(t) = self.prune_interval {
-            nonzero("prune_interval", t)?;
+        if let Some(t) = self.retention_interval {
+            nonzero("retention_interval", t)?;
         }
         let name = &self.application_name;
         if name.is_empty() || name.len() > 40 || !name.bytes().all(|b| b.is_ascii_graphic()) {
@@ -349,73 +340,11 @@ pub(crate) struct Validated {
     pub schema: Schema,
 }
 
-fn positive(what: &'static str, value: usize) -> Result<(), EngineError> {
-    if value == 0 {
-        return Err(EngineError::invalid(what, "0", "must be at least 1"));
-    }
-    Ok(())
-}
-
 fn nonzero(what: &'static str, value: Duration) -> Result<(), EngineError> {
     if value.is_zero() {
         return Err(EngineError::invalid(what, format!("{value:?}"), "must be longer than zero"));
     }
     Ok(())
-}
-
-/// Parses `"250ms"`, `"2s"`, `"5m"`, `"1h"` or a bare number of milliseconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. \"250ms\" or \"2s\""))?;
-    let unit_ms = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (ms, s, m, h)")),
-    };
-    n.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too long"))
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawDuration {
-    Millis(u64),
-    Text(String),
-}
-
-impl RawDuration {
-    fn resolve(self) -> Result<Duration, String> {
-        match self {
-            RawDuration::Millis(ms) => Ok(Duration::from_millis(ms)),
-            RawDuration::Text(text) => parse_duration(&text),
-        }
-    }
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        super::RawDuration::deserialize(d)?.resolve().map_err(serde::de::Error::custom)
-    }
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        match Option::<super::RawDuration>::deserialize(d)? {
-            Some(raw) => raw.resolve().map(Some).map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -425,14 +354,16 @@ mod tests {
     #[test]
     fn deserializes_with_defaults_and_units() {
         let config: PostgresConfig = serde_json::from_str(
-            r#"{"url": "postgres://u:secret@h/db", "safety_interval": "250ms", "statement_timeout": null,
-                "prune_interval": 1500, "retention": {"max_events": 10}}"#,
+            r#"{"url": "postgres://u:secret@h/db", "statement_timeout": null, "retention_interval": 1500,
+                "subscription": {"safety_interval": "250ms", "retention": {"max_events": 10}}}"#,
         )
         .unwrap();
-        assert_eq!(config.safety_interval, Duration::from_millis(250));
+        assert_eq!(config.subscription.safety_interval, Duration::from_millis(250));
+        assert_eq!(config.subscription.buffer, 1024);
         assert_eq!(config.statement_timeout, None);
-        assert_eq!(config.prune_interval, Some(Duration::from_millis(1500)));
-        assert_eq!(config.retention.max_events, Some(10));
+        assert_eq!(config.retention_interval, Some(Duration::from_millis(1500)));
+        assert_eq!(config.subscription.retention.max_events, Some(10));
+        assert_eq!(config.reconnect_max_delay, Duration::from_secs(2));
         assert_eq!(config.schema, "completions");
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
         assert!(config.listen && config.migrate && config.generic_plans);
@@ -444,8 +375,13 @@ mod tests {
         assert!(!off.coalesce_notify && off.in_flight_recheck == Duration::from_millis(5));
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
-        assert!(serde_json::from_str::<PostgresConfig>(r#"{"safety_interval": "2 fortnights"}"#).is_err());
+        let hours: PostgresConfig = serde_json::from_str(r#"{"keepalive_idle": "1h"}"#).unwrap();
+        assert_eq!(hours.keepalive_idle, Duration::from_secs(3600));
+        let error = serde_json::from_str::<PostgresConfig>(r#"{"keepalive_idle": "2 fortnights"}"#).unwrap_err();
+        assert!(error.to_string().contains("invalid duration"), "{error}");
         assert!(serde_json::from_str::<PostgresConfig>(r#"{"sceham": "x"}"#).is_err());
+        // The shared settings live under `subscription` only.
+        assert!(serde_json::from_str::<PostgresConfig>(r#"{"buffer": 8}"#).is_err());
     }
 
     #[test]
@@ -465,5 +401,11 @@ mod tests {
         assert!(!err.to_string().contains("topsecret"), "{err}");
         let err = PostgresConfig::from_url("postgres://h/db").with_application_name("has space").validate().err();
         assert!(err.unwrap().to_string().contains("application_name"));
+        let err = PostgresConfig::from_url("postgres://h/db").with_buffer(0).validate().err().unwrap();
+        assert!(err.to_string().contains("subscription.buffer"), "{err}");
+        let err = PostgresConfig::from_url("postgres://h/db").with_retention(Retention::events(0)).check().unwrap_err();
+        assert!(err.to_string().contains("retention.max_events"), "{err}");
+        let err = PostgresConfig::from_url("postgres://h/db").with_retention_interval(Some(Duration::ZERO)).check();
+        assert!(err.unwrap_err().to_string().contains("retention_interval"));
     }
 }

@@ -1,5 +1,4 @@
-//! The live side of one instance: the [`LogReader`] every stream reads through, and the
-//! [`Feed`] whose task wakes the hub.
+//! The live side of one instance: the [`Feed`] whose task wakes the hub.
 //!
 //! On each wake-up — notifications (bursts folded into one), the safety timer, a reconnect —
 //! the feed runs one [`Hub::resync`], a log read after the hub's position that serves every
@@ -7,7 +6,7 @@
 //! delays events until the next wake-up, and never loses them. A notification whose payload
 //! carries an event (schema version 4, a transaction's first) whose ticket is the one right
 //! after the hub's position is delivered before that read, straight from the payload: one
-//! round trip less between the commit and the stream (`notification.rs` says why that is
+//! round trip less between the commit and the stream (`wire.rs` says why that is
 //! safe; the read still follows, for whatever no payload announced).
 //!
 //! With coalesced NOTIFYs (`PostgresConfig::coalesce_notify`, schema version 2) a terminal
@@ -31,23 +30,23 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use completion_core::hub::Counters;
-use completion_core::hub::{Feed, Hub, LogReader, ReadBatch};
-use completion_core::{Cursor, EngineError, ScannerFilter};
+use completion_core::EngineError;
+use completion_core::backoff::Backoff;
+use completion_core::hub::{Counters, Feed, Hub};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::BACKEND;
-use crate::db::Db;
-use crate::listener::{Listener, Wake};
-use crate::position::{PgCursor, PgPosition};
+use crate::conn::build::Dedicated;
+use crate::conn::listener::{Listener, Wake};
+use crate::log::{Log, PgReader};
+use crate::position::PgPosition;
 use crate::stats::Stats;
-use crate::tls::Tls;
 
 /// How far the pause between re-reads while writes are in flight grows when they find
 /// nothing new: `in_flight_recheck` times this (32 ms by default).
@@ -56,88 +55,29 @@ const RECHECK_BACKOFF: u32 = 32;
 /// First pause before retrying a failed LISTEN connection or log read.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Reads the log for the hub and for catching-up streams.
-pub(crate) struct PgReader {
-    pub db: Arc<Db>,
-    /// Whether each read is preceded by the in-flight check: the feed's reader (whatever its
-    /// instance's `coalesce_notify`: other writers may coalesce); the streams' readers do
-    /// not need it (a stream that catches up goes back to what the feed delivers).
-    pub check_in_flight: bool,
-    /// Set when a checked read found terminal writes in flight; taken by the feed.
-    pub in_flight: AtomicBool,
-    /// The final ticket up to which the last checked read delivered while it held committed
-    /// events back above it (0: it held none back); read by the feed.
-    pub held_back_above: AtomicI64,
-}
-
-impl PgReader {
-    pub(crate) fn new(db: Arc<Db>, check_in_flight: bool) -> Self {
-        Self { db, check_in_flight, in_flight: AtomicBool::new(false), held_back_above: AtomicI64::new(0) }
-    }
-
-    /// Whether a read since the last call found terminal writes in flight.
-    fn take_in_flight(&self) -> bool {
-        self.in_flight.swap(false, Ordering::Relaxed)
-    }
-
-    /// The final ticket up to which the last checked read delivered, if it held events back.
-    fn held_back_above(&self) -> Option<i64> {
-        Some(self.held_back_above.load(Ordering::Relaxed)).filter(|h| *h > 0)
-    }
-}
-
-#[async_trait]
-impl LogReader<PgPosition> for PgReader {
-    /// Reads a ticket cursor, refusing one past the newest ticket drawn, and converts a
-    /// version 3 cursor (`<xid>.<id>`) to the ticket of the event it names.
-    async fn decode_cursor(&self, cursor: &Cursor) -> Result<PgPosition, EngineError> {
-        match PgCursor::parse(cursor)? {
-            PgCursor::Ticket(position) => {
-                let last = self.db.last_ticket().await?;
-                if position.ticket > last {
-                    return Err(EngineError::invalid(
-                        "cursor",
-                        cursor.as_str(),
-                        format!("points past the end of this backend's log (last ticket {last})"),
-                    ));
-                }
-                Ok(position)
-            }
-            PgCursor::Legacy { xid, id } => self.db.legacy_ticket(xid, id).await,
-        }
-    }
-
-    async fn read_after(
-        &self,
-        after: &PgPosition,
-        filter: &ScannerFilter,
-        limit: usize,
-    ) -> Result<ReadBatch<PgPosition>, EngineError> {
-        let span = tracing::debug_span!("read_log", backend = BACKEND, position = ?after, limit);
-        if !self.check_in_flight {
-            return self.db.read(after, filter, limit).instrument(span).await;
-        }
-        let (batch, notes) = self.db.read_checked(after, filter, limit).instrument(span).await?;
-        if notes.in_flight {
-            self.in_flight.store(true, Ordering::Relaxed);
-        }
-        self.held_back_above.store(notes.held_back_above.unwrap_or(0), Ordering::Relaxed);
-        Ok(batch)
-    }
+/// The pauses between the feed's re-reads while writes are in flight, as they stand after a
+/// read that published: the next re-read that finds nothing new waits twice
+/// `in_flight_recheck`, then twice that, up to [`RECHECK_BACKOFF`] times it.
+fn rechecks(in_flight_recheck: Duration) -> Backoff {
+    let mut backoff = Backoff::new(in_flight_recheck, in_flight_recheck * RECHECK_BACKOFF);
+    backoff.next_pause(); // `in_flight_recheck` itself, after the read that published
+    backoff
 }
 
 /// How to run the feed of one instance.
 pub(crate) struct PgFeed {
-    pub db: Arc<Db>,
+    pub log: Arc<Log>,
     pub reader: Arc<PgReader>,
-    /// The LISTEN connection's settings (its own application name), `None` in poll-only mode.
-    pub listen: Option<(tokio_postgres::Config, Tls)>,
+    /// How to open the LISTEN connection (its own application name); `None` in poll-only
+    /// mode.
+    pub listen: Option<Dedicated>,
     pub channel: String,
     pub safety_interval: Duration,
     /// `PostgresConfig::in_flight_recheck`.
     pub in_flight_recheck: Duration,
-    pub connect_timeout: Duration,
-    pub max_backoff: Duration,
+    /// `PostgresConfig::reconnect_max_delay`: the longest pause between reconnects or
+    /// failed reads.
+    pub reconnect_max_delay: Duration,
     pub stats: Arc<Stats>,
 }
 
@@ -149,9 +89,7 @@ impl PgFeed {
 
     async fn open_listener(&self) -> Result<Option<Listener>, EngineError> {
         match &self.listen {
-            Some((pg, tls)) => {
-                Ok(Some(Listener::open(pg, crate::tls::share(tls), &self.channel, self.connect_timeout).await?))
-            }
+            Some(dedicated) => Ok(Some(Listener::open(dedicated, &self.channel).await?)),
             None => Ok(None),
         }
     }
@@ -164,7 +102,7 @@ impl Feed<PgPosition> for Arc<PgFeed> {
         let listener = self.open_listener().instrument(span.clone()).await?;
         // The head is read only now that LISTEN is in effect: every event committed from
         // here on either sorts after it or arrives with a notification.
-        let head = self.db.head(self.settle()).await?;
+        let head = self.log.head(self.settle()).await?;
         hub.advance_to(&head);
         tracing::debug!(parent: &span, %head, listening = listener.is_some(), "feed live");
         let task = FeedTask { feed: self.clone(), hub: hub.clone() };
@@ -184,9 +122,9 @@ impl FeedTask {
         let mut idle = pin!(self.hub.until_idle());
         let mut safety = tokio::time::interval_at(Instant::now() + feed.safety_interval, feed.safety_interval);
         safety.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut reconnect_pause = FIRST_BACKOFF;
+        let mut reconnect_pauses = Backoff::new(FIRST_BACKOFF, feed.reconnect_max_delay);
         let mut reconnect_at: Option<Instant> = None;
-        let mut read_pause = FIRST_BACKOFF;
+        let mut read_pauses = Backoff::new(FIRST_BACKOFF, feed.reconnect_max_delay);
         // One checked read at once: a write that skipped its NOTIFY against a notifier that
         // committed before LISTEN took effect may still be in flight, and nothing else would
         // announce it (the head was taken below it).
@@ -194,11 +132,11 @@ impl FeedTask {
         // Set while writes are in flight, to `in_flight_recheck` after the last read: a
         // wake-up before then does not read at once but moves the next read to then.
         let mut busy_until: Option<Instant> = None;
-        // The pause before the next read while writes are in flight: `in_flight_recheck`,
-        // doubled (up to RECHECK_BACKOFF times) while the re-reads find nothing new, so that
-        // a transaction held open after a terminal write does not keep the feed reading
-        // every millisecond.
-        let mut recheck = feed.in_flight_recheck;
+        // The pauses before the next read while writes are in flight: `in_flight_recheck`
+        // after a read that published, doubled (up to RECHECK_BACKOFF times) while the
+        // re-reads find nothing new, so that a transaction held open after a terminal write
+        // does not keep the feed reading every millisecond.
+        let mut recheck = rechecks(feed.in_flight_recheck);
         // Set while the last read held committed events back above the final ticket: the
         // feed then looks at it on a short backoff and reads again once it moved.
         let mut held: Option<HeldBack> = None;
@@ -209,7 +147,7 @@ impl FeedTask {
                 _ = &mut idle => break,
                 event = next_wake(&mut listener) => match event {
                     Wake::Notified { count, payloads } => {
-                        feed.stats.notifications.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                        feed.stats.notifications.fetch_add(count, Ordering::Relaxed);
                         self.deliver_from(&payloads);
                         wake = true;
                     }
@@ -217,7 +155,7 @@ impl FeedTask {
                         Stats::bump(&feed.stats.listener_failures);
                         tracing::warn!(error = ?error, "LISTEN connection lost; reconnecting");
                         listener = None;
-                        reconnect_pause = FIRST_BACKOFF;
+                        reconnect_pauses.reset();
                         reconnect_at = Some(Instant::now());
                     }
                 },
@@ -233,32 +171,31 @@ impl FeedTask {
                         }
                         Err(error) => {
                             Stats::bump(&feed.stats.listener_failures);
-                            tracing::warn!(%error, retry_in = ?reconnect_pause, "re-opening the LISTEN connection failed");
-                            reconnect_at = Some(Instant::now() + reconnect_pause);
-                            reconnect_pause = (reconnect_pause * 2).min(feed.max_backoff);
+                            let pause = reconnect_pauses.next_pause();
+                            tracing::warn!(%error, retry_in = ?pause, "re-opening the LISTEN connection failed");
+                            reconnect_at = Some(Instant::now() + pause);
                         }
                     }
                 }
                 _ = safety.tick() => wake = true,
                 _ = sleep_until(read_retry_at) => wake = true,
-                _ = sleep_until(held.map(|h| h.check_at)) => {
-                    let final_ticket = feed.db.final_ticket().await;
+                _ = sleep_until(held.as_ref().map(|h| h.check_at)) => {
+                    let final_ticket = feed.log.final_ticket().await;
                     // Counted once it answered, not when it started: a check whose query was
                     // under way while a holder ended must count after that end (edge tests
                     // read the count to tell which path delivered; on a loaded machine the
                     // query can take long enough to straddle the rollback).
                     Stats::bump(&feed.stats.held_back_checks);
-                    let most = feed.in_flight_recheck * RECHECK_BACKOFF;
                     match (final_ticket, held.as_mut()) {
                         // The read that follows decides whether anything is still held back.
                         (Ok(final_ticket), Some(h)) if final_ticket > h.above => {
                             held = None;
                             wake = true;
                         }
-                        (Ok(_), Some(h)) => h.back_off(most),
+                        (Ok(_), Some(h)) => h.back_off(),
                         (Err(error), Some(h)) => {
                             tracing::debug!(%error, "checking the final ticket for held-back events failed");
-                            h.back_off(most);
+                            h.back_off();
                         }
                         (_, None) => {}
                     }
@@ -270,8 +207,8 @@ impl FeedTask {
             // Under load every commit that notifies wakes the feed, and a log read costs the
             // server about as much for one event as for a hundred: while writes are in flight
             // a wake-up within `in_flight_recheck` of the last read waits for the end of that
-            // pause (8 writers and one subscriber, 20 000 completions: ~1 100 reads for
-            // ~14 000 notifications). When none is in flight it reads at once.
+            // pause, so reads stay far fewer than notifications (docs/benchmarks.md,
+            // "PostgreSQL write throughput"). When none is in flight it reads at once.
             if let Some(until) = busy_until.filter(|until| Instant::now() < *until) {
                 read_retry_at = Some(read_retry_at.map_or(until, |at| at.min(until)));
                 continue;
@@ -279,24 +216,25 @@ impl FeedTask {
             feed.reader.take_in_flight();
             match self.hub.resync(&*feed.reader).await {
                 Ok(published) => {
-                    read_pause = FIRST_BACKOFF;
+                    read_pauses.reset();
                     // A write that skipped its NOTIFY (another in flight was to notify) may
                     // commit after that notification was read: while writes are in flight,
                     // read again shortly (the V2 migration explains why that suffices, V3 how the
                     // check itself never makes a writer skip).
                     let in_flight = feed.reader.take_in_flight();
                     if in_flight {
-                        recheck = if published > 0 {
+                        let pause = if published > 0 {
+                            recheck = rechecks(feed.in_flight_recheck);
                             feed.in_flight_recheck
                         } else {
-                            (recheck * 2).min(feed.in_flight_recheck * RECHECK_BACKOFF)
+                            recheck.next_pause()
                         };
                         let now = Instant::now();
-                        read_retry_at = Some(now + recheck);
+                        read_retry_at = Some(now + pause);
                         busy_until = Some(now + feed.in_flight_recheck);
                         Stats::bump(&feed.stats.in_flight_rechecks);
                     } else {
-                        recheck = feed.in_flight_recheck;
+                        recheck = rechecks(feed.in_flight_recheck);
                         read_retry_at = None;
                         busy_until = None;
                     }
@@ -305,13 +243,13 @@ impl FeedTask {
                         (Some(above), _) => Some(HeldBack::new(above, feed.in_flight_recheck)),
                         (None, _) => None,
                     };
-                    tracing::trace!(published, in_flight, held_back_above = ?held.map(|h| h.above), "resync");
+                    tracing::trace!(published, in_flight, held_back_above = ?held.as_ref().map(|h| h.above), "resync");
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?read_pause, "reading the completion log failed");
-                    read_retry_at = Some(Instant::now() + read_pause);
+                    let pause = read_pauses.next_pause();
+                    tracing::warn!(%error, retry_in = ?pause, "reading the completion log failed");
+                    read_retry_at = Some(Instant::now() + pause);
                     busy_until = None;
-                    read_pause = (read_pause * 2).min(feed.max_backoff);
                 }
             }
         }
@@ -331,35 +269,37 @@ impl FeedTask {
 /// `in_flight_recheck`, then at doubling pauses up to `RECHECK_BACKOFF` times that, and reads
 /// the log once it moved past the one the events were held above. Nothing of this runs while
 /// no event is held back.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct HeldBack {
     /// The final ticket the read delivered up to.
     above: i64,
-    pause: Duration,
+    pauses: Backoff,
     check_at: Instant,
 }
 
 impl HeldBack {
-    fn new(above: i64, first: Duration) -> Self {
-        Self { above, pause: first, check_at: Instant::now() + first }
+    fn new(above: i64, in_flight_recheck: Duration) -> Self {
+        let mut pauses = Backoff::new(in_flight_recheck, in_flight_recheck * RECHECK_BACKOFF);
+        let check_at = Instant::now() + pauses.next_pause();
+        Self { above, pauses, check_at }
     }
 
-    fn back_off(&mut self, most: Duration) {
-        self.pause = (self.pause * 2).min(most);
-        self.check_at = Instant::now() + self.pause;
+    /// The final ticket has not moved: looks again after a longer pause.
+    fn back_off(&mut self) {
+        self.check_at = Instant::now() + self.pauses.next_pause();
     }
 }
 
 impl FeedTask {
     /// Delivers the events that notification payloads carry, each whose ticket is the one
-    /// right after the hub's position (see `notification.rs` for why that is safe); leaves
+    /// right after the hub's position (see `wire.rs` for why that is safe); leaves
     /// the others to the log read that follows every wake-up.
     fn deliver_from(&self, payloads: &[String]) {
         for payload in payloads {
-            match crate::notification::parse(payload) {
+            match crate::wire::parse(payload) {
                 Ok(Some(event)) if event.position.ticket == self.hub.position().ticket + 1 => {
-                    // Final now (see notification.rs): reads must not hold it back again.
-                    self.feed.db.raise_final(0, event.position.ticket);
+                    // Final now (see wire.rs): reads must not hold it back again.
+                    self.feed.log.raise_final(0, event.position.ticket);
                     tracing::trace!(position = %event.position, "delivered from the notification");
                     // Counted before the stream can see it: whoever reads the count after
                     // receiving the event must find it counted (on a busy machine this task can

@@ -7,16 +7,18 @@
 //!   `finish_execution` checks, writes the state, appends the event to `completion_log`
 //!   (namespace and tags copied in) and NOTIFYs — all in the caller's transaction. Rust
 //!   never issues NOTIFY.
-//! - **Subscribe side** ([`CompletionBackend`]): one dedicated LISTEN connection per
+//! - **Subscribe side** ([`CompletionBackend`](completion_core::CompletionBackend)): one dedicated LISTEN connection per
 //!   instance, shared by all its streams; each wake-up runs one log read that serves every
-//!   stream. Notifications carry no data: a lost one (restart, killed connection) only
-//!   delays events until the next wake-up (reconnect, or the safety timer).
+//!   stream. A notification carries its transaction's first event, delivered at once when
+//!   it follows the feed's position; the log stays the source of truth, so a lost one
+//!   (restart, killed connection) only delays events until the next wake-up (reconnect, or
+//!   the safety timer).
 //! - **Order**: the log is ordered by tickets, drawn at append time by registered writers,
 //!   and read only up to the final ticket (below which every writer has ended), so a
 //!   transaction that commits late is never skipped, and only transactions that appended
 //!   hold the log back (see [`PgPosition`]).
-//! - **Retention**: [`PostgresBackend::prune`], and a periodic task
-//!   ([`PostgresConfig::prune_interval`]).
+//! - **Retention**: [`PostgresBackend::enforce_retention`], and a background task
+//!   ([`PostgresConfig::retention_interval`]).
 //! - **Poll-only mode** ([`PostgresConfig::listen`] = false) for PgBouncer in transaction
 //!   pooling mode and for replicas.
 //!
@@ -40,120 +42,49 @@
 //! ```
 
 mod config;
-mod db;
-mod emit;
+mod conn;
 mod feed;
-mod listener;
+mod log;
 mod migrate;
-mod notification;
 mod position;
 mod schema;
 mod stats;
-mod tls;
-mod url_parts;
+mod store;
+mod url;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use completion_core::hub::{Counters, Hub, HubConfig, Position, Subscriptions, WriteOp};
+use completion_core::hub::{Counters, Hub, HubConfig, Periodic, Position, Subscriptions, WriteOp};
 use completion_core::{
     Completion, EngineBackend, EngineError, ExecutionId, ExecutionInfo, NewExecution, Outcome, Reason, Retention,
+    RetentionReport,
 };
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use config::PostgresConfig;
 pub use migrate::MigrationReport;
 pub use position::PgPosition;
-pub use stats::PostgresStats;
+pub use stats::{LogSize, PgListener, PgServerView, PostgresStats};
 
 /// The schema version this build needs and installs (its highest migration).
 pub const SCHEMA_VERSION: i32 = migrate::LATEST;
 
-use crate::db::Db;
-use crate::feed::{PgFeed, PgReader};
-use crate::schema::Schema;
+use crate::conn::Conn;
+use crate::conn::build::{self, Dedicated, Names};
+use crate::feed::PgFeed;
+use crate::log::{Log, PgReader};
 use crate::stats::Stats;
-use crate::tls::Tls;
+use crate::store::{Repeat, Store};
 
 /// The backend's name, as used in cursors.
 pub(crate) const BACKEND: &str = PgPosition::BACKEND;
 
-/// How long a prune waits for transactions older than the newest event to end, so that it
+/// How long a trim waits for transactions older than the newest event to end, so that it
 /// trims exactly what retention says.
-const PRUNE_SETTLE: Duration = Duration::from_secs(5);
-
-/// What one [`PostgresBackend::prune`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PruneReport {
-    /// Events deleted.
-    pub deleted: u64,
-    /// The retention watermark after the run: every event at or before it is gone. `None`
-    /// when nothing was ever pruned.
-    pub watermark: Option<PgPosition>,
-}
-
-/// The completion log's size, from [`PostgresBackend::log_size`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LogSize {
-    /// Events the log holds now.
-    pub events: u64,
-    /// Committed events above the final ticket, waiting for a writer that registered before
-    /// them and is still in flight (capped at 1000); not yet deliverable.
-    pub held_back: u64,
-    /// The log table's size on disk with its indexes, in bytes.
-    pub bytes: u64,
-    /// Events pruned from the log so far, by every instance.
-    pub pruned: u64,
-}
-
-/// What the server holds for one schema, over every instance that uses it, from
-/// [`PostgresBackend::server_view`].
-#[derive(Clone, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct PgServerView {
-    /// The schema's applied migration version (`None`: not migrated).
-    pub schema_version: Option<i32>,
-    /// `pg_notification_queue_usage()`: the share of the server's NOTIFY queue in use (all
-    /// channels). Near 1.0 every NOTIFYing commit fails.
-    pub notification_queue_usage: f64,
-    /// The log's size, held-back events and events pruned ([`PostgresBackend::log_size`]).
-    pub log: LogSize,
-    /// The oldest retained event's ticket: a cursor `postgres:<t>` with `t` below it minus one
-    /// resumes with a gap. `None`: the log is empty.
-    pub oldest_ticket: Option<i64>,
-    /// The oldest retained event's commit time, ms since the Unix epoch.
-    pub oldest_completed_at_ms: Option<u64>,
-    /// The newest event's ticket (it may be held back).
-    pub newest_ticket: Option<i64>,
-    /// The final ticket: events up to it are deliverable; those above wait for a writer in
-    /// flight (`log.held_back`).
-    pub final_ticket: Option<i64>,
-    /// The sessions LISTENing on the schema's channel now: one per live instance with open
-    /// streams (and `listen = true`), named `<application_name>-<instance>-listen`.
-    pub listeners: Vec<PgListener>,
-}
-
-/// One LISTEN session on the schema's channel, from `pg_stat_activity`. Sessions of other
-/// roles show only to a superuser or a member of `pg_read_all_stats` (otherwise their query
-/// text is hidden and they are not found).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PgListener {
-    /// Its `application_name` (this backend's: `<application_name>-<instance>-listen`).
-    pub application_name: String,
-    /// The server process id (for `pg_terminate_backend`).
-    pub pid: i32,
-    /// The role it connected as.
-    pub user: Option<String>,
-    /// The client's address (`None` over a Unix socket).
-    pub client_addr: Option<String>,
-    /// When it connected, ms since the Unix epoch.
-    pub connected_at_ms: Option<u64>,
-}
+const RETENTION_SETTLE: Duration = Duration::from_secs(5);
 
 /// Applies the bundled migrations to the configured schema (creating it if needed), on a
 /// dedicated connection, serialized with every other process migrating the same schema.
@@ -161,37 +92,9 @@ pub struct PgListener {
 /// [`PostgresConfig::migrate`] is false.
 pub async fn migrate(config: &PostgresConfig) -> Result<MigrationReport, EngineError> {
     let validated = config.validate()?;
-    let tls = tls::connector(config)?;
+    let tls = build::connector(config)?;
     let names = Names::new(&config.application_name);
-    let pg = names.connection(&validated.pg, "migrate", config);
-    migrate::run(&pg, tls, &validated.schema, config.connect_timeout).await
-}
-
-/// The `application_name`s of one instance's connections.
-#[derive(Clone, Debug)]
-struct Names {
-    base: String,
-}
-
-impl Names {
-    fn new(prefix: &str) -> Self {
-        let instance = uuid::Uuid::new_v4().simple().to_string();
-        Self { base: format!("{prefix}-{}", &instance[..8]) }
-    }
-
-    fn of(&self, role: &str) -> String {
-        format!("{}-{role}", self.base)
-    }
-
-    /// `pg` with this instance's application name for `role`, time limits and keepalives.
-    fn connection(&self, pg: &tokio_postgres::Config, role: &str, config: &PostgresConfig) -> tokio_postgres::Config {
-        let mut pg = pg.clone();
-        pg.application_name(self.of(role))
-            .connect_timeout(config.connect_timeout)
-            .keepalives(true)
-            .keepalives_idle(config.keepalive_idle);
-        pg
-    }
+    migrate::run(&names.dedicated(&validated.pg, "migrate", config, &tls), &validated.schema).await
 }
 
 /// A completion backend on PostgreSQL. Cheap to clone: clones share the pool, the LISTEN
@@ -204,53 +107,46 @@ pub struct PostgresBackend {
 
 struct Shared {
     subscriptions: Subscriptions<PgPosition>,
-    db: Arc<Db>,
+    conn: Arc<Conn>,
+    store: Arc<Store>,
+    log: Arc<Log>,
     channel: String,
     retention: Retention,
     stats: Arc<Stats>,
     names: Names,
-    /// For [`PostgresBackend::migrate`]: the dedicated migration connection's settings.
-    migrate_with: (tokio_postgres::Config, Tls, Duration),
-    prune_task: Option<JoinHandle<()>>,
+    /// For [`PostgresBackend::migrate`]: the dedicated migration connection.
+    migrate_with: Dedicated,
+    /// The background trim (`retention_interval`); stops when dropped.
+    _retention: Option<Periodic>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.subscriptions.hub().close();
-        if let Some(task) = &self.prune_task {
-            task.abort();
-        }
-        self.db.close();
+        // The streams end when the subscriptions drop (which stops the feed and its LISTEN
+        // connection), the background trim when its task drops.
+        self.conn.close();
     }
 }
 
 impl PostgresBackend {
     /// Connects (within [`PostgresConfig::connect_timeout`]), applies the migrations unless
-    /// disabled (else checks the schema version), and starts the periodic prune if
-    /// configured. No LISTEN connection is opened until the first subscription.
+    /// disabled (else checks the schema version), and starts the background trim to retention
+    /// if configured ([`PostgresConfig::retention_interval`]). No LISTEN connection is opened until the first subscription.
     pub async fn connect(config: PostgresConfig) -> Result<Self, EngineError> {
         let validated = config.validate()?;
         let schema = validated.schema;
         let span = tracing::info_span!("postgres_connect", backend = BACKEND, schema = schema.name());
-        let tls = tls::connector(&config)?;
+        let tls = build::connector(&config)?;
         let names = Names::new(&config.application_name);
         let counters = Arc::new(Counters::labelled(BACKEND, &[("schema", schema.name().to_string())]));
         let stats = Arc::new(Stats::default());
         let pool_pg = names.connection(&validated.pg, "pool", &config);
         let pool =
-            db::pool(&pool_pg, tls::share(&tls), config.pool_size, config.connect_timeout, config.generic_plans)?;
-        let db = Arc::new(Db::new(
-            pool,
-            schema.clone(),
-            config.statement_timeout,
-            config.connect_timeout,
-            stats.clone(),
-            counters.clone(),
-            config.coalesce_notify,
-        ));
+            build::pool(&pool_pg, build::share(&tls), config.pool_size, config.connect_timeout, config.generic_plans)?;
+        let conn = Arc::new(Conn::new(pool, schema, config.statement_timeout, config.connect_timeout, stats.clone()));
 
-        let server = server_name(&validated.pg);
-        match tokio::time::timeout(config.connect_timeout, db.ping()).instrument(span.clone()).await {
+        let server = url::server_name(&validated.pg);
+        match tokio::time::timeout(config.connect_timeout, conn.ping()).instrument(span.clone()).await {
             Ok(Ok(())) => {}
             Ok(Err(EngineError::Transport { source, .. })) => {
                 // With the causes: tokio-postgres says "error connecting to server", its
@@ -268,63 +164,75 @@ impl PostgresBackend {
             Ok(Err(other)) => return Err(other),
         }
 
-        let migrate_pg = names.connection(&validated.pg, "migrate", &config);
+        let migrate_with = names.dedicated(&validated.pg, "migrate", &config, &tls);
         if config.migrate {
-            migrate::run(&migrate_pg, tls::share(&tls), &schema, config.connect_timeout)
-                .instrument(span.clone())
-                .await?;
+            migrate::run(&migrate_with, conn.schema()).instrument(span.clone()).await?;
         } else {
-            check_version(&db, &schema).await?;
+            migrate::check_version(&conn).await?;
         }
 
-        let reader = Arc::new(PgReader::new(db.clone(), false));
-        let channel = schema.channel();
+        let log = Arc::new(Log::new(conn.clone(), stats.clone(), counters.clone()));
+        let store = Arc::new(Store::new(conn.clone(), stats.clone(), config.coalesce_notify));
+        let reader = Arc::new(PgReader::new(log.clone(), false));
+        let channel = conn.schema().channel();
         let feed = Arc::new(PgFeed {
-            db: db.clone(),
+            log: log.clone(),
             // The feed checks for writes in flight whatever this instance's own writes do:
             // other instances' (or programs') writes may coalesce.
-            reader: Arc::new(PgReader::new(db.clone(), true)),
-            listen: config.listen.then(|| (names.connection(&validated.pg, "listen", &config), tls::share(&tls))),
+            reader: Arc::new(PgReader::new(log.clone(), true)),
+            listen: config.listen.then(|| names.dedicated(&validated.pg, "listen", &config, &tls)),
             channel: channel.clone(),
-            safety_interval: config.safety_interval,
+            safety_interval: config.subscription.safety_interval,
             in_flight_recheck: config.in_flight_recheck,
-            connect_timeout: config.connect_timeout,
-            max_backoff: config.reconnect_max_backoff,
+            reconnect_max_delay: config.reconnect_max_delay,
             stats: stats.clone(),
         });
-        let hub = Hub::new(HubConfig::with_buffer(config.buffer), counters);
+        let hub = Hub::new(HubConfig::with_buffer(config.subscription.buffer), counters);
         let subscriptions = Subscriptions::new(hub, Arc::new(feed), reader);
-        let prune_task = config.prune_interval.map(|every| {
-            let (db, retention) = (db.clone(), config.retention.clone());
-            tokio::spawn(prune_periodically(db, retention, every).instrument(span.clone()))
+        let retention = config.subscription.retention;
+        let background = config.retention_interval.map(|every| {
+            let (store, log, retention) = (store.clone(), log.clone(), retention.clone());
+            Periodic::spawn(every, span.clone(), move || {
+                let (store, log, retention) = (store.clone(), log.clone(), retention.clone());
+                async move {
+                    match store.enforce_retention(&log, &retention, RETENTION_SETTLE).await {
+                        Ok(report) => tracing::debug!(backend = BACKEND, removed = report.removed, "periodic trim"),
+                        Err(error) => tracing::warn!(backend = BACKEND, %error, "periodic trim failed"),
+                    }
+                }
+            })
         });
         tracing::info!(parent: &span, server, listen = config.listen, "connected");
         Ok(Self {
             shared: Arc::new(Shared {
                 subscriptions,
-                db,
+                conn,
+                store,
+                log,
                 channel,
-                retention: config.retention,
+                retention,
                 stats,
                 names,
-                migrate_with: (migrate_pg, tls, config.connect_timeout),
-                prune_task,
+                migrate_with,
+                _retention: background,
             }),
         })
     }
 
     /// Applies pending migrations now (see [`migrate()`]).
     pub async fn migrate(&self) -> Result<MigrationReport, EngineError> {
-        let (pg, tls, timeout) = &self.shared.migrate_with;
-        migrate::run(pg, tls::share(tls), self.shared.db.schema(), *timeout).await
+        migrate::run(&self.shared.migrate_with, self.shared.conn.schema()).await
     }
 
     /// Trims the log to the configured retention now. Deletes only events of finished
     /// transactions; waits (up to 5 s) for transactions older than the newest event to end
-    /// first, so that a prune right after writes trims exactly.
-    pub async fn prune(&self) -> Result<PruneReport, EngineError> {
-        let report = self.shared.db.prune(&self.shared.retention, PRUNE_SETTLE).await?;
-        tracing::debug!(backend = BACKEND, deleted = report.deleted, watermark = ?report.watermark, "pruned");
+    /// first, so that a trim right after writes is exact. The report's watermark is the
+    /// cursor (`postgres:<ticket>`) of the newest event ever trimmed: a stream resuming at or
+    /// before it gets a gap. `None` when nothing was ever trimmed.
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, EngineError> {
+        let shared = &self.shared;
+        let report = shared.store.enforce_retention(&shared.log, &shared.retention, RETENTION_SETTLE).await?;
+        tracing::debug!(backend = BACKEND, removed = report.removed, watermark = ?report.watermark, "trimmed");
         Ok(report)
     }
 
@@ -332,13 +240,13 @@ impl PostgresBackend {
     /// queue in use. Near 1, every NOTIFYing commit (every terminal write) starts failing:
     /// look for a listener that stopped reading.
     pub async fn notification_queue_usage(&self) -> Result<f64, EngineError> {
-        self.shared.db.notification_queue_usage().await
+        stats::notification_queue_usage(&self.shared.conn).await
     }
 
     /// The schema's applied migration version (`None`: not migrated), to compare with
     /// [`SCHEMA_VERSION`].
     pub async fn schema_version(&self) -> Result<Option<i32>, EngineError> {
-        self.shared.db.schema_version().await
+        migrate::schema_version(&self.shared.conn).await
     }
 
     /// Emits `completion` inside the caller's transaction `tx`, for an engine that keeps its
@@ -383,7 +291,7 @@ impl PostgresBackend {
         tx: &tokio_postgres::Transaction<'_>,
         completion: &Completion,
     ) -> Result<(), EngineError> {
-        self.emit_with(tx, completion, emit::Repeat::Refuse).await
+        self.emit_with(tx, completion, Repeat::Refuse).await
     }
 
     /// [`emit_in`](Self::emit_in), also when the log already holds a completion of the
@@ -393,18 +301,18 @@ impl PostgresBackend {
         tx: &tokio_postgres::Transaction<'_>,
         completion: &Completion,
     ) -> Result<(), EngineError> {
-        self.emit_with(tx, completion, emit::Repeat::Allow).await
+        self.emit_with(tx, completion, Repeat::Allow).await
     }
 
     async fn emit_with(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         completion: &Completion,
-        repeat: emit::Repeat,
+        repeat: Repeat,
     ) -> Result<(), EngineError> {
         let span = tracing::debug_span!("emit", backend = BACKEND, execution_id = %completion.execution_id);
         let _timer = self.hub().counters().time_write(WriteOp::Emit);
-        emit::emit(&self.shared.db, tx, completion, repeat).instrument(span).await
+        self.shared.store.emit(tx, completion, repeat).instrument(span).await
     }
 
     /// The first completion of `id` that the log retains, if any: a lookup by execution id
@@ -414,7 +322,7 @@ impl PostgresBackend {
     pub async fn completion_of(&self, id: &ExecutionId) -> Result<Option<completion_core::Finished>, EngineError> {
         Ok(self
             .shared
-            .db
+            .store
             .completion_of(id)
             .await?
             .map(|(outcome, at)| completion_core::Finished::new(id.clone(), outcome, at)))
@@ -422,7 +330,7 @@ impl PostgresBackend {
 
     /// How big the completion log is now, and how much of it is held back (one query).
     pub async fn log_size(&self) -> Result<LogSize, EngineError> {
-        self.shared.db.log_size().await
+        stats::log_size(&self.shared.conn).await
     }
 
     /// What the server holds for this schema, over every instance that uses it: schema
@@ -430,29 +338,18 @@ impl PostgresBackend {
     /// newest tickets, and the LISTEN sessions on its channel (`pg_stat_activity`). Four
     /// short queries; meant for operators (`completions stats`), not for a hot path.
     pub async fn server_view(&self) -> Result<PgServerView, EngineError> {
-        let db = &self.shared.db;
-        let (oldest_ticket, newest_ticket, final_ticket, oldest_ms) = db.log_extent().await?;
-        Ok(PgServerView {
-            schema_version: db.schema_version().await?,
-            notification_queue_usage: db.notification_queue_usage().await?,
-            log: db.log_size().await?,
-            oldest_ticket,
-            oldest_completed_at_ms: oldest_ms.map(|ms| ms.max(0) as u64),
-            newest_ticket,
-            final_ticket,
-            listeners: db.listeners(self.channel()).await?,
-        })
+        stats::server_view(&self.shared.conn).await
     }
 
     /// PostgreSQL-specific counters (the shared ones are in
-    /// [`counters`](CompletionBackend::counters)).
+    /// [`counters`](completion_core::CompletionBackend::counters)).
     pub fn stats(&self) -> PostgresStats {
         self.shared.stats.snapshot()
     }
 
     /// The schema this instance uses.
     pub fn schema(&self) -> &str {
-        self.shared.db.schema().name()
+        self.shared.conn.schema().name()
     }
 
     /// The NOTIFY channel of the schema (`<schema>_completions`).
@@ -491,68 +388,9 @@ impl PostgresBackend {
         // the commit time instead (the ticket is in the delivered cursor).
         let span = completion_core::hub::terminal_write_span(BACKEND, id, outcome);
         let _timer = self.hub().counters().time_write(WriteOp::terminal(outcome));
-        let at = self.shared.db.finish(id, outcome, reason).instrument(span.clone()).await?;
+        let at = self.shared.store.finish(id, outcome, reason).instrument(span.clone()).await?;
         span.record("completed_at_ms", at);
         Ok(())
-    }
-}
-
-/// `host:port` of the configured server(s), for error messages.
-fn server_name(pg: &tokio_postgres::Config) -> String {
-    let ports = pg.get_ports();
-    pg.get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let host = match host {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                #[cfg(unix)]
-                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-            };
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            format!("{host}:{port}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-async fn check_version(db: &Db, schema: &Schema) -> Result<(), EngineError> {
-    let version = db.schema_version().await?;
-    match version {
-        Some(v) if v >= migrate::LATEST => {
-            if v > migrate::LATEST {
-                tracing::warn!(
-                    backend = BACKEND,
-                    schema = schema.name(),
-                    found = v,
-                    known = migrate::LATEST,
-                    "the schema is newer than this build"
-                );
-            }
-            Ok(())
-        }
-        found => Err(EngineError::Incompatible {
-            backend: BACKEND,
-            reason: format!(
-                "schema {} is at migration version {}, this build needs {}: run completion_postgres::migrate \
-                 or connect with `migrate` enabled",
-                schema.name(),
-                found.unwrap_or(0),
-                migrate::LATEST
-            ),
-        }),
-    }
-}
-
-async fn prune_periodically(db: Arc<Db>, retention: Retention, every: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match db.prune(&retention, PRUNE_SETTLE).await {
-            Ok(report) => tracing::debug!(backend = BACKEND, deleted = report.deleted, "periodic prune"),
-            Err(error) => tracing::warn!(backend = BACKEND, %error, "periodic prune failed"),
-        }
     }
 }
 
@@ -563,7 +401,7 @@ impl EngineBackend for PostgresBackend {
     async fn create_execution(&self, execution: NewExecution) -> Result<(), EngineError> {
         let span = tracing::debug_span!("create_execution", backend = BACKEND, execution_id = %execution.id);
         let _timer = self.hub().counters().time_write(WriteOp::Create);
-        self.shared.db.create(&execution).instrument(span).await
+        self.shared.store.create(&execution).instrument(span).await
     }
 
     async fn complete(&self, id: &ExecutionId) -> Result<(), EngineError> {
@@ -580,7 +418,7 @@ impl EngineBackend for PostgresBackend {
 
     async fn describe(&self, id: &ExecutionId) -> Result<ExecutionInfo, EngineError> {
         let span = tracing::debug_span!("describe", backend = BACKEND, execution_id = %id);
-        self.shared.db.describe(id).instrument(span).await
+        self.shared.store.describe(id).instrument(span).await
     }
 }
 

@@ -20,9 +20,10 @@ use completion_core::EngineError;
 use refinery::{Migration, Runner};
 
 use crate::BACKEND;
-use crate::db::pg_error;
-use crate::schema::Schema;
-use crate::tls::Tls;
+use crate::conn::Conn;
+use crate::conn::build::Dedicated;
+use crate::conn::errors::{NOT_MIGRATED, column, pg_error};
+use crate::schema::{Schema, migration};
 
 /// The migrations, in order. A test checks that every file of `migrations/` is listed.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -35,7 +36,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
 /// The schema version this build needs (the highest migration).
 pub(crate) const LATEST: i32 = 4;
 
-/// What one [`migrate`](crate::migrate) run applied.
+/// What one [`migrate`](crate::migrate()) run applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MigrationReport {
@@ -58,17 +59,13 @@ fn runner() -> Result<Runner, EngineError> {
 }
 
 /// Applies the pending migrations to `schema` on a dedicated connection.
-pub(crate) async fn run(
-    pg: &tokio_postgres::Config,
-    tls: Tls,
-    schema: &Schema,
-    connect_timeout: std::time::Duration,
-) -> Result<MigrationReport, EngineError> {
+pub(crate) async fn run(dedicated: &Dedicated, schema: &Schema) -> Result<MigrationReport, EngineError> {
     const OP: &str = "migrate";
     let span = tracing::info_span!("postgres_migrate", backend = BACKEND, schema = schema.name());
-    let (mut client, connection) = tokio::time::timeout(connect_timeout, pg.connect(tls))
+    let after = dedicated.connect_timeout;
+    let (mut client, connection) = tokio::time::timeout(after, dedicated.connect())
         .await
-        .map_err(|_| EngineError::Timeout { backend: BACKEND, op: "connect (migrate)", after: connect_timeout })?
+        .map_err(|_| EngineError::Timeout { backend: BACKEND, op: "connect (migrate)", after })?
         .map_err(|e| pg_error("connect (migrate)", e))?;
     // Nothing is listened to on this connection: driving it as a plain future is enough.
     let driver = tokio::spawn(async move {
@@ -77,19 +74,15 @@ pub(crate) async fn run(
         }
     });
     let result = async {
-        let lock_key = format!("completion-postgres migrate {}", schema.name());
-        client.batch_execute("SET lock_timeout = '60s'").await.map_err(|e| pg_error(OP, e))?;
+        let lock_key = migration::lock_key(schema);
+        client.batch_execute(migration::LOCK_TIMEOUT).await.map_err(|e| pg_error(OP, e))?;
+        client.execute(migration::LOCK, &[&lock_key]).await.map_err(|e| pg_error("migrate (advisory lock)", e))?;
         client
-            .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&lock_key])
-            .await
-            .map_err(|e| pg_error("migrate (advisory lock)", e))?;
-        let quoted = schema.quoted();
-        client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"))
+            .batch_execute(&migration::enter_schema(schema))
             .await
             .map_err(|e| pg_error("migrate (create schema)", e))?;
         let report = runner()?.run_async(&mut client).await.map_err(|e| refinery_error(schema, e))?;
-        let _ = client.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&lock_key]).await;
+        let _ = client.execute(migration::UNLOCK, &[&lock_key]).await;
         let applied: Vec<(i32, String)> =
             report.applied_migrations().iter().map(|m| (m.version(), m.name().to_string())).collect();
         for (version, name) in &applied {
@@ -101,6 +94,48 @@ pub(crate) async fn run(
     drop(client);
     let _ = driver.await;
     result
+}
+
+/// The schema's applied migration version, `None` when it has none.
+pub(crate) async fn schema_version(conn: &Conn) -> Result<Option<i32>, EngineError> {
+    const OP: &str = "schema version";
+    match conn.query(OP, &conn.sql().version, &[]).await {
+        Ok(rows) => match rows.first() {
+            Some(row) => column(row, 0),
+            None => Ok(None),
+        },
+        Err(f) if f.sqlstate().is_some_and(|code| NOT_MIGRATED.contains(&code)) => Ok(None),
+        Err(f) => Err(f.into_engine(OP)),
+    }
+}
+
+/// Checks that the schema is at the version this build needs (for a connect without
+/// migrating); a newer one is accepted with a warning.
+pub(crate) async fn check_version(conn: &Conn) -> Result<(), EngineError> {
+    let schema = conn.schema();
+    match schema_version(conn).await? {
+        Some(v) if v >= LATEST => {
+            if v > LATEST {
+                tracing::warn!(
+                    backend = BACKEND,
+                    schema = schema.name(),
+                    found = v,
+                    known = LATEST,
+                    "the schema is newer than this build"
+                );
+            }
+            Ok(())
+        }
+        found => Err(EngineError::Incompatible {
+            backend: BACKEND,
+            reason: format!(
+                "schema {} is at migration version {}, this build needs {LATEST}: run completion_postgres::migrate \
+                 or connect with `migrate` enabled",
+                schema.name(),
+                found.unwrap_or(0),
+            ),
+        }),
+    }
 }
 
 fn refinery_error(schema: &Schema, e: refinery::Error) -> EngineError {

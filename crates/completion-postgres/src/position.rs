@@ -10,7 +10,7 @@
 //!
 //! Text form (inside a [`Cursor`]): `postgres:<ticket>`; the origin is `postgres:0`. Cursors
 //! of versions 1-3, `postgres:<xid>.<id>`, are recognised ([`PgCursor::Legacy`]) and mapped
-//! to a ticket when a stream resumes from them (`Db::legacy_ticket`).
+//! to a ticket when a stream resumes from them (`Log::legacy_ticket`).
 
 use std::fmt;
 

@@ -1,8 +1,11 @@
-//! The schema name, and every SQL statement the backend runs, built once per instance.
+//! The schema name, and every SQL statement the backend runs: no other module of this crate
+//! holds SQL text. The statements of one instance ([`Sql`]) are built once, qualified with its
+//! schema; those that name no schema object are constants.
 //!
-//! The schema name is the only text ever spliced into SQL: it is validated here against a
-//! strict identifier pattern and always written quoted. Every value (ids, namespaces, tags,
-//! reasons, positions) travels as a bind parameter.
+//! The schema name is the only text ever spliced into SQL (with the NOTIFY channel derived
+//! from it): it is validated here against a strict identifier pattern and always written
+//! quoted. Every value (ids, namespaces, tags, reasons, positions) travels as a bind
+//! parameter.
 
 use completion_core::EngineError;
 
@@ -51,6 +54,63 @@ impl Schema {
 pub(crate) const LOG_COLUMNS: &str =
     "e.ticket, e.execution_id, e.flow_id, e.namespace, e.outcome, e.tags::text, e.completed_at_ms";
 
+/// Checks that a connection can be made and used.
+pub(crate) const PING: &str = "SELECT 1";
+
+/// Opens the transaction a log read runs in: READ COMMITTED whatever the server's default,
+/// so that each statement takes a snapshot of its own (the read's after the final ticket's).
+pub(crate) const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// Ends the transaction of [`BEGIN_READ`].
+pub(crate) const COMMIT: &str = "COMMIT";
+
+/// Run on each pool connection as it opens when `PostgresConfig::generic_plans` is on.
+pub(crate) const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan";
+
+/// The share of the server's NOTIFY queue in use (all channels).
+pub(crate) const NOTIFICATION_QUEUE_USAGE: &str = "SELECT pg_notification_queue_usage()";
+
+/// The sessions of this database whose latest statement is `$1` (a [`Sql::listen`]), from
+/// `pg_stat_activity`: name, pid, role, client address, start (ms since the epoch).
+pub(crate) const LISTENERS: &str = "SELECT coalesce(application_name, ''), pid, usename::text, client_addr::text,
+                                           (extract(epoch FROM backend_start) * 1000)::bigint
+                                    FROM pg_stat_activity
+                                    WHERE datname = current_database() AND query = $1
+                                    ORDER BY application_name, pid";
+
+/// `LISTEN` on `channel`, quoted so that it is taken as is (LISTEN would silently truncate a
+/// name longer than 63 bytes, which the schema validation rules out for the channel of a
+/// [`Schema`]).
+pub(crate) fn listen(channel: &str) -> String {
+    format!("LISTEN \"{channel}\"")
+}
+
+/// The statements of a migration run (`migrate.rs`), on its dedicated connection.
+pub(crate) mod migration {
+    use super::Schema;
+
+    /// How long a migration run queues behind another process migrating the same schema.
+    pub(crate) const LOCK_TIMEOUT: &str = "SET lock_timeout = '60s'";
+
+    /// Takes the advisory lock of `$1` (the schema's lock key), for the session.
+    pub(crate) const LOCK: &str = "SELECT pg_advisory_lock(hashtextextended($1, 0))";
+
+    /// Releases the lock of [`LOCK`].
+    pub(crate) const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
+
+    /// The advisory lock key of migrations of `schema`.
+    pub(crate) fn lock_key(schema: &Schema) -> String {
+        format!("completion-postgres migrate {}", schema.name())
+    }
+
+    /// Creates the schema if needed and makes it the session's `search_path`, so that the
+    /// migrations and their history table land in it.
+    pub(crate) fn enter_schema(schema: &Schema) -> String {
+        let quoted = schema.quoted();
+        format!("CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}")
+    }
+}
+
 /// Every statement of one instance, qualified with its schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -72,10 +132,19 @@ pub(crate) struct Sql {
     pub newest: String,
     /// The first completion of an execution the log retains (outcome, completed_at_ms).
     pub completion_of: String,
-    /// What a cursor of schema version 3 or older maps to (see `Db::legacy_ticket`).
+    /// What a cursor of schema version 3 or older maps to (see `Log::legacy_ticket`).
     pub legacy: String,
     pub prune: String,
     pub version: String,
+    /// [`listen`] on the schema's channel.
+    pub listen: String,
+    /// Events in the log, events held back above the final ticket (the ticket index walked
+    /// down to the final ticket, at most 1000: never a scan of the whole log), the log
+    /// table's size on disk with its indexes, and events pruned so far.
+    pub log_size: String,
+    /// The oldest and newest tickets, the final ticket, and the oldest event's commit time
+    /// (ms). Index lookups only.
+    pub log_extent: String,
 }
 
 impl Sql {
@@ -88,9 +157,9 @@ impl Sql {
             // same round trip, so that this statement's snapshot is taken after it), so the
             // caller drops the events above it and counts them as held back.
             // `LIMIT 1` on the singleton watermark row: pruned_to is never analyzed (it never
-            // changes size), so the planner guessed ~1 300 rows for it and multiplied every
-            // cost above it; past `jit_above_cost` each read was JIT-compiled (~10 ms, seen
-            // with EXPLAIN ANALYZE on the custom plans a connection's first reads use).
+            // changes size), and without it the planner's row guess inflates every cost above
+            // it enough to JIT-compile the read (docs/benchmarks.md, History, "PostgreSQL
+            // catch-up and log reads").
             format!(
                 "WITH meta AS (SELECT w.ticket AS wticket FROM {s}.pruned_to w LIMIT 1)
                  SELECT m.wticket, {LOG_COLUMNS}
@@ -134,6 +203,21 @@ impl Sql {
             ),
             prune: format!("SELECT deleted, watermark FROM {s}.prune_tickets($1, $2)"),
             version: format!("SELECT max(version) FROM {s}.schema_migrations"),
+            listen: listen(&schema.channel()),
+            log_size: format!(
+                "SELECT (SELECT count(*) FROM {s}.completion_log),
+                        (SELECT count(*) FROM (SELECT 1 FROM {s}.completion_log h
+                                               WHERE h.ticket > {s}.final_ticket()
+                                               ORDER BY h.ticket DESC LIMIT 1000) held),
+                        pg_total_relation_size('{s}.completion_log'::regclass),
+                        (SELECT pruned FROM {s}.pruned_to LIMIT 1)"
+            ),
+            log_extent: format!(
+                "SELECT (SELECT min(ticket) FROM {s}.completion_log),
+                        (SELECT max(ticket) FROM {s}.completion_log),
+                        {s}.final_ticket(),
+                        (SELECT completed_at_ms FROM {s}.completion_log ORDER BY ticket LIMIT 1)"
+            ),
         }
     }
 }

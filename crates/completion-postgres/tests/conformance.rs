@@ -64,7 +64,7 @@ impl BackendHooks for PgHooks {
     }
 
     async fn enforce_retention(&self) -> Result<(), BoxError> {
-        self.backend.prune().await?;
+        self.backend.enforce_retention().await?;
         Ok(())
     }
 }
@@ -86,7 +86,7 @@ impl Harness for PgHarness {
             .with_schema(common::unique_schema("conf"))
             .with_retention(options.retention)
             .with_buffer(options.buffer)
-            .with_prune_interval(None);
+            .with_retention_interval(None);
         let backend = PostgresBackend::connect(config).await?;
         if self.own_state {
             let name = format!("{}-engine", backend.pool_application_name());

@@ -23,11 +23,11 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 
-/// A config on the shared server with a fresh schema and no periodic prune.
+/// A config on the shared server with a fresh schema and no background trim.
 async fn config(prefix: &str) -> (PostgresConfig, String) {
     let url = common::shared_server().await.url();
     let config =
-        PostgresConfig::from_url(url.clone()).with_schema(common::unique_schema(prefix)).with_prune_interval(None);
+        PostgresConfig::from_url(url.clone()).with_schema(common::unique_schema(prefix)).with_retention_interval(None);
     (config, url)
 }
 
@@ -363,8 +363,8 @@ async fn one_small_notification_per_transaction() {
     assert!((0.0..1.0).contains(&usage), "{usage}");
 }
 
-/// Pruning keeps the newest events; a cursor older than the watermark yields a gap, then the
-/// retained events; the periodic task prunes by itself.
+/// Enforcing retention keeps the newest events; a cursor older than the watermark yields a
+/// gap, then the retained events; the background task trims by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_prunes_and_reports_gaps() {
     let (config, url) = config("prune").await;
@@ -375,10 +375,10 @@ async fn retention_prunes_and_reports_gaps() {
         create_and_complete(&backend, &ns, &Tags::new()).await;
     }
     let got = collect_in(&mut stream, &ns, 10).await;
-    let report = backend.prune().await.expect("prune");
-    assert_eq!(report.deleted, 5);
-    assert_eq!(report.watermark, Some(position(&got[4])));
-    assert_eq!(backend.prune().await.expect("prune again").deleted, 0, "idempotent");
+    let report = backend.enforce_retention().await.expect("enforce retention");
+    assert_eq!(report.removed, 5);
+    assert_eq!(report.watermark.as_ref(), Some(got[4].cursor()), "the watermark is the newest trimmed cursor");
+    assert_eq!(backend.enforce_retention().await.expect("enforce again").removed, 0, "idempotent");
 
     let mut resumed =
         backend.subscribe_from(StartFrom::After(got[1].cursor().clone()), &ScannerFilter::new()).await.unwrap();
@@ -397,12 +397,13 @@ async fn retention_prunes_and_reports_gaps() {
     let first = next_item(&mut earliest, "the oldest retained").await;
     assert_eq!(first.completion().map(|c| c.execution_id()), Some(got[5].execution_id()), "no gap from the origin");
 
-    // The periodic task, on another instance of the same schema.
+    // The background task, on another instance of the same schema.
     let periodic =
-        connect(config.with_retention(Retention::events(2)).with_prune_interval(Some(Duration::from_millis(50)))).await;
+        connect(config.with_retention(Retention::events(2)).with_retention_interval(Some(Duration::from_millis(50))))
+            .await;
     let count = format!("SELECT count(*) FROM \"{}\".completion_log", backend.schema());
     let admin = common::admin(&url).await;
-    wait_until("the periodic prune", async || {
+    wait_until("the background trim", async || {
         periodic.stats().prune_runs >= 1 && admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) == 2
     })
     .await;
@@ -1014,7 +1015,7 @@ async fn cursors_of_schema_version_3_resume() {
         markers.push(marker);
     }
     // Retention keeps 3 of the events now: the first cursors point into pruned events.
-    backend.prune().await.expect("prune");
+    backend.enforce_retention().await.expect("enforce retention");
     let cursor = completion_core::Cursor::parse(&cursors[0]).unwrap();
     let mut resumed = backend.subscribe_from(StartFrom::After(cursor), &all).await.expect("resumes");
     assert!(

@@ -20,7 +20,7 @@ async fn counters_and_latencies_reach_the_recorder_with_the_schema_label() {
     recorder.install().expect("the only recorder of this binary");
     let schema = common::unique_schema("metrics");
     let url = common::shared_server().await.url();
-    let config = PostgresConfig::from_url(url).with_schema(schema.clone()).with_prune_interval(None);
+    let config = PostgresConfig::from_url(url).with_schema(schema.clone()).with_retention_interval(None);
     let backend = PostgresBackend::connect(config).await.expect("connect");
     let ns = namespace("metrics");
     let other = namespace("other");

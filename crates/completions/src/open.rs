@@ -187,13 +187,13 @@ impl OpenOptions {
             config = config.with_connect_timeout(timeout);
         }
         if let Some(delay) = self.reconnect_max_delay {
-            config = config.with_reconnect_max_backoff(delay);
+            config = config.with_reconnect_max_delay(delay);
         }
         if let Some(retention) = &self.retention {
             config = config.with_retention(retention.clone());
         }
         if !self.background_retention {
-            config = config.with_prune_interval(None);
+            config = config.with_retention_interval(None);
         }
         config
     }
@@ -344,8 +344,8 @@ mod tests {
             .with_background_retention(false)
             .postgres_config("postgres://h/db");
         assert_eq!((config.schema.as_str(), config.application_name.as_str()), ("s", "app"));
-        assert_eq!((config.pool_size, config.migrate, config.prune_interval), (2, false, None));
+        assert_eq!((config.pool_size, config.migrate, config.retention_interval), (2, false, None));
         let defaults = OpenOptions::default().postgres_config("postgres://h/db");
-        assert!(defaults.migrate && defaults.prune_interval.is_some());
+        assert!(defaults.migrate && defaults.retention_interval.is_some());
     }
 }

@@ -1,13 +1,51 @@
-//! Every part of a `postgres://` URL checked before tokio-postgres reads it, so that an error
-//! names the part at fault (tokio-postgres says only "invalid connection string").
+//! The server address: a `postgres://` URL (or a libpq `key=value` string) read into a
+//! `tokio_postgres::Config` ([`parse`]), and the `host:port` list error messages name
+//! ([`server_name`]).
 //!
+//! Every part of a `postgres://` URL is checked before tokio-postgres reads it, so that an
+//! error names the part at fault (tokio-postgres says only "invalid connection string").
 //! Accepted query parameters are those tokio-postgres 0.7 reads ([`PARAMETERS`]); any other
 //! is refused by name, with the accepted ones listed. A libpq `key=value` string is left to
-//! tokio-postgres, whose reason ("unknown option `x`") [`crate::PostgresConfig`] passes on.
+//! tokio-postgres, whose reason ("unknown option `x`") is passed on. No error shows the
+//! password.
 
 use std::net::IpAddr;
 
+use completion_core::EngineError;
 use percent_encoding::percent_decode_str;
+
+/// Reads `url` into a `tokio_postgres::Config`; the error ([`EngineError::InvalidInput`],
+/// `postgres url`) names the part at fault and shows the URL without its password.
+pub(crate) fn parse(url: &str) -> Result<tokio_postgres::Config, EngineError> {
+    let bad = |reason: String| EngineError::invalid("postgres url", completion_core::redact_url(url), reason);
+    check(url).map_err(bad)?;
+    url.parse::<tokio_postgres::Config>().map_err(|e| {
+        // tokio-postgres's reason is its error's source ("unknown option `x`").
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        let listed =
+            if reason.starts_with("unknown option") { format!("; accepted: {}", accepted()) } else { String::new() };
+        bad(format!("{reason}{listed}"))
+    })
+}
+
+/// `host:port` of the configured server(s), for error messages.
+pub(crate) fn server_name(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// The query parameters (and `key=value` keys) tokio-postgres reads, with what each takes.
 pub(crate) const PARAMETERS: &[(&str, Value)] = &[
@@ -153,6 +191,14 @@ mod tests {
         ] {
             assert_eq!(check(url), Ok(()), "{url}");
         }
+    }
+
+    #[test]
+    fn server_names_list_each_host_with_its_port() {
+        let pg = parse("postgres://u@a:5433,b/db").unwrap();
+        assert_eq!(server_name(&pg), "a:5433,b:5432");
+        let pg = parse("host=/run/postgresql port=6000").unwrap();
+        assert_eq!(server_name(&pg), "/run/postgresql:6000");
     }
 
     #[test]

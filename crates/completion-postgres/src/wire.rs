@@ -1,4 +1,7 @@
-//! The NOTIFY payload of a terminal write (schema version 4): a transaction's first event,
+//! The text formats between this crate and its stored functions: tags as JSON (written into
+//! `executions` and the log, and as the log read's tag filter), and the NOTIFY payload.
+//!
+//! The NOTIFY payload of a terminal write (schema version 4) is a transaction's first event,
 //! as JSON, so that the feed can deliver it without reading the log first.
 //!
 //! `finish_execution` sends `{"v":1,"t":<ticket>,"e":<execution id>,"n":<namespace>,
@@ -18,10 +21,32 @@
 use std::collections::BTreeMap;
 
 use completion_core::hub::LogEvent;
-use completion_core::{CompletionPayload, ExecutionId, FlowId, Namespace, Outcome, Tags};
+use completion_core::{
+    CompletionPayload, EngineError, ExecutionId, FlowId, Namespace, Outcome, TagKey, TagValue, Tags,
+};
 use serde::Deserialize;
 
 use crate::position::PgPosition;
+
+/// `tags` as a JSON object of strings, keys in order (what the stored functions take).
+pub(crate) fn tags_json(tags: &Tags) -> String {
+    // A map of strings always serializes.
+    serde_json::to_string(tags).unwrap_or_else(|_| "{}".into())
+}
+
+/// Tags from the JSON object the log or `executions` holds.
+pub(crate) fn parse_tags(json: &str) -> Result<Tags, EngineError> {
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|e| EngineError::invalid("tags", json, e.to_string()))?;
+    Tags::from_pairs(map)
+}
+
+/// The JSON object `{key: value}` a log read's tag filter matches with `@>`.
+pub(crate) fn tag_filter_json(key: &TagKey, value: &TagValue) -> String {
+    let mut one = BTreeMap::new();
+    one.insert(key.as_str(), value.as_str());
+    serde_json::to_string(&one).unwrap_or_default()
+}
 
 /// The payload version this build reads.
 const VERSION: u64 = 1;
@@ -75,6 +100,16 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"{"v":1,"t":42,"e":"exec-1","n":"ns","f":null,"o":"failed","g":{"k":"v"},"c":1700000000000}"#;
+
+    #[test]
+    fn tags_are_a_json_object_in_key_order_both_ways() {
+        let tags = Tags::from_pairs([("zone", "eu"), ("a", "x\"y")]).unwrap();
+        let json = tags_json(&tags);
+        assert_eq!(json, r#"{"a":"x\"y","zone":"eu"}"#);
+        assert_eq!(parse_tags(&json).unwrap(), tags);
+        assert_eq!(tags_json(&Tags::new()), "{}");
+        assert!(parse_tags("[1]").unwrap_err().to_string().contains("tags"));
+    }
 
     #[test]
     fn payloads_parse_and_garbage_is_refused_with_a_reason() {

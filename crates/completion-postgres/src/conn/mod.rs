@@ -1,0 +1,161 @@
+//! The connections to the server, and the only modules that drive tokio-postgres and
+//! deadpool: the pool every statement runs on ([`Conn`]), the dedicated LISTEN connection
+//! ([`listener`]), how both are built ([`build`]) and how their errors map to
+//! [`EngineError`] ([`errors`]).
+//!
+//! Contract of the pool: every pooled operation runs through [`Conn::run`], within
+//! `statement_timeout` (waiting for a connection and retries included; enforced on the
+//! client side, so it also holds behind PgBouncer). An operation is retried (up to
+//! [`MAX_ATTEMPTS`] times) only when its connection was closed or terminated
+//! ([`Failure::retryable`]). A terminal write or a create that is retried after its reply was
+//! lost carries the same random token as the first attempt, so the stored function
+//! recognises its own earlier success instead of reporting `AlreadyTerminal` /
+//! `AlreadyExists`. Any other error is returned at once.
+
+pub(crate) mod build;
+pub(crate) mod errors;
+pub(crate) mod listener;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use completion_core::EngineError;
+use completion_core::backoff::{Backoff, Retry};
+use deadpool_postgres::{Object, Pool, PoolError};
+use tokio::time::Instant;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tracing::Instrument;
+
+use self::errors::Failure;
+use crate::BACKEND;
+use crate::schema::{PING, Schema, Sql};
+use crate::stats::Stats;
+
+/// Attempts of one operation whose connection failed.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// The pauses before retrying an operation whose connection was lost: 20 ms, then five times
+/// longer each time (100 ms, 500 ms), so that a server restart has time to finish.
+fn lost_connection_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).with_factor(5)
+}
+
+/// The pool of one instance, its statements, and the one way they run.
+pub(crate) struct Conn {
+    pool: Pool,
+    sql: Sql,
+    schema: Schema,
+    /// `statement_timeout`.
+    timeout: Option<Duration>,
+    connect_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl Conn {
+    pub fn new(
+        pool: Pool,
+        schema: Schema,
+        timeout: Option<Duration>,
+        connect_timeout: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self { pool, sql: Sql::new(&schema), schema, timeout, connect_timeout, stats }
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Every statement of the instance.
+    pub fn sql(&self) -> &Sql {
+        &self.sql
+    }
+
+    /// Closes the pool: idle connections go now, busy ones when returned.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Runs `attempt` on a pooled connection, retrying on lost connections, within the
+    /// statement timeout.
+    pub async fn run<T, F, Fut>(&self, op: &'static str, attempt: F) -> Result<T, Failure>
+    where
+        F: FnMut(Object) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let deadline = self.timeout.map(|t| (Instant::now() + t, t));
+        let mut retry = Retry::new(lost_connection_backoff()).with_attempts(MAX_ATTEMPTS);
+        if let Some((at, _)) = deadline {
+            retry = retry.with_deadline(at);
+        }
+        // Shared by the attempts' futures, which run one at a time (`Retry::run` takes a
+        // closure per attempt; an attempt's future must not borrow it).
+        let attempt = std::sync::Mutex::new(attempt);
+        let mut tries = 0;
+        let span = tracing::debug_span!("pooled", backend = BACKEND, op);
+        let result = retry
+            .run(Failure::retryable, |n| {
+                tries = n;
+                if n > 1 {
+                    Stats::bump(&self.stats.retries);
+                }
+                let once = async {
+                    let client = self.pool.get().await.map_err(|e| match e {
+                        // Connecting (or checking a connection) took longer than connect_timeout.
+                        PoolError::Timeout(_) => Failure::Timeout(self.connect_timeout),
+                        other => Failure::Pool(other),
+                    })?;
+                    let call = attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)(client);
+                    call.await.map_err(Failure::Pg)
+                };
+                async move {
+                    match deadline {
+                        Some((at, limit)) => {
+                            tokio::time::timeout_at(at, once).await.unwrap_or(Err(Failure::Timeout(limit)))
+                        }
+                        None => once.await,
+                    }
+                }
+            })
+            .instrument(span)
+            .await;
+        match (result, deadline) {
+            // Attempts were left: the deadline stopped the retries.
+            (Err(failure), Some((_, limit))) if failure.retryable() && tries < MAX_ATTEMPTS => {
+                Err(Failure::Timeout(limit))
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// One statement (prepared once per connection) returning its rows.
+    pub async fn query(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Failure> {
+        self.run(op, |client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        })
+        .await
+    }
+
+    /// [`query`](Self::query), its failure mapped to an [`EngineError`] naming `op`.
+    pub async fn rows(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, EngineError> {
+        self.query(op, sql, params).await.map_err(|f| f.into_engine(op))
+    }
+
+    /// Checks that a connection can be made and used.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.rows("connect", PING, &[]).await.map(drop)
+    }
+}
