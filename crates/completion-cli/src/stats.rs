@@ -93,19 +93,7 @@ pub async fn gather(backend: &Backend, shown_url: &str) -> Result<Stats, CliErro
     let mut sections = vec![("server", server), ("counters", counters)];
     match backend {
         Backend::Postgres(pg) => {
-            let s = pg.stats();
-            let fields = [
-                ("notifications", s.notifications),
-                ("listener_failures", s.listener_failures),
-                ("retries", s.retries),
-                ("held_back_events", s.held_back_events),
-                ("held_back_reads", s.held_back_reads),
-                ("prune_runs", s.prune_runs),
-                ("pruned_events", s.pruned_events),
-                ("in_flight_rechecks", s.in_flight_rechecks),
-                ("held_back_checks", s.held_back_checks),
-                ("delivered_from_notification", s.delivered_from_notification),
-            ];
+            let fields = pg.stats().fields();
             sections.push(("postgres_counters", fields.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()));
         }
         Backend::Valkey(valkey) => {

@@ -30,7 +30,6 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -147,12 +146,12 @@ impl FeedTask {
                 _ = &mut idle => break,
                 event = next_wake(&mut listener) => match event {
                     Wake::Notified { count, payloads } => {
-                        feed.stats.notifications.fetch_add(count, Ordering::Relaxed);
+                        feed.stats.notifications.add(count);
                         self.deliver_from(&payloads);
                         wake = true;
                     }
                     Wake::Lost(error) => {
-                        Stats::bump(&feed.stats.listener_failures);
+                        feed.stats.listener_failures.bump();
                         tracing::warn!(error = ?error, "LISTEN connection lost; reconnecting");
                         listener = None;
                         reconnect_pauses.reset();
@@ -170,7 +169,7 @@ impl FeedTask {
                             wake = true;
                         }
                         Err(error) => {
-                            Stats::bump(&feed.stats.listener_failures);
+                            feed.stats.listener_failures.bump();
                             let pause = reconnect_pauses.next_pause();
                             tracing::warn!(%error, retry_in = ?pause, "re-opening the LISTEN connection failed");
                             reconnect_at = Some(Instant::now() + pause);
@@ -185,7 +184,7 @@ impl FeedTask {
                     // under way while a holder ended must count after that end (edge tests
                     // read the count to tell which path delivered; on a loaded machine the
                     // query can take long enough to straddle the rollback).
-                    Stats::bump(&feed.stats.held_back_checks);
+                    feed.stats.held_back_checks.bump();
                     match (final_ticket, held.as_mut()) {
                         // The read that follows decides whether anything is still held back.
                         (Ok(final_ticket), Some(h)) if final_ticket > h.above => {
@@ -232,7 +231,7 @@ impl FeedTask {
                         let now = Instant::now();
                         read_retry_at = Some(now + pause);
                         busy_until = Some(now + feed.in_flight_recheck);
-                        Stats::bump(&feed.stats.in_flight_rechecks);
+                        feed.stats.in_flight_rechecks.bump();
                     } else {
                         recheck = rechecks(feed.in_flight_recheck);
                         read_retry_at = None;
@@ -304,7 +303,7 @@ impl FeedTask {
                     // Counted before the stream can see it: whoever reads the count after
                     // receiving the event must find it counted (on a busy machine this task can
                     // be descheduled right after publishing).
-                    Stats::bump(&self.feed.stats.delivered_from_notification);
+                    self.feed.stats.delivered_from_notification.bump();
                     self.hub.publish([event]);
                 }
                 Ok(_) => {}

@@ -224,9 +224,9 @@ impl Log {
                 }
             }
         }
-        self.stats.held_back_events.store(held, Ordering::Relaxed);
+        self.stats.held_back_events.set(held);
         if held > 0 {
-            Stats::bump(&self.stats.held_back_reads);
+            self.stats.held_back_reads.bump();
         }
         // The read stopped at its limit inside the final part of the log: more may follow.
         let more = held == 0 && last_final.is_some() && rows.len() >= limit.max(1);

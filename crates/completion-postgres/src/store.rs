@@ -12,7 +12,6 @@
 //! commits or rolls back with the caller's own state change.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use completion_core::hub::Position;
@@ -192,8 +191,8 @@ impl Store {
         let row = first_row(&rows, "prune result")?;
         let removed = column::<i64>(row, 0)?.max(0) as u64;
         let watermark = column::<Option<i64>>(row, 1)?.map(PgPosition::at).filter(|w| *w != PgPosition::ORIGIN);
-        Stats::bump(&self.stats.prune_runs);
-        self.stats.pruned_events.fetch_add(removed, Ordering::Relaxed);
+        self.stats.prune_runs.bump();
+        self.stats.pruned_events.add(removed);
         let report = RetentionReport::removed(removed);
         Ok(match watermark {
             Some(watermark) => report.with_watermark(watermark.to_cursor()),

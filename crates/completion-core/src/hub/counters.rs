@@ -55,6 +55,13 @@ impl Count {
         }
     }
 
+    /// Sets the value: for a gauge among a [`counter_set!`](crate::counter_set)'s counts (the
+    /// latest reading of something, not a running total). The mirrored metric, if any, is a
+    /// counter and is not moved.
+    pub fn set(&self, n: u64) {
+        self.value.store(n, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)

@@ -99,7 +99,7 @@ impl Conn {
             .run(Failure::retryable, |n| {
                 tries = n;
                 if n > 1 {
-                    Stats::bump(&self.stats.retries);
+                    self.stats.retries.bump();
                 }
                 let once = async {
                     let client = self.pool.get().await.map_err(|e| match e {
