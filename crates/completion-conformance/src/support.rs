@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use completion_core::backoff::{Backoff, Retry};
 use completion_core::{
     CompletionPayload, CompletionStream, EngineBackend, EngineError, ExecutionId, FlowId, Namespace, NewExecution,
     Outcome, ResumableStream, StreamItem, Tags,
@@ -242,21 +243,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, EngineError>>,
 {
-    let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
-    let mut backoff = Duration::from_millis(20);
     let mut retried = false;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                tracing::info!(%e, what, "transient error; retrying");
-                // A backoff between attempts, not a wait for readiness: there is nothing to poll.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+    let pauses = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    let result = Retry::new(pauses)
+        .within(RETRY_DEADLINE)
+        .run(EngineError::is_transient, |attempt| {
+            if attempt > 1 {
+                tracing::info!(what, attempt, "transient error; retrying");
                 retried = true;
             }
-            result => return (result, retried),
-        }
-    }
+            op()
+        })
+        .await;
+    (result, retried)
 }
 
 /// Creates and completes the execution `id` through connection faults: transient errors

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, Retry};
 use crate::{
     CompletionBackend, EngineBackend, EngineError, ExecutionId, ExecutionState, Outcome, ScannerFilter, StartFrom,
     StreamItem,
@@ -379,17 +380,8 @@ impl Registration {
 /// Looks `id` up, retrying transient errors (a dropped connection) with a growing pause:
 /// the caller's deadline bounds it.
 async fn look_up(lookup: &dyn CompletionLookup, id: &ExecutionId) -> Result<Looked, EngineError> {
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match lookup.look_up(id).await {
-            Err(e) if e.is_transient() => {
-                tracing::debug!(%id, error = %e, retry_in = ?pause, "looking an execution up failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            other => return other,
-        }
-    }
+    let pauses = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    Retry::new(pauses).run(EngineError::is_transient, |_| lookup.look_up(id)).await
 }
 
 impl Drop for Registration {

@@ -123,6 +123,8 @@ pub(crate) fn check(url: &str) -> Result<(), String> {
                 _ => Some(after.strip_prefix(':').ok_or_else(|| name("the `]` must be followed by `:port`".into()))?),
             }
         } else {
+            let host = chunk.split_once(':').map_or(chunk, |(host, _)| host);
+            decode(host).map_err(|()| name("the host name is not UTF-8 once percent-decoded".into()))?;
             chunk.split_once(':').map(|(_, port)| port)
         };
         if let Some(port) = port.filter(|p| !p.is_empty()) {
@@ -215,6 +217,7 @@ mod tests {
             ("postgres://h/db?hostaddr=nope", "comma-separated IP addresses"),
             ("postgres://h/db?sslmode", "`sslmode` has no value"),
             ("postgres://h/db?password=%ff", "`password=***` is not UTF-8"),
+            ("postgres://u@h:,%a0/db", "in the host `%a0`, the host name is not UTF-8"),
         ] {
             let err = check(url).expect_err(url);
             assert!(err.contains(says), "{url}: {err}");
