@@ -25,12 +25,30 @@ pub struct Backoff {
     max: Duration,
     factor: u32,
     next: Duration,
+    /// Whether the first pause (after a start or a reset) is zero.
+    immediate_first: bool,
+    immediate_pending: bool,
 }
 
 impl Backoff {
     /// Pauses from `initial`, doubling up to `max` (a `max` below `initial` is raised to it).
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max: max.max(initial), factor: 2, next: initial }
+        Self {
+            initial,
+            max: max.max(initial),
+            factor: 2,
+            next: initial,
+            immediate_first: false,
+            immediate_pending: false,
+        }
+    }
+
+    /// The same pauses, after a first one of zero: the first retry goes at once (a command a
+    /// server redirected is worth sending again straight away).
+    pub fn with_immediate_first(mut self) -> Self {
+        self.immediate_first = true;
+        self.immediate_pending = true;
+        self
     }
 
     /// The same pauses, multiplied by `factor` (at least 1) after each instead of doubled.
@@ -41,6 +59,9 @@ impl Backoff {
 
     /// The pause to take now; the following one grows by the factor.
     pub fn next_pause(&mut self) -> Duration {
+        if std::mem::take(&mut self.immediate_pending) {
+            return Duration::ZERO;
+        }
         let pause = self.next;
         self.next = self.next.saturating_mul(self.factor).min(self.max);
         pause
@@ -48,12 +69,13 @@ impl Backoff {
 
     /// The pause [`next_pause`](Self::next_pause) would return, without taking it.
     pub fn peek(&self) -> Duration {
-        self.next
+        if self.immediate_pending { Duration::ZERO } else { self.next }
     }
 
     /// Starts over at `initial` (after a success).
     pub fn reset(&mut self) {
         self.next = self.initial;
+        self.immediate_pending = self.immediate_first;
     }
 
     /// Sleeps for the next pause.
@@ -155,6 +177,13 @@ mod tests {
         assert_eq!(b.peek(), Duration::from_millis(5));
         let mut b = Backoff::new(Duration::from_millis(20), Duration::from_secs(1)).with_factor(5);
         assert_eq!((0..4).map(|_| b.next_pause().as_millis()).collect::<Vec<_>>(), [20, 100, 500, 1000]);
+        let mut b = Backoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_immediate_first();
+        assert_eq!((0..4).map(|_| b.next_pause().as_millis()).collect::<Vec<_>>(), [0, 5, 10, 20]);
+        b.reset();
+        assert_eq!(
+            (b.peek(), b.next_pause(), b.next_pause()),
+            (Duration::ZERO, Duration::ZERO, Duration::from_millis(5))
+        );
         // A max below initial is raised to it: the pause never shrinks.
         let mut b = Backoff::new(Duration::from_millis(50), Duration::from_millis(1));
         assert_eq!((b.next_pause(), b.next_pause()), (Duration::from_millis(50), Duration::from_millis(50)));

@@ -249,3 +249,47 @@ impl EngineBackend for MemoryBackend {
         self.shared.reader.lock().executions.get(id).cloned().ok_or_else(|| EngineError::NotFound(id.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use completion_core::{Cursor, Retention};
+
+    use super::*;
+
+    async fn complete(backend: &MemoryBackend, n: usize) {
+        for i in 0..n {
+            let id = ExecutionId::new(format!("e{i}")).unwrap();
+            backend
+                .create_execution(NewExecution::new(id.clone(), completion_core::Namespace::new("n").unwrap()))
+                .await
+                .unwrap();
+            backend.complete(&id).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn enforce_retention_reports_what_it_removed_and_where_the_log_starts() {
+        let backend = MemoryBackend::with_config(
+            MemoryConfig::default().with_retention(Retention::age(std::time::Duration::from_secs(3600))),
+        );
+        complete(&backend, 3).await;
+        let report = backend.enforce_retention();
+        assert_eq!((report.removed, report.watermark), (0, Some(Cursor::new("memory", 0))), "nothing is old yet");
+
+        // Appends trim by count as they go; the report then says where the log starts.
+        let backend = MemoryBackend::with_config(MemoryConfig::default().with_retention(Retention::events(2)));
+        complete(&backend, 5).await;
+        let report = backend.enforce_retention();
+        assert_eq!((report.removed, report.watermark), (0, Some(Cursor::new("memory", 3))));
+    }
+
+    #[test]
+    fn try_with_config_refuses_what_check_refuses_naming_the_field() {
+        let zero = MemoryConfig::default().with_retention(Retention::events(0));
+        let error = MemoryBackend::try_with_config(zero).err().expect("max_events 0 is refused").to_string();
+        assert!(error.contains("retention.max_events"), "{error}");
+        let error = MemoryBackend::try_with_config(MemoryConfig::default().with_buffer(0)).err().unwrap().to_string();
+        assert!(error.contains("subscription.buffer"), "{error}");
+        assert!(MemoryBackend::try_with_config(MemoryConfig::default()).is_ok());
+    }
+}

@@ -162,4 +162,19 @@ mod tests {
                 }
         }
     }
+
+    #[test]
+    fn trim_by_age_counts_what_it_removes_and_moves_the_start() {
+        use completion_core::{ExecutionId, Namespace, Outcome};
+
+        let mut log = CompletionLog::new(Retention::age(std::time::Duration::from_secs(1)));
+        for (i, at) in [(1, 1_000), (2, 1_500), (3, 5_000)] {
+            let id = ExecutionId::new(format!("e{i}")).unwrap();
+            log.append(CompletionPayload::new(id, Namespace::new("n").unwrap(), Outcome::Succeeded), at);
+        }
+        assert_eq!(log.trim(5_000), 0, "appends trimmed what was older than 1 s at 5 000 ms already");
+        assert_eq!(log.trimmed_to(), MemoryPosition(Some(2)));
+        assert_eq!(log.trim(6_001), 1, "at 6 001 ms the event of 5 000 ms is older than 1 s");
+        assert_eq!(log.trimmed_to(), MemoryPosition(Some(3)));
+    }
 }

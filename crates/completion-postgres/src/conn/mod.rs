@@ -21,12 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use completion_core::EngineError;
-use completion_core::backoff::{Backoff, Retry};
+use completion_core::backoff::Backoff;
 use deadpool_postgres::{Object, Pool, PoolError};
 use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tracing::Instrument;
 
 use self::errors::Failure;
 use crate::BACKEND;
@@ -79,54 +78,44 @@ impl Conn {
     }
 
     /// Runs `attempt` on a pooled connection, retrying on lost connections, within the
-    /// statement timeout.
-    pub async fn run<T, F, Fut>(&self, op: &'static str, attempt: F) -> Result<T, Failure>
+    /// statement timeout. A loop of its own rather than `Retry`: each attempt's future
+    /// borrows `attempt`, and a deadline that cuts the retries short answers `Timeout`.
+    pub async fn run<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, Failure>
     where
         F: FnMut(Object) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
-        let mut retry = Retry::new(lost_connection_backoff()).with_attempts(MAX_ATTEMPTS);
-        if let Some((at, _)) = deadline {
-            retry = retry.with_deadline(at);
-        }
-        // Shared by the attempts' futures, which run one at a time (`Retry::run` takes a
-        // closure per attempt; an attempt's future must not borrow it).
-        let attempt = std::sync::Mutex::new(attempt);
+        let mut pauses = lost_connection_backoff();
         let mut tries = 0;
-        let span = tracing::debug_span!("pooled", backend = BACKEND, op);
-        let result = retry
-            .run(Failure::retryable, |n| {
-                tries = n;
-                if n > 1 {
-                    self.stats.retries.bump();
-                }
-                let once = async {
-                    let client = self.pool.get().await.map_err(|e| match e {
-                        // Connecting (or checking a connection) took longer than connect_timeout.
-                        PoolError::Timeout(_) => Failure::Timeout(self.connect_timeout),
-                        other => Failure::Pool(other),
-                    })?;
-                    let call = attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)(client);
-                    call.await.map_err(Failure::Pg)
-                };
-                async move {
-                    match deadline {
-                        Some((at, limit)) => {
-                            tokio::time::timeout_at(at, once).await.unwrap_or(Err(Failure::Timeout(limit)))
-                        }
-                        None => once.await,
+        loop {
+            tries += 1;
+            let once = async {
+                let client = self.pool.get().await.map_err(|e| match e {
+                    // Connecting (or checking a connection) took longer than connect_timeout.
+                    PoolError::Timeout(_) => Failure::Timeout(self.connect_timeout),
+                    other => Failure::Pool(other),
+                })?;
+                attempt(client).await.map_err(Failure::Pg)
+            };
+            let result = match deadline {
+                Some((at, limit)) => tokio::time::timeout_at(at, once).await.unwrap_or(Err(Failure::Timeout(limit))),
+                None => once.await,
+            };
+            match result {
+                Err(failure) if tries < MAX_ATTEMPTS && failure.retryable() => {
+                    let pause = pauses.next_pause();
+                    if let Some((at, limit)) = deadline
+                        && Instant::now() + pause >= at
+                    {
+                        return Err(Failure::Timeout(limit));
                     }
+                    self.stats.retries.bump();
+                    tracing::debug!(backend = BACKEND, op, attempt = tries, error = ?failure, ?pause, "connection lost; retrying");
+                    tokio::time::sleep(pause).await;
                 }
-            })
-            .instrument(span)
-            .await;
-        match (result, deadline) {
-            // Attempts were left: the deadline stopped the retries.
-            (Err(failure), Some((_, limit))) if failure.retryable() && tries < MAX_ATTEMPTS => {
-                Err(Failure::Timeout(limit))
+                other => return other,
             }
-            (result, _) => result,
         }
     }
 

@@ -106,18 +106,11 @@ impl Conn {
     {
         let deadline = Instant::now() + self.command_timeout;
         let tries = AtomicU32::new(0);
-        let once = || {
-            tries.fetch_add(1, Ordering::Relaxed);
-            attempt()
-        };
-        let answer = Retry::new(Backoff::new(FIRST_REDIRECT_PAUSE, MAX_REDIRECT_PAUSE))
+        let answer = Retry::new(Backoff::new(FIRST_REDIRECT_PAUSE, MAX_REDIRECT_PAUSE).with_immediate_first())
             .with_deadline(deadline)
-            .run(should_retry, |n| async move {
-                match once().await {
-                    // `Backoff` has no pause of zero: the retry at once is taken here.
-                    Err(e) if n == 1 && should_retry(&e) && Instant::now() < deadline => once().await,
-                    answer => answer,
-                }
+            .run(should_retry, |n| {
+                tries.store(n, Ordering::Relaxed);
+                attempt()
             })
             .await;
         let error = match answer {
