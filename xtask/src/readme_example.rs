@@ -8,7 +8,7 @@ mod waiting {
 use std::sync::Arc;
 use std::time::Duration;
 
-use completion_core::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution, Outcome, Waiter};
+use completions::{CompletionBackend, EngineBackend, ExecutionId, Namespace, NewExecution, Outcome, Waiter};
 
 /// Starts a report and waits for its outcome, however soon it finishes: the waiter subscribes
 /// first, then looks the execution up, so even one that finished before the wait is answered.
@@ -28,8 +28,8 @@ pub async fn wait_for_report(
 pub use waiting::wait_for_report;
 
 // README example 2: begin
-use completion_core::{CompletionBackend, EngineBackend, ExecutionId, FlowId, Namespace, NewExecution, Outcome};
-use completion_core::{Reason, ScannerFilter};
+use completions::{CompletionBackend, EngineBackend, ExecutionId, FlowId, Namespace, NewExecution, Outcome};
+use completions::{Reason, ScannerFilter};
 use futures_util::StreamExt;
 
 /// Runs the flow `extract → transform → load` of namespace `billing`: each step starts the
@@ -79,19 +79,25 @@ pub async fn run_flow(
 
 #[cfg(test)]
 mod tests {
-    use completion_core::StartFrom;
-    use completion_memory::MemoryBackend;
+    use completions::{OpenOptions, StartFrom};
 
     use super::*;
 
+    /// README.md's third block, as written there (it opens the backend by URL).
+    async fn open_memory() -> completions::Backend {
+        completions::open("memory:", &OpenOptions::default()).await.expect("memory: opens")
+    }
+
     #[tokio::test]
     async fn the_flow_runs_in_order() {
-        let backend = MemoryBackend::new();
-        tokio::time::timeout(std::time::Duration::from_secs(30), run_flow(&backend, &backend))
+        let backend = open_memory().await;
+        let (completions, engine) = (backend.completions(), backend.engine());
+        let run = run_flow(completions.as_ref(), engine.as_ref());
+        tokio::time::timeout(std::time::Duration::from_secs(30), run)
             .await
             .expect("the example finishes")
             .expect("the example succeeds");
-        let mut log = backend.subscribe_from(StartFrom::Earliest, &ScannerFilter::new()).await.unwrap();
+        let mut log = completions.subscribe_from(StartFrom::Earliest, &ScannerFilter::new()).await.unwrap();
         let mut order = Vec::new();
         for _ in 0..3 {
             let item = log.next().await.unwrap();
@@ -104,12 +110,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_wait_answers_a_report_that_finished_first() {
-        let backend = std::sync::Arc::new(MemoryBackend::new());
-        let outcome =
-            tokio::time::timeout(std::time::Duration::from_secs(30), wait_for_report(backend.clone(), backend))
-                .await
-                .expect("the example finishes")
-                .expect("the example succeeds");
+        let backend = open_memory().await;
+        let wait = wait_for_report(backend.completions(), backend.engine());
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .expect("the example finishes")
+            .expect("the example succeeds");
         assert_eq!(outcome, Outcome::Succeeded);
     }
 

@@ -166,7 +166,7 @@ pub(crate) async fn bench_valkey(
     machine.valkey = Some(format!("{} {version}", server.flavor().binary_name()));
     let url = server.url();
     let prefix = format!("bench-{run}");
-    let backend = match open(&url, OpenOptions::default().with_prefix(prefix.clone()), RETENTION).await? {
+    let backend = match open(&url, OpenOptions::default().with_key_prefix(prefix.clone()), RETENTION).await? {
         Backend::Valkey(backend) => Arc::new(backend),
         other => return Err(opened_as(&other)),
     };

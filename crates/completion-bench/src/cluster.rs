@@ -1,6 +1,6 @@
-//! The cluster row of issue 6: the Valkey backend on a 3-primary Valkey Cluster against the
-//! same backend on one standalone server, measured in the same run, so that what the
-//! cluster gains (or costs) is a number.
+//! The Valkey Cluster row (docs/benchmarks.md, "How it is measured"): the Valkey backend on a
+//! 3-primary Valkey Cluster against the same backend on one standalone server, measured in the
+//! same run, so that what the cluster gains (or costs) is a number.
 //!
 //! Figures, each measured `--repeat` times with the standalone server and the cluster
 //! alternating within every repetition (so background noise hits both sides alike):
@@ -73,7 +73,7 @@ fn err(op: &str, e: impl std::fmt::Display) -> String {
 }
 
 async fn connect(url: String, prefix: &str, retention: u64) -> Result<Arc<ValkeyBackend>, String> {
-    match crate::backends::open(&url, OpenOptions::default().with_prefix(prefix), retention).await? {
+    match crate::backends::open(&url, OpenOptions::default().with_key_prefix(prefix), retention).await? {
         Backend::Valkey(backend) => Ok(Arc::new(backend)),
         other => Err(crate::backends::opened_as(&other)),
     }

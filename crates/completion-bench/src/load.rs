@@ -1,6 +1,6 @@
-//! The unrelated-load figure (issue 20): our PostgreSQL latency while other clients write to a
-//! table of their own in the same database and one session sits idle in transaction holding
-//! an xid, against the same backend idle, interleaved.
+//! Figure 6, unrelated load (docs/benchmarks.md, "How it is measured"): our PostgreSQL latency
+//! while other clients write to a table of their own in the same database and one session sits
+//! idle in transaction holding an xid, against the same backend idle, interleaved.
 //!
 //! The load is switched on and off by the probes themselves ([`Phase`]): each sample of the
 //! loaded side first makes sure the load runs, each sample of the idle side that it is stopped,

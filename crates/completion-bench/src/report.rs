@@ -1,5 +1,5 @@
 //! What a run measured: the figures of each backend, as written to the JSON report and read by
-//! [`render`](crate::render).
+//! [`render`](mod@crate::render).
 
 use std::path::PathBuf;
 
@@ -78,7 +78,7 @@ impl SideRuns {
     }
 }
 
-/// Figure 6: ours with unrelated load against ours idle, interleaved (see [`load`]).
+/// Figure 6: ours with unrelated load against ours idle, interleaved (see [`load`](crate::load)).
 #[derive(Debug, Serialize)]
 pub(crate) struct UnrelatedLoadFigure {
     pub(crate) idle: Side,
@@ -91,7 +91,7 @@ pub(crate) struct UnrelatedLoadFigure {
     pub(crate) load_transactions_per_s: Repeated<f64>,
 }
 
-/// Fan-out with each of [`SUBSCRIBERS`].
+/// Fan-out with each of [`SUBSCRIBERS`](crate::SUBSCRIBERS).
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct FanOutFigure {
     pub(crate) subscribers: usize,

@@ -1,5 +1,6 @@
-//! Figures 3 to 5 of issue 5, through the public traits only: fan-out to many subscribers,
-//! a filtered subscriber against an unfiltered one, and catch-up from far back.
+//! Figures 3 to 5 (docs/benchmarks.md, "How it is measured"), through the public traits only:
+//! fan-out to many subscribers, a filtered subscriber against an unfiltered one, and catch-up
+//! from far back.
 //!
 //! Definitions (also in docs/benchmarks.md):
 //! - fan-out: `k` streams opened on one backend instance, then `events` completions written

@@ -1,4 +1,5 @@
-//! Figure 7: many concurrent waits on one [`Waiter`] (issue "await an execution's outcome").
+//! Figure 7 (docs/benchmarks.md, "How it is measured"): many concurrent waits on one
+//! [`Waiter`] (docs/waiting.md).
 //!
 //! `waits` executions are created and one task per execution waits on it (as an engine that
 //! awaits each of its tasks would); the live heap grows by what each pending wait holds (its

@@ -67,7 +67,7 @@ impl Options {
             .with_application_name("completions-cli")
             .with_pool_size(2);
         if let Some(prefix) = &self.prefix {
-            options = options.with_prefix(prefix);
+            options = options.with_key_prefix(prefix);
         }
         if let Some(partitions) = self.partitions {
             options = options.with_partitions(partitions);

@@ -1,4 +1,4 @@
-//! `completions`: tail, migrate and inspect a completion backend from the shell.
+//! `completions`: tail, migrate, inspect and wait on a completion backend from the shell.
 //!
 //! ```text
 //! completions tail URL [--namespace N] [--tag k=v]... [--from now|earliest|CURSOR] [--json]
@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::connect::Options;
 use crate::error::{CliError, Kind};
 
-/// Tail, migrate and inspect a completion backend (Valkey/Redis, PostgreSQL, in-process).
+/// Tail, migrate, inspect and wait on a completion backend (Valkey/Redis, PostgreSQL, in-process).
 #[derive(Parser, Debug)]
 #[command(name = "completions", version, about, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 done, 1 operation failed, 2 usage, 3 server unreachable, 4 incompatible server \

@@ -147,8 +147,8 @@ fn a_prefix_with_another_partition_count_is_refused_in_one_line() {
     assert!(line.contains("partitions"), "{line}");
 }
 
-/// The pipeline: `tail --from earliest 2>&1 | head -3` must end with exit 0 once
-/// `head` is gone, not abort writing to the closed pipe.
+/// A closed stdout or stderr (docs/cli.md, "`tail`"): `tail --from earliest 2>&1 | head -3`
+/// must end with exit 0 once `head` is gone, not abort writing to the closed pipe.
 #[test]
 fn tail_into_head_stops_when_the_pipe_closes() {
     let (target, writer) = fresh();

@@ -1,13 +1,16 @@
-//! Pacing of retries: one [`Backoff`] and one [`Retry`] loop, used by every part of every
-//! backend that tries something again (catch-up reads, reconnects, redirected commands,
-//! calls that lost their connection).
+//! Pacing of retries: every loop of every backend that tries something again (catch-up
+//! reads, reconnects, redirected commands, calls that lost their connection) takes its pauses
+//! from a [`Backoff`]; [`Retry`] is the common loop around one.
 //!
 //! A [`Backoff`] is the sequence of pauses: `initial`, then multiplied by `factor` after
 //! each one, never above `max`; [`reset`](Backoff::reset) starts it over after a success.
 //! A [`Retry`] runs an operation until it succeeds, fails with an error its caller does not
-//! retry, or runs out of attempts or time, pausing by its backoff in between. Loops that wait
-//! on other events too (a feed that `select!`s between notifications, timers and its
-//! reconnect) keep their own loop and take only their pauses from a [`Backoff`].
+//! retry, or runs out of attempts or time, pausing by its backoff in between. Loops that do
+//! not fit it keep their own loop and take only their pauses from a [`Backoff`]: those that
+//! wait on other events too (a feed that `select!`s between notifications, timers and its
+//! reconnect), and those that need what [`Retry::run`] does not give, such as an attempt that
+//! borrows the caller's closure or a deadline that answers an error of its own instead of the
+//! last one (PostgreSQL's pooled calls).
 //!
 //! Limits: there is no jitter. Every retry here talks to one server on behalf of one
 //! process, where synchronised retries from many clients are not the concern jitter

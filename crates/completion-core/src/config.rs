@@ -1,6 +1,6 @@
 //! Config pieces every backend shares: the subscription settings ([`SubscriptionConfig`],
 //! embedded in each backend's config under `subscription`) and, with the `serde` feature,
-//! one way to read durations ([`duration`], [`option_duration`]).
+//! one way to read durations (`duration`, `option_duration`).
 //!
 //! One knob has one name and one rule in every backend: a backend config validates its
 //! `subscription` with [`SubscriptionConfig::validate`], whose errors name the field.

@@ -50,7 +50,7 @@ mod error;
 mod execution;
 mod filter;
 pub mod hub;
-mod ids;
+pub mod ids;
 mod outcome;
 mod payload;
 mod redact;

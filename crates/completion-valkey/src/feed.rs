@@ -43,6 +43,7 @@ use completion_core::hub::{Feed, Hub};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use crate::conn::ClusterStateChange;
 use crate::conn::subscriber::{SubEvent, Subscriber};
 use crate::position::{EventPosition, StreamId, ValkeyPosition};
 use crate::store::Store;
@@ -99,13 +100,11 @@ struct FeedTask {
     /// Whether the last SUBSCRIBE succeeded (else the safety tick tries again).
     subscribed: bool,
     /// On a cluster: topology changes seen by the command connection.
-    topology: Option<tokio::sync::broadcast::Receiver<Vec<fred::types::ClusterStateChange>>>,
+    topology: Option<tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>>,
 }
 
 /// The next topology change of the command connection (never, outside a cluster).
-async fn topology_changed(
-    topology: &mut Option<tokio::sync::broadcast::Receiver<Vec<fred::types::ClusterStateChange>>>,
-) {
+async fn topology_changed(topology: &mut Option<tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>>) {
     use tokio::sync::broadcast::error::RecvError;
     match topology {
         Some(rx) => match rx.recv().await {

@@ -279,7 +279,7 @@ impl ValkeyBackend {
 
     /// The keys and arguments an engine's own function must pass in its `FCALL` to emit
     /// `completion` with [`EMIT_LUA`] in the same atomic call as its own state change (see
-    /// `docs/valkey.md`, "Emitting from your own function"). Each call carries a fresh write
+    /// `docs/valkey.md`, "Including `lua/emit.lua` in your own function"). Each call carries a fresh write
     /// token: a call your client re-sends after losing the reply emits once, and the
     /// function sees `emit.retried`. Refuses a second completion of the execution like
     /// [`emit`](Self::emit) does (`COMPLETIONS_EMITTED <outcome>`).

@@ -45,6 +45,26 @@ pub const LIBRARY_VERSION: i64 = 5;
 /// The library's function that returns its version.
 pub(crate) const VERSION_FUNCTION: &str = "completions_version";
 
+/// The names of the library's functions that the backend calls (`lua/completions.lua`
+/// registers each; a unit test checks that it does).
+pub(crate) mod function {
+    /// Creates an execution hash (`create_execution`).
+    pub(crate) const CREATE: &str = "completions_create";
+    /// The terminal write: state change, log append, trim and announcement in one call.
+    pub(crate) const TERMINAL: &str = "completions_terminal";
+    /// A completion of an execution whose state the engine keeps itself.
+    pub(crate) const EMIT: &str = "completions_emit";
+    /// Reads a partition's log after an entry id, with its trimming record.
+    pub(crate) const READ: &str = "completions_read";
+    /// Trims a partition's log up to an entry id and records the trim.
+    pub(crate) const TRIM: &str = "completions_trim";
+    /// A page of a partition's entry ids before an entry id (read-only).
+    pub(crate) const IDS: &str = "completions_ids";
+    /// Every function above, for the test that the library registers each.
+    #[cfg(test)]
+    pub(crate) const ALL: [&str; 6] = [CREATE, TERMINAL, EMIT, READ, TRIM, IDS];
+}
+
 /// What connecting did to the server's function library (on a cluster: the first load or
 /// upgrade it did on any primary), from [`ValkeyBackend::library_on_connect`](crate::ValkeyBackend::library_on_connect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +157,7 @@ pub(crate) async fn installed_version(conn: &Conn) -> Result<Option<i64>, Engine
 
 /// Whether `error` says a library function is missing (the server lost its functions).
 pub(crate) fn is_missing_function(error: &EngineError) -> bool {
-    matches!(error, EngineError::Server { message, .. }
-        if message.contains("Function not found") || message.contains("No such library"))
+    matches!(error, EngineError::Server { message, .. } if crate::conn::errors::says_function_missing(message))
 }
 
 #[cfg(test)]
@@ -150,6 +169,9 @@ mod tests {
         assert!(LIBRARY_SOURCE.starts_with(&format!("#!lua name={LIBRARY_NAME}\n")));
         assert!(LIBRARY_SOURCE.contains(&format!("\nlocal VERSION = {LIBRARY_VERSION}\n")));
         assert!(LIBRARY_SOURCE.contains(&format!("'{VERSION_FUNCTION}'")));
+        for name in function::ALL {
+            assert!(LIBRARY_SOURCE.contains(&format!("'{name}'")), "the library registers no {name}");
+        }
         assert!(EMIT_LUA.contains(&format!("\nlocal COMPLETIONS_EMIT_VERSION = {LIBRARY_VERSION}\n")));
     }
 

@@ -21,6 +21,7 @@ use completion_core::{Cursor, EngineError, ScannerFilter};
 use tracing::Instrument;
 
 use self::merge::{MAX_REFILLS, PartitionRead, page_size, plan};
+use crate::library::function;
 use crate::position::{BACKEND, StreamId, ValkeyPosition};
 use crate::store::Store;
 use crate::wire::{self, RawRead};
@@ -47,7 +48,7 @@ impl Store {
         let reply = self
             .call(
                 "read log",
-                "completions_read",
+                function::READ,
                 true,
                 vec![log.clone(), meta.clone()],
                 vec![after.to_string(), "0".into()],

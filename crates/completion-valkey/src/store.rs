@@ -20,6 +20,7 @@ use crate::config::ValkeyConfig;
 use crate::conn::Conn;
 use crate::conn::commands::FcallArgs;
 use crate::keys::Keyspace;
+use crate::library::function;
 use crate::library::{self, LibraryChange};
 use crate::position::{BACKEND, StreamId};
 use crate::stats::{ChannelView, PartitionView, Stats, ValkeyServerView};
@@ -113,7 +114,7 @@ impl Store {
             wire::tags_to_json(&execution.tags),
             self.token(),
         ];
-        match self.call("create_execution", "completions_create", false, vec![self.keys.execution(id)], args).await {
+        match self.call("create_execution", function::CREATE, false, vec![self.keys.execution(id)], args).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(EXISTS) => Err(EngineError::AlreadyExists(execution.id.clone())),
             Err(e) => Err(e),
@@ -146,7 +147,7 @@ impl Store {
         if sharded {
             args.push("sharded".to_string());
         }
-        match self.call("terminal write", "completions_terminal", false, keys, args).await {
+        match self.call("terminal write", function::TERMINAL, false, keys, args).await {
             Ok(reply) => Ok(reply.text().unwrap_or_default()),
             Err(e) => Err(match e.code() {
                 Some(NOT_FOUND) => EngineError::NotFound(id.clone()),
@@ -190,7 +191,7 @@ impl Store {
     /// Emits `completion` through the library's `completions_emit`. Returns the log entry id.
     pub(crate) async fn emit(&self, completion: &Completion, repeat: bool) -> Result<String, EngineError> {
         let (keys, args) = self.emit_call(completion, repeat);
-        match self.call("emit", "completions_emit", false, keys, args).await {
+        match self.call("emit", function::EMIT, false, keys, args).await {
             Ok(reply) => Ok(reply.text().unwrap_or_default()),
             Err(e) => Err(match (e.code(), terminal_outcome(&e)) {
                 (Some(EMITTED), Some(first)) => {
@@ -284,7 +285,7 @@ impl Store {
         }
         let calls = (0..self.keys.partitions()).map(|p| {
             let args = vec![minid.clone(), maxage.clone()];
-            self.call("trim log", "completions_trim", false, vec![self.keys.log(p), self.keys.meta(p)], args)
+            self.call("trim log", function::TRIM, false, vec![self.keys.log(p), self.keys.meta(p)], args)
         });
         let mut removed = 0;
         for reply in futures_util::future::join_all(calls).await {
@@ -336,9 +337,8 @@ impl Store {
     ) -> Result<(), EngineError> {
         let at = usize::from(p);
         let before = last[at].map_or("+".to_string(), |id| id.to_string());
-        let reply = self
-            .call("trim log", "completions_ids", true, vec![self.keys.log(p)], vec![before, page.to_string()])
-            .await?;
+        let reply =
+            self.call("trim log", function::IDS, true, vec![self.keys.log(p)], vec![before, page.to_string()]).await?;
         let ids = reply
             .texts()
             .ok_or_else(|| EngineError::server(BACKEND, "trim log", "the ids function did not return a list of ids"))?;
@@ -353,8 +353,10 @@ impl Store {
     }
 }
 
-/// The first outcome an `COMPLETIONS_TERMINAL` / `COMPLETIONS_EMITTED` reply names (its
-/// message is the outcome).
+/// The outcome a `COMPLETIONS_TERMINAL` / `COMPLETIONS_EMITTED` reply carries. The reply's
+/// code says what happened (the execution already finished); its message is not prose but
+/// data the library writes for this: the outcome the execution finished with
+/// (`lua/completions.lua`).
 fn terminal_outcome(error: &EngineError) -> Option<Outcome> {
     match error {
         EngineError::Server { message, .. } => message.split_whitespace().next()?.parse().ok(),

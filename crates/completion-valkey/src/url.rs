@@ -50,16 +50,9 @@ pub(crate) fn target(url: &str, cluster: bool) -> Result<Target, EngineError> {
     let (plain, tls) = match url.split_once("://") {
         Some((scheme, rest)) if scheme.ends_with("-cluster") => {
             let base = scheme.trim_end_matches("-cluster");
-            plain_url(&format!("{base}://{rest}")).map_err(|_| {
-                EngineError::invalid(
-                    "url",
-                    redact_url(url),
-                    "the scheme must be redis-cluster://, rediss-cluster://, valkey-cluster:// or \
-                     valkeys-cluster:// (or one of those without -cluster)",
-                )
-            })?
+            plain_url(&format!("{base}://{rest}"), url)?
         }
-        _ => plain_url(url)?,
+        _ => plain_url(url, url)?,
     };
     let plain = match plain.strip_prefix("redis://") {
         Some(rest) if cluster => format!("redis-cluster://{rest}"),
@@ -70,17 +63,18 @@ pub(crate) fn target(url: &str, cluster: bool) -> Result<Target, EngineError> {
 }
 
 /// `url` as `redis://...` (whatever the scheme) and whether it asks for TLS. Refuses other
-/// schemes, and TLS without the `tls` feature.
-fn plain_url(url: &str) -> Result<(String, bool), EngineError> {
-    let bad = |reason: &str| EngineError::invalid("url", redact_url(url), reason);
+/// schemes, and TLS without the `tls` feature; errors show `original`, the URL as the user
+/// wrote it (with its `-cluster`).
+fn plain_url(url: &str, original: &str) -> Result<(String, bool), EngineError> {
+    let bad = |reason: &str| EngineError::invalid("url", redact_url(original), reason);
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected `redis://host:port`"))?;
     let tls = match scheme {
         "redis" | "valkey" => false,
         "rediss" | "valkeys" => true,
         _ => {
             return Err(bad(
-                "the scheme must be redis://, rediss://, valkey:// or valkeys:// (cluster, sentinel and unix \
-                 sockets are not supported yet)",
+                "the scheme must be redis://, rediss://, valkey:// or valkeys://, or one of those with -cluster \
+                 (sentinel and unix sockets are not supported)",
             ));
         }
     };
@@ -226,7 +220,7 @@ mod tests {
 
     #[test]
     fn schemes_are_normalized_and_bad_ones_named() {
-        let url = |u: &str| plain_url(u);
+        let url = |u: &str| plain_url(u, u);
         assert_eq!(url("valkey://h:1/2").unwrap(), ("redis://h:1/2".to_string(), false));
         assert_eq!(url("redis://u:p@h").unwrap(), ("redis://u:p@h".to_string(), false));
         assert!(url("http://h").unwrap_err().to_string().contains("scheme"));
@@ -237,7 +231,7 @@ mod tests {
         } else {
             assert!(url("rediss://h").unwrap_err().to_string().contains("`tls`"));
         }
-        let err = plain_url("redis+unix://u:secret@x").unwrap_err().to_string();
+        let err = plain_url("redis+unix://u:secret@x", "redis+unix://u:secret@x").unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
     }
 
@@ -255,8 +249,13 @@ mod tests {
         let err = target("http-cluster://h:1", false).unwrap_err().to_string();
         assert!(err.contains("-cluster"), "{err}");
         if !cfg!(feature = "tls") {
-            assert!(target("rediss-cluster://h:1", false).is_err());
+            let err = target("rediss-cluster://h:1", false).unwrap_err().to_string();
+            assert!(err.contains("`tls`") && err.contains("rediss-cluster://h:1"), "{err}");
         }
+        // A -cluster URL's other faults are named as such, on the URL as written.
+        let err = target("valkey-cluster://u:secret@", false).unwrap_err().to_string();
+        assert!(err.contains("has no host") && err.contains("valkey-cluster://"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

@@ -95,10 +95,10 @@ fn partition_of(id: &ExecutionId, partitions: u16) -> u16 {
     (hash % u64::from(partitions)) as u16
 }
 
-/// The regression test of the stall (issue 6): a write to a new key of a slot half migrated
-/// is answered `ASK` by the slot's owner. fred 10.1 followed it in a loop that ended its
-/// routing task, and every later command of the backend timed out. Now the write waits out
-/// the migration, takes effect once, and the backend goes on working.
+/// The regression test of the stall (docs/server-facts.md, "fred 10.1"): a write to a new key
+/// of a slot half migrated is answered `ASK` by the slot's owner. fred 10.1 follows it in a
+/// loop that ends its routing task, after which every later command of the backend times out.
+/// The write must wait out the migration, take effect once, and leave the backend working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_to_a_half_migrated_slot_waits_and_the_client_survives() {
     let cluster = the_cluster().await;

@@ -1,5 +1,6 @@
-//! "Bring your own state" (issue 15) on Valkey 9.1 and Redis 7.0, standalone, and on a
-//! Valkey cluster: completions emitted by `ValkeyBackend::emit` (the library's
+//! Completions of executions the engine keeps in its own state (docs/valkey.md, "Emitting
+//! completions of executions you keep yourself") on Valkey 9.1 and Redis 7.0, standalone, and
+//! on a Valkey cluster: completions emitted by `ValkeyBackend::emit` (the library's
 //! `completions_emit`) and by an engine function of the test's own that includes the emit
 //! step (`EMIT_LUA`), against subscribers that must not tell them from terminal writes.
 //!

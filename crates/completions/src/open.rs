@@ -15,7 +15,7 @@ use crate::url::parse_url;
 ///
 /// | setting | applies to | default |
 /// |---|---|---|
-/// | [`prefix`](Self::prefix) | Valkey | `completions` |
+/// | [`key_prefix`](Self::key_prefix) | Valkey | `completions` |
 /// | [`partitions`](Self::partitions) | Valkey | 16 (a prefix keeps the count it was created with) |
 /// | [`schema`](Self::schema) | PostgreSQL | `completions` |
 /// | [`application_name`](Self::application_name) | PostgreSQL | `completions` |
@@ -29,7 +29,7 @@ use crate::url::parse_url;
 #[non_exhaustive]
 pub struct OpenOptions {
     /// Valkey: the key prefix every key of the backend starts with.
-    pub prefix: Option<String>,
+    pub key_prefix: Option<String>,
     /// Valkey: the partition count of a new key prefix (1 to 256).
     pub partitions: Option<u16>,
     /// PostgreSQL: the schema of the backend's tables and functions.
@@ -48,16 +48,17 @@ pub struct OpenOptions {
     pub reconnect_max_delay: Option<Duration>,
     /// How much of the completion log to keep.
     pub retention: Option<Retention>,
-    /// Trim the log to its retention in the background. Off, nothing this instance runs
-    /// trims the log behind its owner's back (the in-process backend trims on every write
-    /// either way).
+    /// Trim the log to its retention in the background, at the backend's default
+    /// `retention_interval` (60 s). Off, the backend's `retention_interval` is `None`:
+    /// nothing this instance runs trims the log behind its owner's back (the in-process
+    /// backend trims on every write either way).
     pub background_retention: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         Self {
-            prefix: None,
+            key_prefix: None,
             partitions: None,
             schema: None,
             application_name: None,
@@ -73,8 +74,8 @@ impl Default for OpenOptions {
 
 impl OpenOptions {
     /// Sets the Valkey key prefix.
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Some(prefix.into());
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = Some(prefix.into());
         self
     }
 
@@ -147,7 +148,7 @@ impl OpenOptions {
     #[cfg(feature = "valkey")]
     pub fn valkey_config(&self, url: &str) -> completion_valkey::ValkeyConfig {
         let mut config = completion_valkey::ValkeyConfig::new(url);
-        if let Some(prefix) = &self.prefix {
+        if let Some(prefix) = &self.key_prefix {
             config = config.with_key_prefix(prefix);
         }
         if let Some(partitions) = self.partitions {
@@ -299,9 +300,10 @@ mod tests {
     fn the_defaults_leave_the_libraries_defaults() {
         let options = OpenOptions::default();
         assert!(options.migrate && options.background_retention);
-        assert_eq!(options.prefix, None);
-        let options = options.with_prefix("p").with_partitions(4).with_migrate(false).with_background_retention(false);
-        assert_eq!((options.prefix.as_deref(), options.partitions), (Some("p"), Some(4)));
+        assert_eq!(options.key_prefix, None);
+        let options =
+            options.with_key_prefix("p").with_partitions(4).with_migrate(false).with_background_retention(false);
+        assert_eq!((options.key_prefix.as_deref(), options.partitions), (Some("p"), Some(4)));
         assert!(!options.migrate && !options.background_retention);
     }
 
@@ -321,7 +323,7 @@ mod tests {
     #[test]
     fn the_valkey_config_carries_the_options() {
         let config = OpenOptions::default()
-            .with_prefix("p")
+            .with_key_prefix("p")
             .with_partitions(4)
             .with_connect_timeout(Duration::from_millis(300))
             .with_background_retention(false)

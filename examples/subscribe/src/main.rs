@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--namespace" => {
                 filter = filter.with_namespace(Namespace::new(args.next().ok_or("--namespace needs a value")?)?)
             }
-            "--prefix" => options = options.with_prefix(args.next().ok_or("--prefix needs a value")?),
+            "--prefix" => options = options.with_key_prefix(args.next().ok_or("--prefix needs a value")?),
             "--schema" => options = options.with_schema(args.next().ok_or("--schema needs a value")?),
             other if other.starts_with("--") => return Err(format!("unknown argument {other:?}").into()),
             other => url = other.to_string(),

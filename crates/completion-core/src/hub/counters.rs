@@ -114,7 +114,6 @@ impl WriteOp {
     }
 }
 
-/// Times one write call from [`Counters::time_write`] until it is dropped. Without the
 /// The `terminal_write` span every backend opens for a terminal write (debug level), with
 /// the same fields everywhere: `backend`, `execution_id`, `outcome`, and, to be recorded
 /// when known, `position` (where the event landed in the log) and `completed_at_ms`.
@@ -129,6 +128,7 @@ pub fn terminal_write_span(backend: &'static str, id: &crate::ExecutionId, outco
     )
 }
 
+/// Times one write call from [`Counters::time_write`] until it is dropped. Without the
 /// feature `metrics` it is empty and does nothing.
 #[must_use = "the write is timed until this is dropped"]
 #[derive(Debug)]
@@ -171,9 +171,11 @@ pub struct Counters {
     pub gaps: Count,
     /// Events that a stream's filter turned away.
     pub filtered_out: Count,
-    /// Messages on the completion channel that did not parse and were skipped.
+    /// Channel messages, notification payloads and log entries that did not parse and were
+    /// skipped.
     pub malformed_messages: Count,
-    /// Times a stream's buffer was full and the stream fell back to reading the log.
+    /// Times a stream's buffer was full (or the feed fell behind retention) and the stream fell
+    /// back to reading the log.
     pub buffer_overflows: Count,
     /// The most events any one stream's buffer held at once.
     pub buffer_high_water: AtomicU64,
@@ -322,19 +324,27 @@ fn describe() {
     );
 }
 
-/// The counters of one backend instance at one moment. See [`Counters`] for each field.
+/// The counters of one backend instance at one moment: running totals since the instance
+/// was made, except `buffer_high_water` (a maximum) and `active_streams` (a reading).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
-#[allow(missing_docs)]
 pub struct CounterSnapshot {
+    /// Times the subscription side's connection (Valkey subscriber, PostgreSQL `LISTEN`) came back.
     pub reconnects: u64,
+    /// Log reads, one per batch: a stream catching up (from a cursor, after an overflow) or the feed resyncing.
     pub catch_up_reads: u64,
+    /// Gaps met: times a stream found events after its position trimmed away by retention.
     pub gaps: u64,
+    /// Live events a stream's filter turned away, once per stream (what catch-up reads skip is not counted).
     pub filtered_out: u64,
+    /// Channel messages, notification payloads and log entries that did not parse and were skipped.
     pub malformed_messages: u64,
+    /// Times a stream was sent back to the log: its mailbox was full, or the feed fell behind retention.
     pub buffer_overflows: u64,
+    /// The most events one stream's mailbox held at once.
     pub buffer_high_water: u64,
+    /// Completions the streams yielded (after filtering and deduplication), all streams summed.
     pub delivered: u64,
     /// Streams open right now.
     pub active_streams: u64,

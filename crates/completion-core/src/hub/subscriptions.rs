@@ -11,16 +11,34 @@ use crate::{
 };
 
 /// A backend's hub with its feed and its log reader: implements [`CompletionBackend`], so a
-/// backend's own implementation is delegation to it.
+/// backend's own implementation is delegation to it, written by
+/// [`delegate_completion_backend!`](crate::delegate_completion_backend).
 ///
-/// ```ignore
-/// #[async_trait]
-/// impl CompletionBackend for MyBackend {
-///     fn backend_name(&self) -> &'static str { self.subscriptions.backend_name() }
-///     async fn subscribe_completions(&self) -> Result<CompletionStream, EngineError> {
-///         self.subscriptions.subscribe_completions().await
-///     }
-///     // ... and so on for every method.
+/// ```
+/// use completion_core::CompletionBackend;
+/// use completion_core::hub::{Position, Subscriptions};
+/// # use completion_core::Cursor;
+/// # #[derive(Clone, Debug, Default, PartialEq)]
+/// # struct MyPosition(u64);
+/// # impl Position for MyPosition {
+/// #     const BACKEND: &'static str = "mine";
+/// #     type Event = u64;
+/// #     fn is_new(&self, event: &u64) -> bool { *event > self.0 }
+/// #     fn advance(&mut self, event: &u64) { self.0 = self.0.max(*event) }
+/// #     fn merge(&mut self, other: &Self) { self.0 = self.0.max(other.0) }
+/// #     fn to_cursor(&self) -> Cursor { Cursor::new(Self::BACKEND, self.0) }
+/// # }
+///
+/// struct MyBackend {
+///     subscriptions: Subscriptions<MyPosition>,
+///     // ... the write side: connection, store.
+/// }
+///
+/// // Every method of `CompletionBackend` goes to `subscriptions`.
+/// completion_core::delegate_completion_backend!(MyBackend, |this| &this.subscriptions);
+///
+/// fn subscribe_side(backend: &MyBackend) -> &dyn CompletionBackend {
+///     backend
 /// }
 /// ```
 pub struct Subscriptions<P: Position> {

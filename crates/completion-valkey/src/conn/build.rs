@@ -122,7 +122,7 @@ pub(crate) async fn connect_client(config: &ValkeyConfig, role: Role) -> Result<
             Err(EngineError::Timeout { backend: BACKEND, op: "connect", after: connect_timeout })
         }
         // fred SELECTs the database as it connects: the server's refusal ends the connect.
-        Ok(Err(e)) if e.details().contains("DB index is out of range") => Err(EngineError::invalid(
+        Ok(Err(e)) if super::errors::says_no_such_database(e.details()) => Err(EngineError::invalid(
             "database",
             database.map(|db| db.to_string()).unwrap_or_default(),
             format!(

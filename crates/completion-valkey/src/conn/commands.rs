@@ -95,7 +95,7 @@ impl Conn {
                 Some(n) => Ok(InstalledLibrary::Version(n)),
                 None => Ok(InstalledLibrary::Foreign(format!("{version_fn} returned {v:?}"))),
             },
-            Err(e) if e.details().contains("Function not found") => {
+            Err(e) if super::errors::says_function_missing(e.details()) => {
                 Ok(InstalledLibrary::Foreign(format!("it has no {version_fn} function")))
             }
             Err(e) => Err(self.fail("FCALL_RO")(e)),
@@ -112,7 +112,7 @@ impl Conn {
         let result: Result<Value, Error> = self.on(node).function_load(replace, code).await;
         match result {
             Ok(_) => Ok(Loaded::Done),
-            Err(e) if e.details().contains("already exists") => Ok(Loaded::AlreadyExists),
+            Err(e) if super::errors::says_library_exists(e.details()) => Ok(Loaded::AlreadyExists),
             Err(e) => Err(self.fail("FUNCTION LOAD")(e)),
         }
     }

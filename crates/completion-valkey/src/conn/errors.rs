@@ -9,6 +9,9 @@
 //!
 //! Limit: fred reports server replies and a few of its own failures with one kind
 //! (`Unknown`), so those are told apart by their text (docs/server-facts.md, "fred 10.1").
+//! Replies are told apart by their code; the few that only the generic `ERR` code carries are
+//! told apart by their text, and every such text is matched here, in one predicate each
+//! ([`says_function_missing`], [`says_library_exists`], [`says_no_such_database`]).
 
 use std::time::Duration;
 
@@ -24,10 +27,7 @@ pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Protocol | ErrorKind::Routing | ErrorKind::Backpressure => {
             EngineError::transport(BACKEND, op, error)
         }
-        // fred reports a command whose connection died under it (its internal response channel
-        // closed, e.g. during a server restart) as `Unknown` "channel closed": transport trouble
-        // to retry, not a server verdict. Server error replies are `Unknown` too, so match the text.
-        ErrorKind::Unknown if error.details() == "channel closed" => EngineError::transport(BACKEND, op, error),
+        ErrorKind::Unknown if is_channel_closed(&error) => EngineError::transport(BACKEND, op, error),
         #[cfg(feature = "tls")]
         ErrorKind::Tls => EngineError::transport(BACKEND, op, error),
         ErrorKind::Config | ErrorKind::Url => {
@@ -42,15 +42,48 @@ pub(crate) fn map_error(op: &'static str, error: Error) -> EngineError {
 /// `COMPLETIONS_NOT_FOUND`), the rest the message.
 pub(crate) fn server_reply(op: &'static str, reply: &str) -> EngineError {
     let reply = reply.trim();
+    match reply_code(reply) {
+        Some((code, rest)) => EngineError::server_code(BACKEND, op, code, rest),
+        None => EngineError::server(BACKEND, op, reply),
+    }
+}
+
+/// An error reply's code and the rest of its text, when its first word is a code.
+fn reply_code(reply: &str) -> Option<(&str, &str)> {
+    let reply = reply.trim_start();
     let (first, rest) = reply.split_once(' ').unwrap_or((reply, ""));
     let is_code = !first.is_empty()
         && first.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         && first.bytes().any(|b| b.is_ascii_uppercase());
-    if is_code {
-        EngineError::server_code(BACKEND, op, first, rest.trim_start())
-    } else {
-        EngineError::server(BACKEND, op, reply)
-    }
+    is_code.then(|| (first, rest.trim_start()))
+}
+
+/// Whether fred gave up on a command because its connection died under it (fred's internal
+/// response channel closed, e.g. during a server restart): transport trouble to retry, not a
+/// server verdict. fred reports it as `Unknown`, the kind of server replies too, so only its
+/// text tells it apart.
+fn is_channel_closed(error: &Error) -> bool {
+    error.details() == "channel closed"
+}
+
+/// Whether an error reply says the function called is not loaded (a server restarted without
+/// persistence lost it, or the library was never loaded): `ERR Function not found` from
+/// `FCALL`, `ERR No such library` from `FUNCTION DELETE`/`LIST` (docs/server-facts.md,
+/// "Valkey / Redis functions and streams").
+pub(crate) fn says_function_missing(reply: &str) -> bool {
+    reply.contains("Function not found") || reply.contains("No such library")
+}
+
+/// Whether a `FUNCTION LOAD` without `REPLACE` was refused because a library of that name is
+/// loaded (`ERR Library '…' already exists`): another instance loaded it first.
+pub(crate) fn says_library_exists(reply: &str) -> bool {
+    reply.contains("already exists")
+}
+
+/// Whether the server refused the `SELECT` of the configured database (`ERR DB index is out
+/// of range`): it has fewer databases than the URL's index.
+pub(crate) fn says_no_such_database(reply: &str) -> bool {
+    reply.contains("DB index is out of range")
 }
 
 /// fred's text of an I/O error, which is the error's `Debug` form (`Os { code: 111, kind:
@@ -88,8 +121,7 @@ pub(crate) fn is_redirection(error: &Error) -> bool {
 /// (`CLUSTERDOWN`, `MASTERDOWN`), a server still loading its data after a restart
 /// (`LOADING`, standalone servers too).
 pub(crate) fn is_in_flux(error: &Error) -> bool {
-    let reply = error.details().trim_start();
-    ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"].iter().any(|code| reply.starts_with(code))
+    matches!(reply_code(error.details()), Some(("TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING", _)))
 }
 
 /// Fills in the limit of a time-out error (fred does not say which limit passed).
@@ -117,7 +149,29 @@ mod tests {
         for reply in ["NOT_FOUND x", "ERR Function not found", "ALREADY_TERMINAL succeeded"] {
             assert!(!is_in_flux(&Error::new(ErrorKind::Unknown, reply)), "{reply}");
         }
+        assert!(!is_in_flux(&Error::new(ErrorKind::Unknown, "TRYAGAINLATER x")), "a code is a whole word");
         assert!(is_redirection(&Error::new(ErrorKind::Routing, "Too many redirections.")));
         assert!(!is_redirection(&Error::new(ErrorKind::Unknown, "Too many redirections.")));
+    }
+
+    #[test]
+    fn replies_carry_their_code() {
+        let e = server_reply("FCALL", "COMPLETIONS_NOT_FOUND  exec-1 ");
+        assert_eq!(e.code(), Some("COMPLETIONS_NOT_FOUND"));
+        assert!(e.to_string().contains("exec-1"), "{e}");
+        assert_eq!(server_reply("FCALL", "something went wrong").code(), None);
+        assert_eq!(server_reply("FCALL", "Err lower case").code(), None);
+        assert_eq!(server_reply("FCALL", "ERR").code(), Some("ERR"));
+    }
+
+    #[test]
+    fn err_replies_are_told_apart_by_their_text() {
+        assert!(says_function_missing("ERR Function not found"));
+        assert!(says_function_missing("ERR No such library"));
+        assert!(!says_function_missing("ERR Library 'completions' already exists"));
+        assert!(says_library_exists("ERR Library 'completions' already exists"));
+        assert!(says_no_such_database("ERR DB index is out of range"));
+        assert!(map_error("GET", Error::new(ErrorKind::Unknown, "channel closed")).is_transient());
+        assert!(!map_error("GET", Error::new(ErrorKind::Unknown, "ERR channel closed")).is_transient());
     }
 }

@@ -31,6 +31,10 @@ pub(crate) mod commands;
 pub(crate) mod errors;
 pub(crate) mod subscriber;
 
+/// A cluster topology change fred reports, re-exported so that the feed, which waits for
+/// them, need not know fred.
+pub(crate) use fred::types::ClusterStateChange;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -180,7 +180,7 @@ impl Server {
             }
             Server::Valkey(server) => {
                 let prefix = format!("demo-{run}");
-                let options = OpenOptions::default().with_prefix(prefix.clone());
+                let options = OpenOptions::default().with_key_prefix(prefix.clone());
                 let backend = match open("Valkey", &server.url(), options).await? {
                     Backend::Valkey(backend) => backend,
                     other => return Err(format!("the Valkey URL opened the {} backend", other.name())),
