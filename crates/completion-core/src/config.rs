@@ -3,7 +3,8 @@
 //! one way to read durations (`duration`, `option_duration`).
 //!
 //! One knob has one name and one rule in every backend: a backend config validates its
-//! `subscription` with [`SubscriptionConfig::validate`], whose errors name the field.
+//! `subscription` with [`SubscriptionConfig::validate`], whose errors name the field, and
+//! each of its own durations with [`check_duration`].
 
 use std::time::Duration;
 
@@ -60,11 +61,24 @@ impl SubscriptionConfig {
         if self.buffer == 0 {
             return Err(EngineError::invalid("subscription.buffer", "0", "must be at least 1"));
         }
-        if self.safety_interval.is_zero() {
-            return Err(EngineError::invalid("subscription.safety_interval", "0s", "must be longer than zero"));
-        }
-        Ok(())
+        check_duration("subscription.safety_interval", self.safety_interval, MIN_DURATION)
     }
+}
+
+/// The shortest duration a setting takes unless its backend needs more: longer than zero.
+pub const MIN_DURATION: Duration = Duration::from_nanos(1);
+
+/// The rule every backend config applies to a duration setting: at least `min`, refused
+/// otherwise with an [`EngineError::InvalidInput`] naming the setting (`what`) and the value.
+/// `min` is [`MIN_DURATION`], or the backend's resolution where its client library counts in
+/// coarser units (Valkey: 1 ms, since fred reads a timeout of 0 ms as none).
+pub fn check_duration(what: &'static str, value: Duration, min: Duration) -> Result<(), EngineError> {
+    if value >= min {
+        return Ok(());
+    }
+    let rule =
+        if min <= MIN_DURATION { "must be longer than zero".to_string() } else { format!("must be at least {min:?}") };
+    Err(EngineError::invalid(what, format!("{value:?}"), rule))
 }
 
 /// Serde for a [`Duration`]: a whole number of milliseconds, or text with units as
@@ -139,6 +153,20 @@ mod tests {
             refused(SubscriptionConfig::default().with_safety_interval(Duration::ZERO)).contains("safety_interval")
         );
         assert!(refused(SubscriptionConfig::default().with_retention(Retention::events(0))).contains("max_events"));
+    }
+
+    #[test]
+    fn durations_are_checked_against_their_minimum() {
+        assert!(check_duration("t", Duration::from_nanos(1), MIN_DURATION).is_ok());
+        let zero = check_duration("connect_timeout", Duration::ZERO, MIN_DURATION).unwrap_err().to_string();
+        assert!(zero.contains("connect_timeout") && zero.contains("longer than zero"), "{zero}");
+        let ms = Duration::from_millis(1);
+        assert!(check_duration("t", ms, ms).is_ok());
+        let short = check_duration("command_timeout", Duration::from_micros(500), ms).unwrap_err().to_string();
+        assert!(
+            short.contains("command_timeout") && short.contains("500") && short.contains("at least 1ms"),
+            "{short}"
+        );
     }
 
     #[cfg(feature = "serde")]

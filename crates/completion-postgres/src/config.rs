@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use completion_core::config::{duration, option_duration};
+use completion_core::config::{MIN_DURATION, check_duration, duration, option_duration};
 use completion_core::{EngineError, Retention, SubscriptionConfig};
 use serde::Deserialize;
 
@@ -63,7 +63,7 @@ pub struct PostgresConfig {
     /// waiting for a connection and retries included; enforced on the client side, so it
     /// also works behind PgBouncer. `None`: no limit. Default 30 s.
     #[serde(with = "option_duration")]
-    pub statement_timeout: Option<Duration>,
+    pub command_timeout: Option<Duration>,
     /// Run [`enforce_retention`](crate::PostgresBackend::enforce_retention) this often in a
     /// background task. `None`: only when called. Default 60 s.
     #[serde(with = "option_duration")]
@@ -119,7 +119,7 @@ impl Default for PostgresConfig {
             subscription: SubscriptionConfig::default(),
             listen: true,
             connect_timeout: Duration::from_secs(5),
-            statement_timeout: Some(Duration::from_secs(30)),
+            command_timeout: Some(Duration::from_secs(30)),
             retention_interval: Some(Duration::from_secs(60)),
             migrate: true,
             application_name: "completions".into(),
@@ -143,7 +143,7 @@ impl fmt::Debug for PostgresConfig {
             .field("subscription", &self.subscription)
             .field("listen", &self.listen)
             .field("connect_timeout", &self.connect_timeout)
-            .field("statement_timeout", &self.statement_timeout)
+            .field("command_timeout", &self.command_timeout)
             .field("retention_interval", &self.retention_interval)
             .field("migrate", &self.migrate)
             .field("application_name", &self.application_name)
@@ -234,9 +234,9 @@ impl PostgresConfig {
         self
     }
 
-    /// Sets [`statement_timeout`](Self::statement_timeout).
-    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.statement_timeout = timeout;
+    /// Sets [`command_timeout`](Self::command_timeout).
+    pub fn with_command_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.command_timeout = timeout;
         self
     }
 
@@ -306,14 +306,14 @@ impl PostgresConfig {
             return Err(EngineError::invalid("pool_size", "0", "must be at least 1"));
         }
         self.subscription.validate()?;
-        nonzero("connect_timeout", self.connect_timeout)?;
-        nonzero("keepalive_idle", self.keepalive_idle)?;
-        nonzero("reconnect_max_delay", self.reconnect_max_delay)?;
-        if let Some(t) = self.statement_timeout {
-            nonzero("statement_timeout", t)?;
+        check_duration("connect_timeout", self.connect_timeout, MIN_DURATION)?;
+        check_duration("keepalive_idle", self.keepalive_idle, MIN_DURATION)?;
+        check_duration("reconnect_max_delay", self.reconnect_max_delay, MIN_DURATION)?;
+        if let Some(t) = self.command_timeout {
+            check_duration("command_timeout", t, MIN_DURATION)?;
         }
         if let Some(t) = self.retention_interval {
-            nonzero("retention_interval", t)?;
+            check_duration("retention_interval", t, MIN_DURATION)?;
         }
         let name = &self.application_name;
         if name.is_empty() || name.len() > 40 || !name.bytes().all(|b| b.is_ascii_graphic()) {
@@ -340,13 +340,6 @@ pub(crate) struct Validated {
     pub schema: Schema,
 }
 
-fn nonzero(what: &'static str, value: Duration) -> Result<(), EngineError> {
-    if value.is_zero() {
-        return Err(EngineError::invalid(what, format!("{value:?}"), "must be longer than zero"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,13 +347,13 @@ mod tests {
     #[test]
     fn deserializes_with_defaults_and_units() {
         let config: PostgresConfig = serde_json::from_str(
-            r#"{"url": "postgres://u:secret@h/db", "statement_timeout": null, "retention_interval": 1500,
+            r#"{"url": "postgres://u:secret@h/db", "command_timeout": null, "retention_interval": 1500,
                 "subscription": {"safety_interval": "250ms", "retention": {"max_events": 10}}}"#,
         )
         .unwrap();
         assert_eq!(config.subscription.safety_interval, Duration::from_millis(250));
         assert_eq!(config.subscription.buffer, 1024);
-        assert_eq!(config.statement_timeout, None);
+        assert_eq!(config.command_timeout, None);
         assert_eq!(config.retention_interval, Some(Duration::from_millis(1500)));
         assert_eq!(config.subscription.retention.max_events, Some(10));
         assert_eq!(config.reconnect_max_delay, Duration::from_secs(2));

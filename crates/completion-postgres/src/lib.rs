@@ -143,7 +143,7 @@ impl PostgresBackend {
         let pool_pg = names.connection(&validated.pg, "pool", &config);
         let pool =
             build::pool(&pool_pg, build::share(&tls), config.pool_size, config.connect_timeout, config.generic_plans)?;
-        let conn = Arc::new(Conn::new(pool, schema, config.statement_timeout, config.connect_timeout, stats.clone()));
+        let conn = Arc::new(Conn::new(pool, schema, config.command_timeout, config.connect_timeout, stats.clone()));
 
         let server = url::server_name(&validated.pg);
         match tokio::time::timeout(config.connect_timeout, conn.ping()).instrument(span.clone()).await {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use completion_core::config::{duration, option_duration};
+use completion_core::config::{check_duration, duration, option_duration};
 use completion_core::{EngineError, Retention, SubscriptionConfig, redact_url};
 use serde::Deserialize;
 
@@ -260,29 +260,16 @@ impl ValkeyConfig {
         if self.message_capacity == 0 {
             return Err(EngineError::invalid("message_capacity", "0", "must be at least 1"));
         }
-        for (what, value) in [
-            ("subscription.safety_interval", self.subscription.safety_interval),
-            ("connect_timeout", self.connect_timeout),
-            ("command_timeout", self.command_timeout),
-            ("reconnect_max_delay", self.reconnect_max_delay),
-        ] {
-            if value < Duration::from_millis(1) {
-                return Err(EngineError::invalid(what, format!("{value:?}"), "must be at least 1 ms"));
-            }
+        // fred counts timeouts and delays in whole milliseconds, and reads 0 ms as "none".
+        let ms = Duration::from_millis(1);
+        check_duration("connect_timeout", self.connect_timeout, ms)?;
+        check_duration("command_timeout", self.command_timeout, ms)?;
+        check_duration("reconnect_max_delay", self.reconnect_max_delay, ms)?;
+        if let Some(interval) = self.retention_interval {
+            check_duration("retention_interval", interval, ms)?;
         }
-        if self.retention_interval.is_some_and(|i| i < Duration::from_millis(1)) {
-            return Err(EngineError::invalid(
-                "retention_interval",
-                format!("{:?}", self.retention_interval),
-                "must be at least 1 ms",
-            ));
-        }
-        if self.emit_marker_ttl.is_some_and(|t| t < Duration::from_millis(1)) {
-            return Err(EngineError::invalid(
-                "emit_marker_ttl",
-                format!("{:?}", self.emit_marker_ttl),
-                "must be at least 1 ms (or none: for ever)",
-            ));
+        if let Some(ttl) = self.emit_marker_ttl {
+            check_duration("emit_marker_ttl", ttl, ms)?;
         }
         if self.tls_ca_file.is_some() && !cfg!(feature = "tls") {
             return Err(EngineError::invalid(
@@ -328,8 +315,11 @@ mod tests {
         assert!(err.contains("subscription.buffer"), "{err}");
         let err = ValkeyConfig::default().with_retention(Retention::events(0)).validate().unwrap_err().to_string();
         assert!(err.contains("retention.max_events"), "{err}");
-        let err = ValkeyConfig::default().with_safety_interval(Duration::from_micros(10)).validate().unwrap_err();
+        let err = ValkeyConfig::default().with_safety_interval(Duration::ZERO).validate().unwrap_err();
         assert!(err.to_string().contains("subscription.safety_interval"), "{err}");
+        // fred counts whole milliseconds: a shorter timeout would become none.
+        let err = ValkeyConfig::default().with_command_timeout(Duration::from_micros(500)).validate().unwrap_err();
+        assert!(err.to_string().contains("command_timeout") && err.to_string().contains("at least 1ms"), "{err}");
         let err = ValkeyConfig::default().with_emit_marker_ttl(Some(Duration::ZERO)).validate().unwrap_err();
         assert!(err.to_string().contains("emit_marker_ttl"), "{err}");
         assert!(ValkeyConfig::default().with_emit_marker_ttl(None).validate().is_ok());

@@ -220,7 +220,7 @@ impl ValkeyBackend {
     /// (on a cluster, one `SHARDNUMSUB` per primary); meant for operators (`completions stats`), not
     /// for a hot path.
     pub async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
-        self.shared.store.server_view().await
+        stats::server_view(&self.shared.store.conn, &self.shared.store.keys).await
     }
 
     /// The names of this instance's server connections.

@@ -1,4 +1,13 @@
-//! Counters of this backend beyond the shared [`CounterSnapshot`](completion_core::CounterSnapshot).
+//! What an instance and its server can tell about themselves: the counters specific to the
+//! Valkey backend ([`ValkeyStats`], next to the shared
+//! [`CounterSnapshot`](completion_core::CounterSnapshot) of the hub), and the server's view of
+//! one key prefix over every instance that uses it ([`ValkeyServerView`]).
+
+use completion_core::EngineError;
+
+use crate::conn::Conn;
+use crate::keys::Keyspace;
+use crate::library;
 
 completion_core::counter_set! {
     /// Live Valkey-specific counters; read them as a [`ValkeyStats`].
@@ -79,6 +88,26 @@ pub struct ChannelView {
     pub partition: Option<u16>,
     /// Client connections subscribed to it now.
     pub subscribers: u64,
+}
+
+/// What the server holds for this key prefix (see
+/// [`ValkeyBackend::server_view`](crate::ValkeyBackend::server_view)).
+pub(crate) async fn server_view(conn: &Conn, keys: &Keyspace) -> Result<ValkeyServerView, EngineError> {
+    let library_version = library::installed_version(conn).await?;
+    let mut partitions = Vec::with_capacity(usize::from(keys.partitions()));
+    for partition in 0..keys.partitions() {
+        let key = keys.log(partition);
+        let (length, first_id, last_id) = conn.stream_extent(&key).await?;
+        partitions.push(PartitionView { partition, key, length, first_id, last_id });
+    }
+    let sharded = conn.is_cluster();
+    let counts = conn.subscribers(&keys.channels(sharded), sharded).await?;
+    let channels = counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
+        .collect();
+    Ok(ValkeyServerView { library_version, partitions, channels })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::keys::Keyspace;
 use crate::library::function;
 use crate::library::{self, LibraryChange};
 use crate::position::{BACKEND, StreamId};
-use crate::stats::{ChannelView, PartitionView, Stats, ValkeyServerView};
+use crate::stats::Stats;
 use crate::wire::{self, FcallReply};
 
 /// Error codes the library answers with (first word of the error reply).
@@ -234,26 +234,6 @@ impl Store {
                 format!("execution {id} is stored in a shape this build does not read: {reason}"),
             )
         })
-    }
-
-    /// What the server holds for this key prefix (see
-    /// [`ValkeyBackend::server_view`](crate::ValkeyBackend::server_view)).
-    pub(crate) async fn server_view(&self) -> Result<ValkeyServerView, EngineError> {
-        let library_version = library::installed_version(&self.conn).await?;
-        let mut partitions = Vec::with_capacity(usize::from(self.keys.partitions()));
-        for partition in 0..self.keys.partitions() {
-            let key = self.keys.log(partition);
-            let (length, first_id, last_id) = self.conn.stream_extent(&key).await?;
-            partitions.push(PartitionView { partition, key, length, first_id, last_id });
-        }
-        let sharded = self.conn.is_cluster();
-        let counts = self.conn.subscribers(&self.keys.channels(sharded), sharded).await?;
-        let channels = counts
-            .into_iter()
-            .enumerate()
-            .map(|(i, subscribers)| ChannelView { partition: sharded.then_some(i as u16), subscribers })
-            .collect();
-        Ok(ValkeyServerView { library_version, partitions, channels })
     }
 
     /// Trims the log to retention every `every` ([`Self::trim_all`]), until the returned

@@ -4,7 +4,7 @@
 //! [`EngineError`] ([`errors`]).
 //!
 //! Contract of the pool: every pooled operation runs through [`Conn::run`], within
-//! `statement_timeout` (waiting for a connection and retries included; enforced on the
+//! `command_timeout` (waiting for a connection and retries included; enforced on the
 //! client side, so it also holds behind PgBouncer). An operation is retried (up to
 //! [`MAX_ATTEMPTS`] times) only when its connection was closed or terminated
 //! ([`Failure::retryable`]). A terminal write or a create that is retried after its reply was
@@ -46,7 +46,7 @@ pub(crate) struct Conn {
     pool: Pool,
     sql: Sql,
     schema: Schema,
-    /// `statement_timeout`.
+    /// `command_timeout`.
     timeout: Option<Duration>,
     connect_timeout: Duration,
     stats: Arc<Stats>,
