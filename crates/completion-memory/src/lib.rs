@@ -156,6 +156,13 @@ impl MemoryBackend {
         self.hub().stream_count()
     }
 
+    /// Ends every stream (they yield `None`) and refuses new subscriptions
+    /// ([`EngineError::Closed`]), as the server backends' `close` does. Writes, `describe` and
+    /// [`enforce_retention`](Self::enforce_retention) keep working.
+    pub fn close(&self) {
+        self.hub().close();
+    }
+
     fn terminal(&self, id: &ExecutionId, outcome: Outcome, reason: Option<&Reason>) -> Result<(), EngineError> {
         let span = completion_core::hub::terminal_write_span(BACKEND, id, outcome);
         let _span = span.enter();
@@ -252,7 +259,7 @@ impl EngineBackend for MemoryBackend {
 
 #[cfg(test)]
 mod tests {
-    use completion_core::{Cursor, Retention};
+    use completion_core::{CompletionBackend, Cursor, Retention, ScannerFilter, StartFrom};
 
     use super::*;
 
@@ -281,6 +288,31 @@ mod tests {
         complete(&backend, 5).await;
         let report = backend.enforce_retention();
         assert_eq!((report.removed, report.watermark), (0, Some(Cursor::new("memory", 3))));
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_stream_and_writes_keep_working() {
+        use futures_util::StreamExt;
+
+        let backend = MemoryBackend::new();
+        let mut plain = backend.subscribe_completions().await.unwrap();
+        let mut resumable = backend.subscribe_from(StartFrom::Now, &ScannerFilter::new()).await.unwrap();
+        assert_eq!(backend.open_streams(), 2);
+        backend.close();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            (plain.next().await.is_none(), resumable.next().await.is_none())
+        })
+        .await;
+        assert_eq!(ended.ok(), Some((true, true)), "both streams end after close");
+        let refused = backend.subscribe_completions().await.err();
+        assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+        let refused = backend.subscribe_from(StartFrom::Earliest, &ScannerFilter::new()).await.err();
+        assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+        complete(&backend, 1).await;
+        let info = backend.describe(&ExecutionId::new("e0").unwrap()).await.unwrap();
+        assert_eq!(info.state, completion_core::ExecutionState::Terminal(Outcome::Succeeded));
+        drop((plain, resumable));
+        assert_eq!(backend.open_streams(), 0);
     }
 
     #[test]

@@ -196,6 +196,11 @@ impl ValkeyBackend {
         self.hub().close();
     }
 
+    /// How many streams of this instance are open.
+    pub fn open_streams(&self) -> usize {
+        self.hub().stream_count()
+    }
+
     /// The version of the function library the server holds now (`None`: none loaded), to
     /// compare with [`LIBRARY_VERSION`].
     pub async fn library_version(&self) -> Result<Option<i64>, EngineError> {

@@ -461,6 +461,7 @@ async fn close_ends_every_stream_and_writes_keep_working(flavor: ValkeyFlavor) {
     let channel = common::channel(&backend.config().key_prefix);
     let mut plain = backend.subscribe_completions().await.unwrap();
     let mut resumable = backend.subscribe_from(StartFrom::Now, &completion_core::ScannerFilter::new()).await.unwrap();
+    assert_eq!(backend.open_streams(), 2);
     let before = burst(&backend, &ns, 2).await;
     delivers_all(&mut plain, &ns, &before).await;
     backend.close();
@@ -477,6 +478,8 @@ async fn close_ends_every_stream_and_writes_keep_working(flavor: ValkeyFlavor) {
         assert_eq!(info.state, completion_core::ExecutionState::Terminal(completion_core::Outcome::Succeeded));
     }
     backend.enforce_retention().await.expect("trimming after close");
+    drop((plain, resumable));
+    assert_eq!(backend.open_streams(), 0);
 }
 
 macro_rules! for_each_flavor {

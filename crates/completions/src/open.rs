@@ -248,6 +248,13 @@ impl Backend {
         each!(self, b => Arc::new(b.clone()))
     }
 
+    /// Ends every stream (they yield `None`) and refuses new subscriptions
+    /// ([`EngineError::Closed`]); the server connection that fed them closes once they are
+    /// gone. Writes keep working until the backend is dropped.
+    pub fn close(&self) {
+        each!(self, b => b.close())
+    }
+
     /// The backend's name, as in cursors (`memory`, `valkey`, `postgres`).
     pub fn name(&self) -> &'static str {
         each!(self, b => CompletionBackend::backend_name(b))
@@ -317,6 +324,9 @@ mod tests {
         assert_eq!(backend.completions().backend_name(), "memory");
         assert!(matches!(backend, Backend::Memory(_)));
         assert_eq!(format!("{backend:?}"), "Backend(\"memory\")");
+        backend.close();
+        let refused = backend.completions().subscribe_completions().await.err();
+        assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
     }
 
     #[cfg(feature = "valkey")]

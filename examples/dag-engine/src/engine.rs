@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use completions::backoff::{Backoff, Retry};
 use completions::{
     CompletionBackend, CounterSnapshot, Cursor, EngineError, ExecutionState, Namespace, NewExecution, Outcome, Reason,
     ScannerFilter, StartFrom, StreamItem,
@@ -342,7 +343,8 @@ async fn work(
     Ok(())
 }
 
-/// Runs `op` until it succeeds, fails with a non-transient error, or [`RETRY_FOR`] passed.
+/// Runs `op` until it succeeds, fails with a non-transient error, or [`RETRY_FOR`] passed
+/// (core's [`Retry`], on tokio's clock, so that tests can pause it).
 /// After a transient failure the earlier attempt may have committed with its reply lost:
 /// `AlreadyExists`, or `AlreadyTerminal` with the `outcome` we were writing, then means done.
 async fn retry<F, Fut>(retries: &AtomicU64, outcome: Option<Outcome>, mut op: F) -> Result<(), EngineError>
@@ -350,26 +352,25 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), EngineError>>,
 {
-    // tokio's clock, so that tests can pause it.
-    let started = tokio::time::Instant::now();
-    let mut pause = RETRY_PAUSE;
-    let mut retried = false;
-    loop {
-        match op().await {
-            Ok(()) => return Ok(()),
-            Err(EngineError::AlreadyExists(_)) if retried && outcome.is_none() => return Ok(()),
-            Err(EngineError::AlreadyTerminal { outcome: first, .. }) if retried && Some(first) == outcome => {
-                return Ok(());
-            }
-            Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
+    Retry::new(Backoff::new(RETRY_PAUSE, RETRY_MAX_PAUSE))
+        .within(RETRY_FOR)
+        .run(EngineError::is_transient, |attempt| {
+            let retried = attempt > 1;
+            if retried {
                 retries.fetch_add(1, Ordering::Relaxed);
-                retried = true;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RETRY_MAX_PAUSE);
             }
-            Err(e) => return Err(e),
-        }
-    }
+            let answer = op();
+            async move {
+                match answer.await {
+                    Err(EngineError::AlreadyExists(_)) if retried && outcome.is_none() => Ok(()),
+                    Err(EngineError::AlreadyTerminal { outcome: first, .. }) if retried && Some(first) == outcome => {
+                        Ok(())
+                    }
+                    answer => answer,
+                }
+            }
+        })
+        .await
 }
 
 /// Counts what a namespace-filtered stream yields until it has `expected` events of that
