@@ -21,7 +21,6 @@ use async_trait::async_trait;
 use completion_core::backoff::Backoff;
 use completion_core::hub::{Counters, LogEvent, LogReader, ReadBatch, TrimmedGap};
 use completion_core::{CompletionPayload, Cursor, EngineError, ExecutionId, FlowId, Namespace, Outcome, ScannerFilter};
-use deadpool_postgres::Object;
 use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -168,23 +167,12 @@ impl Log {
                     client.query(&read, params),
                     client.batch_execute(COMMIT)
                 );
-                match result {
-                    Ok(((), in_flight, fin, rows, ())) => {
-                        let in_flight = match in_flight {
-                            Some(row) => row.try_get::<_, bool>(0)?,
-                            None => false,
-                        };
-                        Ok(Fetched { in_flight, final_ticket: fin.try_get::<_, i64>(0)?, rows })
-                    }
-                    Err(e) => {
-                        // The check takes session locks; an error inside it releases them,
-                        // but a second cancel could cut that short (migrations/V3), and the
-                        // transaction may be left open. Such a connection must not go back
-                        // to the pool: closing it ends its session, and its locks with it.
-                        drop(Object::take(client));
-                        Err(e)
-                    }
-                }
+                let ((), in_flight, fin, rows, ()) = Conn::after_transaction(client, result)?;
+                let in_flight = match in_flight {
+                    Some(row) => row.try_get::<_, bool>(0)?,
+                    None => false,
+                };
+                Ok(Fetched { in_flight, final_ticket: fin.try_get::<_, i64>(0)?, rows })
             })
             .await
             .map_err(|f| f.into_engine(OP))
@@ -277,14 +265,8 @@ impl Log {
                     client.query_one(&then, params),
                     client.batch_execute(COMMIT)
                 );
-                match result {
-                    Ok(((), fin, row, ())) => Ok((self.raise_final(floor, fin.try_get::<_, i64>(0)?), row)),
-                    Err(e) => {
-                        // Possibly inside the transaction still: not for the pool.
-                        drop(Object::take(client));
-                        Err(e)
-                    }
-                }
+                let ((), fin, row, ()) = Conn::after_transaction(client, result)?;
+                Ok((self.raise_final(floor, fin.try_get::<_, i64>(0)?), row))
             })
             .await
             .map_err(|f| f.into_engine(op))

@@ -77,6 +77,20 @@ impl Conn {
         self.pool.close();
     }
 
+    /// The answer of a pipelined read transaction (`BEGIN` … `COMMIT` sent in one round
+    /// trip) on `client`. A failed one may have left its transaction open, or session locks
+    /// held (the in-flight check, migrations/V3): its connection must not go back to the pool,
+    /// so it is taken out and closed, which ends its session and everything the session held.
+    pub(crate) fn after_transaction<T>(
+        client: Object,
+        answer: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, tokio_postgres::Error> {
+        if answer.is_err() {
+            drop(Object::take(client));
+        }
+        answer
+    }
+
     /// Runs `attempt` on a pooled connection, retrying on lost connections, within the
     /// statement timeout. A loop of its own rather than `Retry`: each attempt's future
     /// borrows `attempt`, and a deadline that cuts the retries short answers `Timeout`.
