@@ -378,8 +378,17 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
     let prefix = backend.config().key_prefix.clone();
     let ns = namespace("v2log");
     let mut live = backend.subscribe_completions().await.expect("subscribe");
-    let before = burst(&backend, &ns, 20).await;
-    let got = collect_in(&mut live, &ns, 20).await;
+    let mut before = burst(&backend, &ns, 20).await;
+    let mut got = collect_in(&mut live, &ns, 20).await;
+    // Ids land on partitions by hash, so 20 may leave one empty (about 1 run in 300), and an
+    // empty partition has no newest entry to compare with: write until each holds one.
+    let log = |p: u16| format!("{prefix}:{{{prefix}:{p}}}:log");
+    for p in 0..4 {
+        while server.command(&["XLEN", &log(p)]).await.trim() == "0" {
+            before.extend(burst(&backend, &ns, 1).await);
+            got.extend(collect_in(&mut live, &ns, 1).await);
+        }
+    }
     assert_eq!(ids(&got).into_iter().collect::<HashSet<_>>(), before.iter().cloned().collect::<HashSet<_>>());
     let cursor = got.last().expect("20 completions").cursor().clone();
     for p in 0..4 {
@@ -389,7 +398,7 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
         } else {
             server.command(&["HSET", &meta, "last", "1-0"]).await;
             // The read function's head is the stream's newest entry, not the stale record.
-            let log = format!("{prefix}:{{{prefix}:{p}}}:log");
+            let log = log(p);
             let newest = server.command(&["XREVRANGE", &log, "+", "-", "COUNT", "1"]).await;
             let read = server.command(&["FCALL_RO", "completions_read", "2", &log, &meta, "0-0", "0"]).await;
             let head = read.lines().nth(1).unwrap_or_default().to_string();
@@ -417,7 +426,7 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
     let resumed_ids: HashSet<ExecutionId> =
         items.iter().map(|i| i.completion().expect("no gap").execution_id().clone()).collect();
     assert_eq!(resumed_ids, after.iter().cloned().collect::<HashSet<_>>());
-    assert_eq!(before.len(), 20);
+    assert!(before.len() >= 20);
 }
 
 /// The PUBLISHed message escapes the event's strings exactly as `cjson.encode` does
