@@ -309,6 +309,8 @@ impl PostgresConfig {
         check_duration("connect_timeout", self.connect_timeout, MIN_DURATION)?;
         check_duration("keepalive_idle", self.keepalive_idle, MIN_DURATION)?;
         check_duration("reconnect_max_delay", self.reconnect_max_delay, MIN_DURATION)?;
+        // Zero would make the feed re-read the log without pause while writes are in flight.
+        check_duration("in_flight_recheck", self.in_flight_recheck, MIN_DURATION)?;
         if let Some(t) = self.command_timeout {
             check_duration("command_timeout", t, MIN_DURATION)?;
         }
@@ -400,5 +402,9 @@ mod tests {
         assert!(err.to_string().contains("retention.max_events"), "{err}");
         let err = PostgresConfig::from_url("postgres://h/db").with_retention_interval(Some(Duration::ZERO)).check();
         assert!(err.unwrap_err().to_string().contains("retention_interval"));
+        let err = PostgresConfig::from_url("postgres://h/db").with_in_flight_recheck(Duration::ZERO).check();
+        assert!(err.unwrap_err().to_string().contains("in_flight_recheck"));
+        let err = PostgresConfig::from_url("postgres://h/db").with_command_timeout(Some(Duration::ZERO)).check();
+        assert!(err.unwrap_err().to_string().contains("command_timeout"));
     }
 }
