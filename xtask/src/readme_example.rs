@@ -1,6 +1,6 @@
 //! The examples shown in README.md, compiled and run here so the README cannot drift from
-//! the API: a test checks that the README's first two `rust` blocks are the texts between the
-//! markers below, verbatim and in order.
+//! the API: a test checks that the README's two `rust` blocks and its first `rust,ignore`
+//! block are the texts between the markers below, verbatim and in order.
 
 #[rustfmt::skip] // the text between the markers is README.md's, verbatim
 mod waiting {
@@ -77,13 +77,28 @@ pub async fn run_flow(
 }
 // README example 2: end
 
+/// README.md's third block, verbatim between the markers: both examples on the backend a
+/// URL opens (here the in-process one).
+#[rustfmt::skip] // the text between the markers is README.md's, verbatim
+pub async fn run_both() -> Result<Outcome, Box<dyn std::error::Error>> {
+// README example 3: begin
+use completions::OpenOptions;
+
+// "memory:" runs in-process; or "valkey://127.0.0.1:6379", "postgres://app@db/app", ...
+let backend = completions::open("memory:", &OpenOptions::default()).await?;
+run_flow(backend.completions().as_ref(), backend.engine().as_ref()).await?;
+let outcome = wait_for_report(backend.completions(), backend.engine()).await?;
+// README example 3: end
+    Ok(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use completions::{OpenOptions, StartFrom};
 
     use super::*;
 
-    /// README.md's third block, as written there (it opens the backend by URL).
+    /// The in-process backend, opened by URL as README.md's third block does.
     async fn open_memory() -> completions::Backend {
         completions::open("memory:", &OpenOptions::default()).await.expect("memory: opens")
     }
@@ -119,15 +134,25 @@ mod tests {
         assert_eq!(outcome, Outcome::Succeeded);
     }
 
+    #[tokio::test]
+    async fn the_third_block_runs_both() {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), run_both())
+            .await
+            .expect("the example finishes")
+            .expect("the example succeeds");
+        assert_eq!(outcome, Outcome::Succeeded);
+    }
+
     #[test]
     fn the_readme_shows_this_code() {
         let source = include_str!("readme_example.rs");
         let readme = include_str!("../../README.md");
-        for n in [1, 2] {
+        // The first two blocks compile as they are; the third is a function body (`ignore`).
+        for (n, fence, nth) in [(1, "```rust\n", 1), (2, "```rust\n", 2), (3, "```rust,ignore\n", 1)] {
             let marker = format!("// README example {n}: begin\n");
             let begin = source.find(&marker).expect("begin marker") + marker.len();
             let end = source.find(&format!("// README example {n}: end")).expect("end marker");
-            let block = readme.split("```rust\n").nth(n).and_then(|b| b.split("```").next()).expect("a rust block");
+            let block = readme.split(fence).nth(nth).and_then(|b| b.split("```").next()).expect("a rust block");
             assert_eq!(block, &source[begin..end], "README.md's example {n} must match xtask/src/readme_example.rs");
         }
     }

@@ -76,7 +76,9 @@ pub struct PostgresConfig {
     /// Default `completions`.
     pub application_name: String,
     /// TCP keepalive idle time of every connection, so a dead peer is noticed in minutes,
-    /// not the system's default two hours. Default 30 s.
+    /// not the system's default two hours. Whole seconds, at least 1 s (the socket option
+    /// counts seconds; a shorter value would become 0, which the system refuses, and no
+    /// connection would open). Default 30 s.
     #[serde(with = "duration")]
     pub keepalive_idle: Duration,
     /// The longest pause between two attempts to re-open the LISTEN connection (the pauses
@@ -307,7 +309,8 @@ impl PostgresConfig {
         }
         self.subscription.validate()?;
         check_duration("connect_timeout", self.connect_timeout, MIN_DURATION)?;
-        check_duration("keepalive_idle", self.keepalive_idle, MIN_DURATION)?;
+        // The socket option counts whole seconds: under 1 s it would be 0, refused at connect.
+        check_duration("keepalive_idle", self.keepalive_idle, Duration::from_secs(1))?;
         check_duration("reconnect_max_delay", self.reconnect_max_delay, MIN_DURATION)?;
         // Zero would make the feed re-read the log without pause while writes are in flight.
         check_duration("in_flight_recheck", self.in_flight_recheck, MIN_DURATION)?;
@@ -402,6 +405,8 @@ mod tests {
         assert!(err.to_string().contains("retention.max_events"), "{err}");
         let err = PostgresConfig::from_url("postgres://h/db").with_retention_interval(Some(Duration::ZERO)).check();
         assert!(err.unwrap_err().to_string().contains("retention_interval"));
+        let err = PostgresConfig::from_url("postgres://h/db").with_keepalive_idle(Duration::from_millis(500)).check();
+        assert!(err.unwrap_err().to_string().contains("keepalive_idle"));
         let err = PostgresConfig::from_url("postgres://h/db").with_in_flight_recheck(Duration::ZERO).check();
         assert!(err.unwrap_err().to_string().contains("in_flight_recheck"));
         let err = PostgresConfig::from_url("postgres://h/db").with_command_timeout(Some(Duration::ZERO)).check();

@@ -380,7 +380,7 @@ async fn a_log_written_by_library_v2_is_read_and_extended(flavor: ValkeyFlavor) 
     let mut live = backend.subscribe_completions().await.expect("subscribe");
     let mut before = burst(&backend, &ns, 20).await;
     let mut got = collect_in(&mut live, &ns, 20).await;
-    // Ids land on partitions by hash, so 20 may leave one empty (about 1 run in 300), and an
+    // Ids land on partitions by hash, so 20 may leave one empty (about 1 run in 80), and an
     // empty partition has no newest entry to compare with: write until each holds one.
     let log = |p: u16| format!("{prefix}:{{{prefix}:{p}}}:log");
     for p in 0..4 {

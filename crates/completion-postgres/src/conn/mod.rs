@@ -92,7 +92,7 @@ impl Conn {
     }
 
     /// Runs `attempt` on a pooled connection, retrying on lost connections, within the
-    /// statement timeout. A loop of its own rather than `Retry`: each attempt's future
+    /// `command_timeout`. A loop of its own rather than `Retry`: each attempt's future
     /// borrows `attempt`, and a deadline that cuts the retries short answers `Timeout`.
     pub async fn run<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T, Failure>
     where
