@@ -1,13 +1,13 @@
 //! The library under test, measured through the public traits only: what an engine would see.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use completion_core::{CompletionBackend, CompletionStream, EngineBackend, ExecutionId, Namespace, NewExecution};
 use futures_util::StreamExt;
 
 use crate::stats::{Probe, Sample};
+use crate::writers::spread;
 
 /// How long one event may take to arrive before the run is declared broken.
 const EVENT_DEADLINE: Duration = Duration::from_secs(30);
@@ -107,22 +107,12 @@ where
         seen
     });
     let ids = Arc::new(ids);
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(writers);
-    for _ in 0..writers {
-        let (backend, ids, next) = (backend.clone(), ids.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = ids.get(i) else { return Ok::<(), String>(()) };
-                backend.complete(id).await.map_err(|e| err("complete", e))?;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| err("writer task", e))??;
-    }
+    spread(writers, n, move |_, i| {
+        let (backend, ids) = (backend.clone(), ids.clone());
+        async move { backend.complete(&ids[i]).await.map_err(|e| err("complete", e)) }
+    })
+    .await?;
     let elapsed = started.elapsed();
     // Not part of the figure: only a check that every completion was delivered.
     let seen = drain.await.map_err(|e| err("drain task", e))?;

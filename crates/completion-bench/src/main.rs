@@ -34,6 +34,7 @@ mod report;
 mod scale;
 mod stats;
 mod waits;
+mod writers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,13 +2,13 @@
 //! raw LISTEN, and the UPDATE alone. They use their own table in their own schema.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::stats::{Probe, Sample};
+use crate::writers::spread;
 
 const CHANNEL: &str = "bench_raw";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -166,7 +166,6 @@ pub async fn bare_writes(url: &str, n: usize, writers: usize) -> Result<f64, Str
     let table = format!("bare{writers}");
     let (setup, _) = connect(url).await?;
     prepare_table(&setup, &table, n).await?;
-    let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::with_capacity(writers);
     for _ in 0..writers {
         let (client, _) = connect(url).await?;
@@ -176,24 +175,18 @@ pub async fn bare_writes(url: &str, n: usize, writers: usize) -> Result<f64, Str
             .map_err(|e| err("prepare", e))?;
         clients.push((client, statement));
     }
+    // Each writer keeps its own session, as the backend's pooled writers do.
+    let clients = Arc::new(clients);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(writers);
-    for (client, statement) in clients {
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<(), String>(());
-                }
-                let id = i as i64;
-                client.execute(&statement, &[&id]).await.map_err(|e| err("update", e))?;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| err("writer task", e))??;
-    }
+    spread(writers, n, move |writer, i| {
+        let clients = clients.clone();
+        async move {
+            let (client, statement) = &clients[writer];
+            client.execute(statement, &[&(i as i64)]).await.map_err(|e| err("update", e))?;
+            Ok(())
+        }
+    })
+    .await?;
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 

@@ -1,13 +1,12 @@
 //! The Valkey baselines: a raw PUBLISH to a raw SUBSCRIBE, and HSET alone, with fred.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::{Message, Value};
 
 use crate::stats::{Probe, Sample};
+use crate::writers::spread;
 
 const CHANNEL: &str = "bench:raw";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -125,28 +124,17 @@ impl Probe for LatencyProbe {
 /// tasks sharing one connection (as the backend's writes do). Returns writes per second.
 pub async fn bare_writes(url: &str, run: &str, n: usize, writers: usize) -> Result<f64, String> {
     let client = client(url, 64).await?;
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(writers);
-    for _ in 0..writers {
-        let (client, next, run) = (client.clone(), next.clone(), run.to_string());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<(), String>(());
-                }
-                let key = format!("bench:bare:{run}:{writers}:{i}");
-                let _: i64 = client
-                    .hset(key, [("state", "succeeded"), ("completed_at", "1")])
-                    .await
-                    .map_err(|e| err("hset", e))?;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| err("writer task", e))??;
-    }
+    let (writer_client, run) = (client.clone(), run.to_string());
+    spread(writers, n, move |_, i| {
+        let (client, key) = (writer_client.clone(), format!("bench:bare:{run}:{writers}:{i}"));
+        async move {
+            let _: i64 =
+                client.hset(key, [("state", "succeeded"), ("completed_at", "1")]).await.map_err(|e| err("hset", e))?;
+            Ok(())
+        }
+    })
+    .await?;
     let elapsed = started.elapsed();
     let _ = client.quit().await;
     Ok(n as f64 / elapsed.as_secs_f64())

@@ -26,7 +26,6 @@
 //! Limits: one process, one machine, loopback; RSS deltas include allocator slack, so small
 //! `k` gives a coarse per-subscriber figure.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +37,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::stats::Latency;
+use crate::writers::spread;
 
 /// Concurrent writers under every figure of this module.
 pub const WRITERS: usize = 8;
@@ -150,25 +150,16 @@ async fn create_all<B: EngineBackend>(
         ids.push((id(run, what, i)?, namespace(i)));
     }
     let ids = Arc::new(ids);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
     // Concurrent, or creating 100 000 executions on Postgres would dominate the run.
-    for _ in 0..WRITERS {
-        let (backend, ids, next) = (backend.clone(), ids.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((id, ns)) = ids.get(i) else { return Ok::<(), String>(()) };
-                backend
-                    .create_execution(NewExecution::new(id.clone(), ns.clone()))
-                    .await
-                    .map_err(|e| err("create", e))?;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| err("create task", e))??;
-    }
+    let (backend, shared) = (backend.clone(), ids.clone());
+    spread(WRITERS, n, move |_, i| {
+        let (backend, ids) = (backend.clone(), shared.clone());
+        async move {
+            let (id, ns) = &ids[i];
+            backend.create_execution(NewExecution::new(id.clone(), ns.clone())).await.map_err(|e| err("create", e))
+        }
+    })
+    .await?;
     Ok(Arc::new(
         Arc::try_unwrap(ids)
             .map_err(|_| "create: ids still shared".to_string())?
@@ -184,25 +175,17 @@ async fn complete_all<B: EngineBackend>(
     ids: &Arc<Vec<ExecutionId>>,
     started: Option<Arc<Vec<OnceLock<Instant>>>>,
 ) -> Result<(), String> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..WRITERS {
-        let (backend, ids, next, started) = (backend.clone(), ids.clone(), next.clone(), started.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = ids.get(i) else { return Ok::<(), String>(()) };
-                if let Some(started) = &started {
-                    let _ = started[i].set(Instant::now());
-                }
-                backend.complete(id).await.map_err(|e| err("complete", e))?;
+    let (backend, ids) = (backend.clone(), ids.clone());
+    spread(WRITERS, ids.len(), move |_, i| {
+        let (backend, ids, started) = (backend.clone(), ids.clone(), started.clone());
+        async move {
+            if let Some(started) = &started {
+                let _ = started[i].set(Instant::now());
             }
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| err("writer task", e))??;
-    }
-    Ok(())
+            backend.complete(&ids[i]).await.map_err(|e| err("complete", e))
+        }
+    })
+    .await
 }
 
 fn bench_namespace() -> Result<Namespace, String> {

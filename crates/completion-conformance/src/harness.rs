@@ -86,6 +86,10 @@ pub trait BackendHooks: Send + Sync + 'static {
 
     /// Trims the log to the configured retention right now, exactly.
     async fn enforce_retention(&self) -> Result<(), BoxError>;
+
+    /// Calls the backend's own `close`: every stream ends and new subscriptions are refused,
+    /// while writes keep working.
+    async fn close(&self) -> Result<(), BoxError>;
 }
 
 /// Which fault hooks a backend supports.

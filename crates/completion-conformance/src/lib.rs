@@ -56,6 +56,7 @@ macro_rules! suite {
                 resume_from_trimmed_position_yields_gap retention_by_age_trims_old_events plain_stream_counts_gap
                 stalled_resumable_stream_yields_gap trimming_racing_a_reader_loses_nothing_silently
                 slow_consumer_stays_bounded_and_loses_nothing drop_releases_server_resources
+                close_ends_streams_and_writes_keep_working
                 invalid_input_is_rejected
                 waits_answer_before_and_during waits_time_out_refuse_unknown_ids_and_free_their_entries
             );

@@ -65,6 +65,54 @@ impl SubscriptionConfig {
     }
 }
 
+/// Writes, inside a backend config's `impl` block, the setters of its `subscription` field (a
+/// [`SubscriptionConfig`]): `with_subscription`, `with_retention`, `with_buffer` and
+/// `with_safety_interval`, so that the same knob has the same setter on every backend.
+///
+/// ```
+/// use completion_core::{Retention, SubscriptionConfig};
+///
+/// #[derive(Default)]
+/// struct MyConfig {
+///     subscription: SubscriptionConfig,
+/// }
+///
+/// impl MyConfig {
+///     completion_core::subscription_setters!();
+/// }
+///
+/// let config = MyConfig::default().with_retention(Retention::events(10)).with_buffer(64);
+/// assert_eq!((config.subscription.retention, config.subscription.buffer), (Retention::events(10), 64));
+/// ```
+#[macro_export]
+macro_rules! subscription_setters {
+    () => {
+        /// Sets the subscription settings (retention, buffer, safety read interval).
+        pub fn with_subscription(mut self, subscription: $crate::SubscriptionConfig) -> Self {
+            self.subscription = subscription;
+            self
+        }
+
+        /// Sets the retention (`subscription.retention`).
+        pub fn with_retention(mut self, retention: $crate::Retention) -> Self {
+            self.subscription.retention = retention;
+            self
+        }
+
+        /// Sets the per-stream buffer (`subscription.buffer`).
+        pub fn with_buffer(mut self, buffer: usize) -> Self {
+            self.subscription.buffer = buffer;
+            self
+        }
+
+        /// Sets the safety read interval (`subscription.safety_interval`).
+        pub fn with_safety_interval(mut self, interval: ::std::time::Duration) -> Self {
+            self.subscription.safety_interval = interval;
+            self
+        }
+    };
+}
+
 /// The shortest duration a setting takes unless its backend needs more: longer than zero.
 pub const MIN_DURATION: Duration = Duration::from_nanos(1);
 

@@ -55,23 +55,7 @@ pub struct MemoryConfig {
 }
 
 impl MemoryConfig {
-    /// Sets the subscription settings.
-    pub fn with_subscription(mut self, subscription: SubscriptionConfig) -> Self {
-        self.subscription = subscription;
-        self
-    }
-
-    /// Sets the retention.
-    pub fn with_retention(mut self, retention: completion_core::Retention) -> Self {
-        self.subscription.retention = retention;
-        self
-    }
-
-    /// Sets the per-stream buffer.
-    pub fn with_buffer(mut self, buffer: usize) -> Self {
-        self.subscription.buffer = buffer;
-        self
-    }
+    completion_core::subscription_setters!();
 
     /// Checks every value, as [`MemoryBackend::try_with_config`] does first.
     pub fn check(&self) -> Result<(), EngineError> {

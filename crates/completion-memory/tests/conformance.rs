@@ -29,6 +29,11 @@ impl BackendHooks for MemoryHooks {
         self.0.enforce_retention();
         Ok(())
     }
+
+    async fn close(&self) -> Result<(), BoxError> {
+        self.0.close();
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use completion_core::config::{MIN_DURATION, check_duration, duration, option_duration};
-use completion_core::{EngineError, Retention, SubscriptionConfig};
+use completion_core::{EngineError, SubscriptionConfig};
 use serde::Deserialize;
 
 use crate::schema::Schema;
@@ -182,23 +182,7 @@ impl PostgresConfig {
         self
     }
 
-    /// Sets [`subscription`](Self::subscription).
-    pub fn with_subscription(mut self, subscription: SubscriptionConfig) -> Self {
-        self.subscription = subscription;
-        self
-    }
-
-    /// Sets the retention of [`subscription`](Self::subscription).
-    pub fn with_retention(mut self, retention: Retention) -> Self {
-        self.subscription.retention = retention;
-        self
-    }
-
-    /// Sets the per-stream buffer of [`subscription`](Self::subscription).
-    pub fn with_buffer(mut self, buffer: usize) -> Self {
-        self.subscription.buffer = buffer;
-        self
-    }
+    completion_core::subscription_setters!();
 
     /// Sets [`generic_plans`](Self::generic_plans).
     pub fn with_generic_plans(mut self, on: bool) -> Self {
@@ -215,12 +199,6 @@ impl PostgresConfig {
     /// Sets [`in_flight_recheck`](Self::in_flight_recheck).
     pub fn with_in_flight_recheck(mut self, pause: Duration) -> Self {
         self.in_flight_recheck = pause;
-        self
-    }
-
-    /// Sets the safety read interval of [`subscription`](Self::subscription).
-    pub fn with_safety_interval(mut self, interval: Duration) -> Self {
-        self.subscription.safety_interval = interval;
         self
     }
 
@@ -347,6 +325,8 @@ pub(crate) struct Validated {
 
 #[cfg(test)]
 mod tests {
+    use completion_core::Retention;
+
     use super::*;
 
     #[test]

@@ -67,6 +67,11 @@ impl BackendHooks for PgHooks {
         self.backend.enforce_retention().await?;
         Ok(())
     }
+
+    async fn close(&self) -> Result<(), BoxError> {
+        self.backend.close();
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use completion_core::config::{check_duration, duration, option_duration};
-use completion_core::{EngineError, Retention, SubscriptionConfig, redact_url};
+use completion_core::{EngineError, SubscriptionConfig, redact_url};
 use serde::Deserialize;
 
 /// Settings of a [`ValkeyBackend`](crate::ValkeyBackend).
@@ -193,27 +193,8 @@ impl ValkeyConfig {
     setter!(
         /// Sets the partition count.
         with_partitions, partitions: u16);
-    setter!(
-        /// Sets the subscription settings (retention, buffer, safety read interval).
-        with_subscription, subscription: SubscriptionConfig);
+    completion_core::subscription_setters!();
 
-    /// Sets the retention (`subscription.retention`).
-    pub fn with_retention(mut self, retention: Retention) -> Self {
-        self.subscription.retention = retention;
-        self
-    }
-
-    /// Sets the per-stream buffer (`subscription.buffer`).
-    pub fn with_buffer(mut self, buffer: usize) -> Self {
-        self.subscription.buffer = buffer;
-        self
-    }
-
-    /// Sets the safety read interval (`subscription.safety_interval`).
-    pub fn with_safety_interval(mut self, interval: Duration) -> Self {
-        self.subscription.safety_interval = interval;
-        self
-    }
     setter!(
         /// Sets the connect timeout.
         with_connect_timeout, connect_timeout: Duration);
@@ -293,6 +274,8 @@ impl ValkeyConfig {
 
 #[cfg(test)]
 mod tests {
+    use completion_core::Retention;
+
     use super::*;
 
     #[test]

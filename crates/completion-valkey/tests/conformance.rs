@@ -62,6 +62,11 @@ impl BackendHooks for VkHooks {
         self.backend.enforce_retention().await?;
         Ok(())
     }
+
+    async fn close(&self) -> Result<(), BoxError> {
+        self.backend.close();
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -127,6 +132,11 @@ impl BackendHooks for ClusterHooks {
 
     async fn enforce_retention(&self) -> Result<(), BoxError> {
         self.backend.enforce_retention().await?;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BoxError> {
+        self.backend.close();
         Ok(())
     }
 }

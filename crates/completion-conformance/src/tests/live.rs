@@ -162,3 +162,32 @@ pub async fn drop_releases_server_resources(harness: &dyn Harness) {
     wait_until("every resource released after the streams were dropped", || async { resources(&b).await == 0 }).await;
     assert_eq!(b.completions.counters().active_streams, 0);
 }
+
+/// `close` ends every stream (plain and resumable yield `None`), refuses new subscriptions
+/// with `Closed`, releases the subscription side's server resources once the ended streams
+/// are dropped, and leaves the write side working.
+pub async fn close_ends_streams_and_writes_keep_working(harness: &dyn Harness) {
+    let b = backend(harness, BackendOptions::default()).await;
+    let ns = namespace("close");
+    let mut plain = subscribe(&b).await;
+    let mut resumable = subscribe_from(&b, StartFrom::Now, &ScannerFilter::new()).await;
+    let before = done(&b, &ns, &Tags::new()).await;
+    assert_eq!(next_in(&mut plain, &ns).await.execution_id(), &before, "delivered before close");
+    b.hooks.close().await.unwrap_or_else(|e| panic!("close hook failed: {e}"));
+    // Items queued before the close may still come (the server may be shared); then the end.
+    let ended = tokio::time::timeout(EVENT_DEADLINE, async {
+        while resumable.next().await.is_some() {}
+        while plain.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "both streams end after close");
+    let refused = b.completions.subscribe_completions().await.err();
+    assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+    let refused = b.completions.subscribe_from(StartFrom::Earliest, &ScannerFilter::new()).await.err();
+    assert!(matches!(refused, Some(EngineError::Closed { .. })), "{refused:?}");
+    drop((plain, resumable));
+    wait_until("the subscription side released after close", || async { resources(&b).await == 0 }).await;
+    let after = done(&b, &ns, &Tags::new()).await;
+    let info = b.engine.describe(&after).await.expect("describe after close");
+    assert_eq!(info.state, ExecutionState::Terminal(Outcome::Succeeded));
+}
