@@ -108,11 +108,7 @@ where
     });
     let ids = Arc::new(ids);
     let started = Instant::now();
-    spread(writers, n, move |_, i| {
-        let (backend, ids) = (backend.clone(), ids.clone());
-        async move { backend.complete(&ids[i]).await.map_err(|e| err("complete", e)) }
-    })
-    .await?;
+    spread!(writers, n, [backend, ids], |_, i| backend.complete(&ids[i]).await.map_err(|e| err("complete", e))).await?;
     let elapsed = started.elapsed();
     // Not part of the figure: only a check that every completion was delivered.
     let seen = drain.await.map_err(|e| err("drain task", e))?;

@@ -178,13 +178,9 @@ pub async fn bare_writes(url: &str, n: usize, writers: usize) -> Result<f64, Str
     // Each writer keeps its own session, as the backend's pooled writers do.
     let clients = Arc::new(clients);
     let started = Instant::now();
-    spread(writers, n, move |writer, i| {
-        let clients = clients.clone();
-        async move {
-            let (client, statement) = &clients[writer];
-            client.execute(statement, &[&(i as i64)]).await.map_err(|e| err("update", e))?;
-            Ok(())
-        }
+    spread!(writers, n, [clients], |writer, i| {
+        let (client, statement) = &clients[writer];
+        client.execute(statement, &[&(i as i64)]).await.map_err(|e| err("update", e))
     })
     .await?;
     Ok(n as f64 / started.elapsed().as_secs_f64())

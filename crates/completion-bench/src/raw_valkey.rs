@@ -125,14 +125,10 @@ impl Probe for LatencyProbe {
 pub async fn bare_writes(url: &str, run: &str, n: usize, writers: usize) -> Result<f64, String> {
     let client = client(url, 64).await?;
     let started = Instant::now();
-    let (writer_client, run) = (client.clone(), run.to_string());
-    spread(writers, n, move |_, i| {
-        let (client, key) = (writer_client.clone(), format!("bench:bare:{run}:{writers}:{i}"));
-        async move {
-            let _: i64 =
-                client.hset(key, [("state", "succeeded"), ("completed_at", "1")]).await.map_err(|e| err("hset", e))?;
-            Ok(())
-        }
+    let run = run.to_string();
+    spread!(writers, n, [client, run], |_, i| {
+        let key = format!("bench:bare:{run}:{writers}:{i}");
+        client.hset::<i64, _, _>(key, [("state", "succeeded"), ("completed_at", "1")]).await.map_err(|e| err("hset", e))
     })
     .await?;
     let elapsed = started.elapsed();

@@ -151,13 +151,9 @@ async fn create_all<B: EngineBackend>(
     }
     let ids = Arc::new(ids);
     // Concurrent, or creating 100 000 executions on Postgres would dominate the run.
-    let (backend, shared) = (backend.clone(), ids.clone());
-    spread(WRITERS, n, move |_, i| {
-        let (backend, ids) = (backend.clone(), shared.clone());
-        async move {
-            let (id, ns) = &ids[i];
-            backend.create_execution(NewExecution::new(id.clone(), ns.clone())).await.map_err(|e| err("create", e))
-        }
+    spread!(WRITERS, n, [backend, ids], |_, i| {
+        let (id, ns) = &ids[i];
+        backend.create_execution(NewExecution::new(id.clone(), ns.clone())).await.map_err(|e| err("create", e))
     })
     .await?;
     Ok(Arc::new(
@@ -175,15 +171,11 @@ async fn complete_all<B: EngineBackend>(
     ids: &Arc<Vec<ExecutionId>>,
     started: Option<Arc<Vec<OnceLock<Instant>>>>,
 ) -> Result<(), String> {
-    let (backend, ids) = (backend.clone(), ids.clone());
-    spread(WRITERS, ids.len(), move |_, i| {
-        let (backend, ids, started) = (backend.clone(), ids.clone(), started.clone());
-        async move {
-            if let Some(started) = &started {
-                let _ = started[i].set(Instant::now());
-            }
-            backend.complete(&ids[i]).await.map_err(|e| err("complete", e))
+    spread!(WRITERS, ids.len(), [backend, ids, started], |_, i| {
+        if let Some(started) = &started {
+            let _ = started[i].set(Instant::now());
         }
+        backend.complete(&ids[i]).await.map_err(|e| err("complete", e))
     })
     .await
 }
